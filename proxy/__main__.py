@@ -1,0 +1,48 @@
+"""``annotation-proxy`` / ``python -m proxy``: read the settings, log them (masked), serve."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import create_app
+from proxy.errors import ConfigError
+from proxy.logs import configure_logging
+from proxy.settings import load_settings
+
+log = logging.getLogger("proxy")
+
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"annotation-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.proxy_log_level)
+    log.info("starting annotation-proxy", extra={"version": __version__, "config": settings.redacted()})
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.proxy_host,
+            port=settings.proxy_port,
+            access_log=None,  # proxy.routes.observe writes the access log
+            print=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+    except OSError as exc:
+        log.exception(
+            "cannot listen",
+            extra={"host": settings.proxy_host, "port": settings.proxy_port, "error": str(exc)},
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

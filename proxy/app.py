@@ -1,0 +1,119 @@
+"""``create_app(settings)``: the application factory. Nothing happens at import time.
+
+Each resource is opened by its own cleanup context, in dependency order (store, upstream session, service),
+and closed in reverse order when the application stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from proxy import __version__
+from proxy.auth import ClientKeys
+from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
+from proxy.keys import CLIENT_KEYS, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.metrics import Metrics
+from proxy.routes import errors, observe, setup_routes
+from proxy.service import AnnotationService
+from proxy.settings import Settings
+from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken
+
+log = logging.getLogger("proxy.app")
+
+USER_AGENT = f"annotation-proxy/{__version__}"
+UPSTREAM_CONNECTIONS = 100
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    store: AnnotationStore | None = None,
+) -> web.Application:
+    """Build the proxy. ``registry`` and ``store`` replace the defaults (tests pass their own)."""
+    app = web.Application(middlewares=[observe, errors], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
+    app[CLIENT_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_client_keys)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORE] = store if store is not None else open_store(settings)
+        yield
+        await app[STORE].close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(upstream_ctx)
+    app.cleanup_ctx.append(service_ctx)
+    setup_routes(app)
+    return app
+
+
+def open_store(settings: Settings) -> AnnotationStore:
+    if settings.redis_url is None:
+        log.info(
+            "no REDIS_URL: caching in process memory",
+            extra={"max_bytes": settings.proxy_memory_cache_max_bytes},
+        )
+        return MemoryStore(settings.proxy_memory_cache_max_bytes)
+    return RedisStore.from_url(
+        settings.redis_url.get_secret_value(),
+        KeyScheme(settings.proxy_key_prefix),
+        timeout=settings.proxy_redis_timeout,
+    )
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=settings.proxy_upstream_timeout,
+        sock_connect=min(settings.proxy_upstream_timeout, 5.0),
+    )
+    async with aiohttp.ClientSession(
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, ttl_dns_cache=60),
+        cookie_jar=aiohttp.DummyCookieJar(),  # Label Studio's session cookie must never be replayed
+        headers={aiohttp.hdrs.USER_AGENT: USER_AGENT},
+        raise_for_status=False,
+        trust_env=False,
+    ) as session:
+        base_url = URL(str(settings.label_studio_url))
+        credentials: Credentials
+        if settings.uses_personal_access_token:
+            credentials = PersonalAccessToken(
+                settings.label_studio_api_key,
+                session=session,
+                refresh_url=base_url.join(URL("api/token/refresh/")),
+                timeout=settings.proxy_upstream_timeout,
+                metrics=app[METRICS],
+            )
+        else:
+            credentials = LegacyToken(settings.label_studio_api_key)
+        app[UPSTREAM] = LabelStudioClient(
+            session,
+            base_url,
+            credentials,
+            metrics=app[METRICS],
+            max_body_bytes=settings.proxy_max_body_bytes,
+            user_agent=USER_AGENT,
+        )
+        yield
+
+
+async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    service = AnnotationService(
+        app[STORE],
+        app[UPSTREAM],
+        app[METRICS],
+        cache_ttl=settings.proxy_cache_ttl,
+        negative_ttl=settings.proxy_negative_ttl,
+    )
+    app[SERVICE] = service
+    yield
+    await service.close()

@@ -1,0 +1,27 @@
+"""The annotation cache: a store protocol and its two adapters, Redis and in-process memory."""
+
+from proxy.cache.base import (
+    MISSING,
+    AnnotationKey,
+    AnnotationStore,
+    CachedAnnotation,
+    Lookup,
+    Missing,
+    Variant,
+)
+from proxy.cache.keys import KeyScheme
+from proxy.cache.memory import MemoryStore
+from proxy.cache.redis_store import RedisStore
+
+__all__ = [
+    "MISSING",
+    "AnnotationKey",
+    "AnnotationStore",
+    "CachedAnnotation",
+    "KeyScheme",
+    "Lookup",
+    "MemoryStore",
+    "Missing",
+    "RedisStore",
+    "Variant",
+]

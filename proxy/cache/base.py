@@ -1,0 +1,132 @@
+"""What the service needs from a cache, and the value it stores.
+
+A cached entry is one *version* of one annotation: its id, its ``updated_at`` (as integer microseconds, the
+version), the expand variant, and Label Studio's body bytes. For each id the store also keeps a *pointer* to the
+newest version it has seen; a read follows the pointer, so once a newer version is known an older one is never
+served again, and a write of an older version than the pointer's is refused. The two adapters
+(:mod:`proxy.cache.redis_store`, :mod:`proxy.cache.memory`) pass the same contract tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from proxy.errors import CacheError
+
+
+class Variant(enum.StrEnum):
+    """Label Studio renders two different bodies for the same annotation."""
+
+    PLAIN = "plain"
+    EXPANDED = "expand"  # ?expand=completed_by
+
+
+class AnnotationKey(NamedTuple):
+    annotation_id: int
+    variant: Variant
+
+
+class Missing(enum.Enum):
+    """The store remembers that Label Studio answered 404 for this id (negative caching)."""
+
+    MISSING = "missing"
+
+
+MISSING = Missing.MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnnotation:
+    """One validated version of an annotation, as Label Studio sent it."""
+
+    annotation_id: int
+    version: int  # updated_at, integer microseconds since the epoch
+    stored_at: float  # wall-clock seconds since the epoch when the proxy fetched it
+    body: bytes
+    project: int | None = None
+    task: int | None = None
+
+
+Lookup = CachedAnnotation | Missing | None
+
+
+class AnnotationStore(Protocol):
+    """A cache of annotation versions. Every method raises :class:`CacheError` on a store failure."""
+
+    name: str  # "redis" or "memory", for logs and /readyz
+
+    async def get(self, key: AnnotationKey) -> Lookup:
+        """The newest cached version for ``key``, :data:`MISSING` for a remembered 404, or ``None``."""
+        ...
+
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+        """Store ``entry`` for ``ttl`` seconds unless a newer version of the annotation is known.
+
+        Atomic: of two racing writes the newer version wins, whatever their order. An entry with the same
+        version replaces the cached one (Label Studio changes some fields without touching ``updated_at``).
+        Clears a remembered 404. Returns whether the entry was stored.
+        """
+        ...
+
+    async def put_missing(self, annotation_id: int, ttl: float) -> None:
+        """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`CacheError` unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# Serialization: a JSON header line, a newline, then the body bytes as Label Studio sent them.
+# JSON, never pickle: a value read back from a shared Redis must not be able to run code.
+
+_FORMAT = 1
+
+
+def encode_entry(entry: CachedAnnotation) -> bytes:
+    header = {
+        "f": _FORMAT,
+        "id": entry.annotation_id,
+        "v": entry.version,
+        "at": entry.stored_at,
+        "p": entry.project,
+        "t": entry.task,
+    }
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + entry.body
+
+
+def decode_entry(raw: bytes) -> CachedAnnotation:
+    """Inverse of :func:`encode_entry`; raises :class:`CacheError` for anything else."""
+    header_bytes, newline, body = raw.partition(b"\n")
+    try:
+        header = json.loads(header_bytes) if newline else None
+    except ValueError as exc:
+        raise CacheError("undecodable cache entry") from exc
+    if not isinstance(header, dict) or header.get("f") != _FORMAT:
+        raise CacheError("undecodable cache entry: unknown format")
+    try:
+        return CachedAnnotation(
+            annotation_id=_int(header["id"]),
+            version=_int(header["v"]),
+            stored_at=float(header["at"]),
+            body=body,
+            project=_optional_int(header.get("p")),
+            task=_optional_int(header.get("t")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"undecodable cache entry: {exc!r}") from exc
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else _int(value)

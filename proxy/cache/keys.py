@@ -1,0 +1,45 @@
+"""The Redis key scheme. Pure functions of the prefix, the id, the version and the variant.
+
+Every key of one annotation carries the hash tag ``{a:<id>}``, so they share one Redis Cluster slot and the
+scripts that touch several of them stay valid on a cluster::
+
+    <prefix>{a:42}:latest                 newest known version (zero-padded microseconds) of annotation 42
+    <prefix>{a:42}:v:<version>:plain      that version's body, as Label Studio renders it
+    <prefix>{a:42}:v:<version>:expand     the same version with ?expand=completed_by
+    <prefix>{a:42}:missing                Label Studio answered 404 (negative cache)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.cache.base import Variant
+
+VERSION_WIDTH = 20  # digits: versions compare as strings inside Lua, where numbers are doubles
+
+
+def version_token(version: int) -> str:
+    """A version as a fixed-width string, so lexical order is numeric order."""
+    if version < 0:
+        raise ValueError("versions are non-negative")
+    return f"{version:0{VERSION_WIDTH}d}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScheme:
+    prefix: str
+
+    def tag(self, annotation_id: int) -> str:
+        return f"{self.prefix}{{a:{annotation_id}}}"
+
+    def pointer(self, annotation_id: int) -> str:
+        return f"{self.tag(annotation_id)}:latest"
+
+    def missing(self, annotation_id: int) -> str:
+        return f"{self.tag(annotation_id)}:missing"
+
+    def version_prefix(self, annotation_id: int) -> str:
+        return f"{self.tag(annotation_id)}:v:"
+
+    def version(self, annotation_id: int, version: int, variant: Variant) -> str:
+        return f"{self.version_prefix(annotation_id)}{version_token(version)}:{variant.value}"

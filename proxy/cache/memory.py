@@ -1,0 +1,99 @@
+"""An in-process store for running without Redis: one process, bounded in bytes, least recently used first out.
+
+It keeps the same three kinds of record as the Redis store (pointer, version, 404 marker), each with its own
+expiry, so both adapters pass one contract test class. All methods run without awaiting, so on one event loop
+every operation is atomic, as the Redis scripts are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup
+
+# Rough per-record overhead (dict slot, tuple key, dataclass), so the byte bound holds for small bodies too.
+RECORD_OVERHEAD = 200
+
+
+@dataclass(slots=True)
+class _Record:
+    expires_at: float
+    value: object
+    size: int
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._records: OrderedDict[Hashable, _Record] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    async def get(self, key: AnnotationKey) -> Lookup:
+        annotation_id, variant = key
+        if self._live(("missing", annotation_id)) is not None:
+            return MISSING
+        version = self._live(("latest", annotation_id))
+        if version is None:
+            return None
+        entry = self._live(("v", annotation_id, version, variant))
+        return entry if isinstance(entry, CachedAnnotation) else None
+
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+        annotation_id, variant = key
+        current = self._live(("latest", annotation_id))
+        if isinstance(current, int) and current > entry.version:
+            return False
+        size = len(entry.body) + RECORD_OVERHEAD
+        if size + RECORD_OVERHEAD > self.max_bytes:
+            return False
+        self._set(("v", annotation_id, entry.version, variant), entry, size, ttl)
+        self._set(("latest", annotation_id), entry.version, RECORD_OVERHEAD, ttl)
+        self._delete(("missing", annotation_id))
+        return True
+
+    async def put_missing(self, annotation_id: int, ttl: float) -> None:
+        self._delete(("latest", annotation_id))
+        if ttl > 0:
+            self._set(("missing", annotation_id), True, RECORD_OVERHEAD, ttl)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._records.clear()
+        self._bytes = 0
+
+    # Internals
+
+    def _live(self, key: Hashable) -> object | None:
+        record = self._records.get(key)
+        if record is None:
+            return None
+        if record.expires_at <= self._clock():
+            self._delete(key)
+            return None
+        self._records.move_to_end(key)
+        return record.value
+
+    def _set(self, key: Hashable, value: object, size: int, ttl: float) -> None:
+        self._delete(key)
+        self._records[key] = _Record(self._clock() + ttl, value, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._records.popitem(last=False)
+            self._bytes -= evicted.size
+
+    def _delete(self, key: Hashable) -> None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            self._bytes -= record.size

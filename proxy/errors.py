@@ -1,0 +1,92 @@
+"""The proxy's exceptions: one tree, each error knowing the HTTP status and detail a caller sees.
+
+Third-party exceptions (aiohttp, redis, pydantic) are translated into these once, at the adapter that calls the
+library, with ``raise ... from exc``. Only :mod:`proxy.routes` turns them into responses. A ``detail`` is written
+for the caller: it never carries a token, a URL with credentials or an upstream body.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The configuration cannot work. The message is one line, safe to print."""
+
+
+class ProxyError(Exception):
+    """Base of every error that becomes an HTTP response."""
+
+    status: int = 500
+    detail: str = "Internal server error."
+
+    def __init__(self, detail: str | None = None) -> None:
+        if detail is not None:
+            self.detail = detail
+        super().__init__(self.detail)
+
+
+# Caller-side errors
+
+
+class NotAuthenticated(ProxyError):
+    status = 401
+    detail = "Authentication credentials were not provided."
+
+
+class InvalidClientKey(NotAuthenticated):
+    detail = "Invalid token."
+
+
+class AnnotationNotFound(ProxyError):
+    """The annotation does not exist, or the id can never name one."""
+
+    status = 404
+    detail = "No Annotation matches the given query."
+
+
+# Upstream errors: Label Studio could not give us a valid annotation.
+
+
+class UpstreamError(ProxyError):
+    """Label Studio failed to answer usefully. ``cache_status`` describes the forward for ``Cache-Status``."""
+
+    status = 502
+    detail = "Label Studio returned an unexpected response."
+    outcome = "error"  # the ``outcome`` label of annotation_proxy_upstream_requests_total
+
+    def __init__(self, detail: str | None = None, *, upstream_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    detail = "Label Studio did not answer in time."
+    outcome = "timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    detail = "Label Studio could not be reached."
+    outcome = "connection_error"
+
+
+class UpstreamAuthRejected(UpstreamError):
+    """Label Studio refused the proxy's own credentials: an operator must fix the configuration."""
+
+    status = 502
+    detail = "The proxy is misconfigured: Label Studio rejected its credentials. Operators: check LABEL_STUDIO_API_KEY."
+    outcome = "auth_rejected"
+
+
+class UpstreamBadStatus(UpstreamError):
+    outcome = "bad_status"
+
+
+class InvalidUpstreamBody(UpstreamError):
+    """The body failed validation: never served, never cached."""
+
+    outcome = "invalid_body"
+
+
+class CacheError(Exception):
+    """The cache store failed. Never reaches a caller: the service treats it as a miss (fail open)."""

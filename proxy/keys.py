@@ -1,0 +1,37 @@
+"""Every typed key the proxy stores on the application, a request or a response, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.auth import ClientKeys
+from proxy.cache import AnnotationStore
+from proxy.metrics import Metrics
+from proxy.service import AnnotationService
+from proxy.settings import Settings
+from proxy.upstream import LabelStudioClient
+
+# Application state, set by create_app and its cleanup contexts.
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey[AnnotationStore]("store")  # a Protocol: subscripted, not passed as a type
+UPSTREAM = web.AppKey("upstream", LabelStudioClient)
+SERVICE = web.AppKey("service", AnnotationService)
+CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
+
+# Per request: the id that ties the access log, the upstream request and the caller's logs together.
+REQUEST_ID = web.RequestKey("request_id", str)
+
+# Per response: how the cache answered, for the access log line.
+CACHE_RESULT = web.ResponseKey("cache_result", str)
+
+__all__ = [
+    "CACHE_RESULT",
+    "CLIENT_KEYS",
+    "METRICS",
+    "REQUEST_ID",
+    "SERVICE",
+    "SETTINGS",
+    "STORE",
+    "UPSTREAM",
+]

@@ -1,0 +1,146 @@
+"""Prometheus metrics, all in one place, registered on a registry the caller passes in.
+
+Naming follows Prometheus conventions: one prefix, base units (seconds), ``_total`` counters, and bounded labels
+only (never an annotation id). Label values are created up front so dashboards see zeros, not gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+PREFIX = "annotation_proxy"
+
+CACHE_RESULTS = ("hit", "miss", "stale", "negative_hit")
+UPSTREAM_OUTCOMES = (
+    "ok",
+    "not_found",
+    "auth_rejected",
+    "bad_status",
+    "too_large",
+    "timeout",
+    "connection_error",
+)
+CACHE_OPERATIONS = ("get", "put", "put_missing", "ping")
+ROUTES = ("annotation", "metrics", "healthz", "readyz", "unmatched")
+
+# From 100 µs (a hit served from memory) to 10 s (the default upstream timeout).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    cache_requests: Counter
+    upstream_requests: Counter
+    upstream_duration: Histogram
+    token_refreshes: Counter
+    http_requests: Counter
+    http_duration: Histogram
+    coalesced_requests: Counter
+    validation_failures: Counter
+    cache_errors: Counter
+    build_info: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, *, version: str, process_metrics: bool = True) -> Metrics:
+        if process_metrics:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        metrics = cls(
+            registry=registry,
+            cache_requests=Counter(
+                f"{PREFIX}_cache_requests",
+                "Annotation requests answered, by how the cache served them.",
+                ["result"],
+                registry=registry,
+            ),
+            upstream_requests=Counter(
+                f"{PREFIX}_upstream_requests",
+                "Requests the proxy sent to Label Studio for annotations, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+            upstream_duration=Histogram(
+                f"{PREFIX}_upstream_request_duration_seconds",
+                "Time to get a complete annotation response from Label Studio.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            token_refreshes=Counter(
+                f"{PREFIX}_token_refreshes",
+                "Exchanges of the personal access token for an access token, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+            http_requests=Counter(
+                f"{PREFIX}_http_requests",
+                "HTTP requests the proxy answered.",
+                ["route", "method", "status"],
+                registry=registry,
+            ),
+            http_duration=Histogram(
+                f"{PREFIX}_http_request_duration_seconds",
+                "Time from request to response, by route.",
+                ["route"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            coalesced_requests=Counter(
+                f"{PREFIX}_coalesced_requests",
+                "Annotation requests that waited for another request's upstream fetch.",
+                registry=registry,
+            ),
+            validation_failures=Counter(
+                f"{PREFIX}_validation_failures",
+                "Upstream bodies rejected by validation (never served, never cached).",
+                registry=registry,
+            ),
+            cache_errors=Counter(
+                f"{PREFIX}_cache_errors",
+                "Cache store failures; each is served as if it were a miss.",
+                ["operation"],
+                registry=registry,
+            ),
+            build_info=Gauge(
+                f"{PREFIX}_build_info",
+                "Always 1; the proxy's version as a label.",
+                ["version"],
+                registry=registry,
+            ),
+        )
+        metrics.build_info.labels(version=version).set(1)
+        for result in CACHE_RESULTS:
+            metrics.cache_requests.labels(result=result)
+        for outcome in UPSTREAM_OUTCOMES:
+            metrics.upstream_requests.labels(outcome=outcome)
+        for operation in CACHE_OPERATIONS:
+            metrics.cache_errors.labels(operation=operation)
+        for route in ROUTES:
+            metrics.http_duration.labels(route=route)
+        return metrics

@@ -1,0 +1,202 @@
+"""Configuration, read from the environment once at start-up.
+
+Every setting has the environment variable name it is documented under in the README (field names are those
+names in lower case). :func:`load_settings` turns pydantic's errors into one line per start-up that names the
+variables at fault, so a misconfigured deployment says what to fix instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from proxy.errors import ConfigError
+from proxy.tokens import is_personal_access_token, jwt_expiry
+
+MiB = 1024 * 1024
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when binding to ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """The proxy's settings. Tests build it directly: ``Settings(label_studio_url=..., ...)``."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Upstream
+    label_studio_url: HttpUrl
+    label_studio_api_key: SecretStr
+    proxy_upstream_timeout: float = Field(default=10.0, gt=0, le=300)
+    proxy_max_body_bytes: int = Field(default=10 * MiB, ge=1024)
+
+    # Cache
+    redis_url: SecretStr | None = None  # may carry a password
+    proxy_redis_timeout: float = Field(default=0.25, gt=0, le=30)
+    proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
+    proxy_cache_ttl: float = Field(default=300.0, gt=0)
+    proxy_negative_ttl: float = Field(default=30.0, ge=0)
+    proxy_key_prefix: str = Field(default="annotation-proxy:", max_length=64)
+
+    # Server
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = Field(default=8080, ge=1, le=65535)
+    proxy_client_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    proxy_allow_anonymous: bool = False
+    proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _plain_base_url(cls, url: HttpUrl) -> HttpUrl:
+        if url.query or url.fragment:
+            raise ValueError("must be a base URL without query or fragment")
+        if url.username or url.password:
+            raise ValueError("must not carry credentials; use LABEL_STUDIO_API_KEY")
+        return url
+
+    @field_validator("label_studio_api_key")
+    @classmethod
+    def _usable_api_key(cls, key: SecretStr) -> SecretStr:
+        value = key.get_secret_value().strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        if is_personal_access_token(value):
+            exp = jwt_expiry(value)
+            if exp is not None and exp <= time.time():
+                raise ValueError("the personal access token has expired; create a new one")
+        return SecretStr(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(f"must start with one of {', '.join(sorted(REDIS_SCHEMES))}://")
+        return url
+
+    @field_validator("proxy_key_prefix")
+    @classmethod
+    def _no_hash_tag_braces(cls, prefix: str) -> str:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("must not contain '{' or '}' (they would break Redis Cluster hash tags)")
+        return prefix
+
+    @field_validator("proxy_client_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return tuple(k.strip() for k in raw.split(",") if k.strip())
+        return raw
+
+    @field_validator("proxy_client_keys")
+    @classmethod
+    def _sane_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in keys:
+            value = key.get_secret_value()
+            if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
+                raise ValueError("each key must be at least 16 printable characters without spaces")
+        return keys
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        open_door = not self.proxy_client_keys and not self.proxy_allow_anonymous
+        if open_door and not is_loopback_host(self.proxy_host):
+            raise ValueError(
+                f"PROXY_CLIENT_KEYS is empty and PROXY_HOST={self.proxy_host} is not a loopback "
+                "address: anyone who can reach the proxy could read every annotation with its token. "
+                "Set PROXY_CLIENT_KEYS, or PROXY_ALLOW_ANONYMOUS=true if that is intended"
+            )
+        return self
+
+    # Derived values, so callers never re-derive them.
+
+    @property
+    def uses_personal_access_token(self) -> bool:
+        return is_personal_access_token(self.label_studio_api_key.get_secret_value())
+
+    @property
+    def anonymous_access(self) -> bool:
+        return not self.proxy_client_keys
+
+    def redacted(self) -> dict[str, object]:
+        """The effective configuration for the start-up log line, with every secret masked."""
+        return {
+            "label_studio_url": str(self.label_studio_url),
+            "label_studio_api_key": "<personal access token>" if self.uses_personal_access_token else "<legacy token>",
+            "redis_url": _mask_url_password(self.redis_url.get_secret_value()) if self.redis_url else None,
+            "cache": "redis" if self.redis_url else "memory",
+            "proxy_host": self.proxy_host,
+            "proxy_port": self.proxy_port,
+            "proxy_cache_ttl": self.proxy_cache_ttl,
+            "proxy_negative_ttl": self.proxy_negative_ttl,
+            "proxy_upstream_timeout": self.proxy_upstream_timeout,
+            "proxy_max_body_bytes": self.proxy_max_body_bytes,
+            "proxy_key_prefix": self.proxy_key_prefix,
+            "proxy_redis_timeout": self.proxy_redis_timeout,
+            "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
+            "proxy_client_keys": f"<{len(self.proxy_client_keys)} keys>",
+            "proxy_allow_anonymous": self.proxy_allow_anonymous,
+        }
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{hostpart}"
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc")
+    loc = loc if isinstance(loc, tuple) else ()
+    msg = str(error.get("msg", "invalid"))
+    if not loc:  # a model-level rule: its message names its own variables
+        return msg.removeprefix("Value error, ")
+    name = str(loc[0]).upper()
+    if error.get("type") == "missing":
+        return f"{name} is required"
+    return f"{name}: {msg.removeprefix('Value error, ')}"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line naming every variable at fault. Never includes the values (they may be secrets)."""
+    return "; ".join(_describe(dict(e)) for e in exc.errors(include_input=False, include_url=False))
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment, or raise :class:`ConfigError` with one readable line."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

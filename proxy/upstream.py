@@ -1,0 +1,297 @@
+"""The Label Studio client: the only code that talks to Label Studio, and the only holder of its token.
+
+Requests upstream are built from scratch: nothing of the caller's request (its ``Authorization``, cookies,
+other headers, query string) is forwarded, only the annotation id, the expand flag and a sane request id.
+Nothing of Label Studio's response headers (its ``Set-Cookie`` session for the token's user above all) is
+returned to callers either: the service only takes the status and the body from here.
+
+aiohttp's exceptions are translated into :mod:`proxy.errors` here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import hdrs
+from pydantic import SecretStr
+from yarl import URL
+
+from proxy.errors import (
+    InvalidUpstreamBody,
+    UpstreamAuthRejected,
+    UpstreamBadStatus,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.metrics import Metrics
+from proxy.tokens import jwt_claims
+
+log = logging.getLogger("proxy.upstream")
+
+ANNOTATION_PATH = "api/annotations/{id}/"
+TOKEN_REFRESH_PATH = "api/token/refresh/"  # noqa: S105 - a path, not a secret
+# Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
+# 404 proves they are accepted, with no other endpoint involved.
+PROBE_ANNOTATION_ID = 0
+
+
+class Credentials(Protocol):
+    """How the proxy authenticates to Label Studio."""
+
+    async def authorization(self) -> str:
+        """The ``Authorization`` header value to send now."""
+        ...
+
+    def invalidate(self, used: str) -> bool:
+        """Label Studio answered 401 to ``used``; return True if a retry with new credentials may succeed."""
+        ...
+
+
+class LegacyToken:
+    """A legacy API key, sent as ``Authorization: Token <key>``. Nothing to refresh."""
+
+    def __init__(self, key: SecretStr) -> None:
+        self._key = key
+
+    async def authorization(self) -> str:
+        return f"Token {self._key.get_secret_value()}"
+
+    def invalidate(self, used: str) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LegacyToken(<secret>)"
+
+
+class PersonalAccessToken:
+    """A personal access token (a JWT refresh token), exchanged for short-lived access tokens.
+
+    The access token is refreshed before it expires (``margin`` seconds early, or half its lifetime when that
+    is shorter) and after Label Studio rejects it. One exchange is in flight at a time: concurrent requests
+    wait for it instead of each starting their own.
+    """
+
+    def __init__(
+        self,
+        refresh_token: SecretStr,
+        *,
+        session: aiohttp.ClientSession,
+        refresh_url: URL,
+        timeout: float,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        margin: float = 30.0,
+    ) -> None:
+        self._refresh_token = refresh_token
+        self._session = session
+        self._refresh_url = refresh_url
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._metrics = metrics
+        self._clock = clock
+        self._margin = margin
+        self._access: str | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "PersonalAccessToken(<secret>)"
+
+    def _current(self) -> str | None:
+        if self._access is not None and self._clock() < self._refresh_at:
+            return self._access
+        return None
+
+    async def authorization(self) -> str:
+        access = self._current()
+        if access is None:
+            async with self._lock:
+                access = self._current() or await self._refresh()
+        return f"Bearer {access}"
+
+    def invalidate(self, used: str) -> bool:
+        if self._access is not None and used == f"Bearer {self._access}":
+            self._access = None
+        return True
+
+    async def _refresh(self) -> str:
+        try:
+            access = await self._exchange()
+        except UpstreamAuthRejected:
+            self._metrics.token_refreshes.labels(outcome="rejected").inc()
+            raise
+        except UpstreamError:
+            self._metrics.token_refreshes.labels(outcome="error").inc()
+            raise
+        self._metrics.token_refreshes.labels(outcome="ok").inc()
+        return access
+
+    async def _exchange(self) -> str:
+        now = self._clock()
+        try:
+            async with self._session.post(
+                self._refresh_url,
+                json={"refresh": self._refresh_token.get_secret_value()},
+                headers={hdrs.ACCEPT: "application/json"},
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                if response.status in (400, 401, 403):
+                    log.error(
+                        "label studio rejected the personal access token",
+                        extra={"upstream_status": response.status},
+                    )
+                    raise UpstreamAuthRejected(upstream_status=response.status)
+                if response.status != 200:
+                    raise UpstreamBadStatus(
+                        f"Label Studio answered HTTP {response.status} to the token refresh.",
+                        upstream_status=response.status,
+                    )
+                payload = await response.json(content_type=None)
+        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
+            raise UpstreamTimeout("Label Studio did not answer the token refresh in time.") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamUnavailable("The token refresh with Label Studio failed.") from exc
+
+        access = payload.get("access") if isinstance(payload, dict) else None
+        claims = jwt_claims(access) if isinstance(access, str) else None
+        if not isinstance(access, str) or claims is None:
+            raise UpstreamBadStatus("Label Studio's token refresh returned no access token.")
+        exp = claims.get("exp")
+        lifetime = float(exp) - now if isinstance(exp, int | float) else 60.0
+        self._access = access
+        self._refresh_at = now + max(0.0, lifetime - min(self._margin, lifetime / 2))
+        return access
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """What the proxy keeps of Label Studio's answer: a status and, for a 200, the body bytes."""
+
+    status: int
+    body: bytes = b""
+
+
+class LabelStudioClient:
+    """Fetches annotations from Label Studio over one shared ``ClientSession``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: URL,
+        credentials: Credentials,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        user_agent: str,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
+        self._credentials = credentials
+        self._metrics = metrics
+        self._max_body_bytes = max_body_bytes
+        self._user_agent = user_agent
+
+    def annotation_url(self, annotation_id: int, *, expand: bool) -> URL:
+        url = self._base_url.join(URL(ANNOTATION_PATH.format(id=annotation_id)))
+        return url.with_query(expand="completed_by") if expand else url
+
+    async def fetch_annotation(self, annotation_id: int, *, expand: bool, request_id: str) -> UpstreamReply:
+        """Label Studio's answer for one annotation: 200 with the body, or 404.
+
+        Raises an :class:`UpstreamError` for everything else, after one retry with fresh credentials when a
+        personal access token was rejected.
+        """
+        url = self.annotation_url(annotation_id, expand=expand)
+        for attempt in (1, 2):
+            authorization = await self._credentials.authorization()
+            reply = await self._get(url, authorization, request_id)
+            if reply.status in (401, 403):
+                if attempt == 1 and self._credentials.invalidate(authorization):
+                    continue
+                raise UpstreamAuthRejected(upstream_status=reply.status)
+            break
+        if reply.status in (200, 404):
+            return reply
+        if 300 <= reply.status < 400:
+            raise UpstreamBadStatus(
+                f"Label Studio answered with a redirect (HTTP {reply.status}); operators: check LABEL_STUDIO_URL.",
+                upstream_status=reply.status,
+            )
+        raise UpstreamBadStatus(f"Label Studio answered HTTP {reply.status}.", upstream_status=reply.status)
+
+    async def check_credentials(self, request_id: str) -> None:
+        """Raise unless Label Studio answers and accepts the proxy's credentials (used by /readyz)."""
+        reply = await self.fetch_annotation(PROBE_ANNOTATION_ID, expand=False, request_id=request_id)
+        if reply.status != 404:
+            raise UpstreamBadStatus(f"Label Studio answered HTTP {reply.status} to the probe.")
+
+    async def _get(self, url: URL, authorization: str, request_id: str) -> UpstreamReply:
+        headers = {
+            hdrs.AUTHORIZATION: authorization,
+            hdrs.ACCEPT: "application/json",
+            hdrs.USER_AGENT: self._user_agent,
+            "X-Request-ID": request_id,
+        }
+        outcome = "ok"
+        started = time.perf_counter()
+        try:
+            async with self._session.get(url, headers=headers, allow_redirects=False) as response:
+                outcome = _outcome_of(response.status)
+                if response.status != 200:
+                    return UpstreamReply(response.status)
+                return UpstreamReply(200, await self._read_body(response))
+        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
+            outcome = "timeout"
+            raise UpstreamTimeout() from exc
+        except aiohttp.ClientError as exc:
+            outcome = "connection_error"
+            raise UpstreamUnavailable() from exc
+        except InvalidUpstreamBody:
+            outcome = "too_large"
+            raise
+        finally:
+            self._metrics.upstream_requests.labels(outcome=outcome).inc()
+            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_body_bytes
+        too_large = InvalidUpstreamBody(
+            f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
+        )
+        if response.content_length is not None and response.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _outcome_of(status: int) -> str:
+    if status == 200:
+        return "ok"
+    if status == 404:
+        return "not_found"
+    if status in (401, 403):
+        return "auth_rejected"
+    return "bad_status"
+
+
+__all__ = [
+    "Credentials",
+    "LabelStudioClient",
+    "LegacyToken",
+    "PersonalAccessToken",
+    "UpstreamError",
+    "UpstreamReply",
+]

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from proxy.errors import ConfigError
+from proxy.settings import Settings, is_loopback_host, load_settings
+from tests.jwt import make_jwt
+
+LEGACY = "0123456789abcdef0123456789abcdef01234567"
+CLIENT_KEY = "client-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_")):
+            monkeypatch.delenv(name)
+
+
+def required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", LEGACY)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    settings = load_settings()
+    assert settings.proxy_host == "127.0.0.1"
+    assert settings.proxy_port == 8080
+    assert settings.proxy_cache_ttl == 300
+    assert settings.proxy_negative_ttl == 30
+    assert settings.proxy_upstream_timeout == 10
+    assert settings.proxy_max_body_bytes == 10 * 1024 * 1024
+    assert settings.proxy_key_prefix == "annotation-proxy:"
+    assert settings.redis_url is None
+    assert settings.anonymous_access
+    assert not settings.uses_personal_access_token
+
+
+def test_client_keys_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv("PROXY_CLIENT_KEYS", f" {CLIENT_KEY} ,second-key-0123456789,, ")
+    keys = [k.get_secret_value() for k in load_settings().proxy_client_keys]
+    assert keys == [CLIENT_KEY, "second-key-0123456789"]
+
+
+def test_personal_access_token_is_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", make_jwt({"token_type": "refresh", "exp": 4_000_000_000}))
+    assert load_settings().uses_personal_access_token
+
+
+def test_missing_settings_are_named_in_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "LABEL_STUDIO_URL is required" in message
+    assert "LABEL_STUDIO_API_KEY is required" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("PROXY_PORT", "70000", "PROXY_PORT"),
+        ("PROXY_CACHE_TTL", "-1", "PROXY_CACHE_TTL"),
+        ("PROXY_CACHE_TTL", "soon", "PROXY_CACHE_TTL"),
+        ("LABEL_STUDIO_URL", "ftp://example.com", "LABEL_STUDIO_URL"),
+        ("LABEL_STUDIO_URL", "http://user:pw@example.com", "LABEL_STUDIO_URL"),
+        ("REDIS_URL", "memcached://localhost", "REDIS_URL"),
+        ("PROXY_KEY_PREFIX", "ap{x}:", "PROXY_KEY_PREFIX"),
+        ("PROXY_CLIENT_KEYS", "short", "PROXY_CLIENT_KEYS"),
+        ("PROXY_ALLOW_ANONYMOUS", "perhaps", "PROXY_ALLOW_ANONYMOUS"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_expired_personal_access_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", make_jwt({"token_type": "refresh", "exp": 1_000_000}))
+    with pytest.raises(ConfigError, match="LABEL_STUDIO_API_KEY: the personal access token has expired"):
+        load_settings()
+
+
+def test_errors_never_echo_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    secret = "sekrit key with spaces"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", secret)
+    monkeypatch.setenv("REDIS_URL", "memcached://user:hunter2@host")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert secret not in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+class TestAnonymousAccess:
+    def test_allowed_on_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("PROXY_HOST", "::1")
+        assert load_settings().anonymous_access
+
+    def test_refused_on_other_addresses(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - the case under test
+        with pytest.raises(ConfigError, match="PROXY_CLIENT_KEYS is empty and PROXY_HOST=0.0.0.0"):
+            load_settings()
+
+    def test_allowed_anywhere_when_asked_for(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104
+        monkeypatch.setenv("PROXY_ALLOW_ANONYMOUS", "true")
+        assert load_settings().anonymous_access
+
+    def test_keys_make_any_address_fine(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104
+        monkeypatch.setenv("PROXY_CLIENT_KEYS", CLIENT_KEY)
+        assert not load_settings().anonymous_access
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("proxy.internal", False)],
+)  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+def test_redacted_configuration_masks_every_secret() -> None:
+    settings = Settings(
+        label_studio_url="http://ls:8080",  # type: ignore[arg-type]
+        label_studio_api_key=LEGACY,  # type: ignore[arg-type]
+        redis_url="redis://:hunter2@redis:6379/0",  # type: ignore[arg-type]
+        proxy_client_keys=(CLIENT_KEY,),  # type: ignore[arg-type]
+    )
+    shown = repr(settings.redacted()) + repr(settings)
+    for secret in (LEGACY, "hunter2", CLIENT_KEY):
+        assert secret not in shown
+    assert settings.redacted()["redis_url"] == "redis://:***@redis:6379/0"
+
+
+def test_start_without_configuration_exits_with_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "proxy"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "LABEL_STUDIO_URL is required" in lines[0]
+    assert "Traceback" not in result.stderr

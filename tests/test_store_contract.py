@@ -1,0 +1,240 @@
+"""One contract, three stores: the memory store, the Redis store on fakeredis, and on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from proxy.cache import (
+    MISSING,
+    AnnotationKey,
+    AnnotationStore,
+    CachedAnnotation,
+    KeyScheme,
+    MemoryStore,
+    RedisStore,
+    Variant,
+)
+from proxy.errors import CacheError
+from tests.redis_server import RedisServer, free_port
+
+PREFIX = "test-proxy:"
+TTL = 60.0
+
+
+def entry(annotation_id: int = 7, version: int = 1_000, body: bytes | None = None) -> CachedAnnotation:
+    return CachedAnnotation(
+        annotation_id=annotation_id,
+        version=version,
+        stored_at=1_700_000_000.5,
+        body=body if body is not None else b'{"id":%d,"v":%d}' % (annotation_id, version),
+        project=3,
+        task=11,
+    )
+
+
+PLAIN = AnnotationKey(7, Variant.PLAIN)
+EXPANDED = AnnotationKey(7, Variant.EXPANDED)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
+    kind: str = request.param
+    if kind == "memory":
+        yield MemoryStore(1024 * 1024)
+        return
+    client: Redis
+    if kind == "fakeredis":
+        client = fakeredis.FakeAsyncRedis()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = Redis.from_url(server.url)
+        await client.flushall()
+    store = RedisStore(client, KeyScheme(PREFIX))
+    yield store
+    await store.close()
+
+
+class TestStoreContract:
+    async def test_unknown_annotation_is_a_miss(self, store: AnnotationStore) -> None:
+        assert await store.get(PLAIN) is None
+
+    async def test_stored_entry_reads_back_whole(self, store: AnnotationStore) -> None:
+        stored = entry()
+        assert await store.put(PLAIN, stored, TTL) is True
+        assert await store.get(PLAIN) == stored
+
+    async def test_body_bytes_survive_exactly(self, store: AnnotationStore) -> None:
+        body = '{"id":7,"created_ago":"1\u00a0day","r":"\\n\n"}'.encode()
+        await store.put(PLAIN, entry(body=body), TTL)
+        got = await store.get(PLAIN)
+        assert isinstance(got, CachedAnnotation)
+        assert got.body == body
+
+    async def test_variants_are_cached_apart(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(body=b"plain"), TTL)
+        assert await store.get(EXPANDED) is None
+        await store.put(EXPANDED, entry(body=b"expanded"), TTL)
+        plain, expanded = await store.get(PLAIN), await store.get(EXPANDED)
+        assert isinstance(plain, CachedAnnotation)
+        assert isinstance(expanded, CachedAnnotation)
+        assert (plain.body, expanded.body) == (b"plain", b"expanded")
+
+    async def test_newer_version_replaces_older(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=1_000), TTL)
+        assert await store.put(PLAIN, entry(version=2_000), TTL) is True
+        assert await store.get(PLAIN) == entry(version=2_000)
+
+    async def test_older_version_never_replaces_newer(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=2_000), TTL)
+        assert await store.put(PLAIN, entry(version=1_000), TTL) is False
+        assert await store.get(PLAIN) == entry(version=2_000)
+
+    async def test_same_version_with_new_body_replaces_it(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(body=b"before"), TTL)
+        assert await store.put(PLAIN, entry(body=b"after"), TTL) is True
+        got = await store.get(PLAIN)
+        assert isinstance(got, CachedAnnotation)
+        assert got.body == b"after"
+
+    async def test_newer_version_of_one_variant_hides_older_version_of_the_other(
+        self, store: AnnotationStore
+    ) -> None:
+        await store.put(EXPANDED, entry(version=1_000), TTL)
+        await store.put(PLAIN, entry(version=2_000), TTL)
+        assert await store.get(EXPANDED) is None
+
+    async def test_racing_writes_keep_the_newest_whatever_the_order(self, store: AnnotationStore) -> None:
+        versions = [5_000, 1_000, 9_000, 3_000, 7_000, 2_000]
+        await asyncio.gather(*(store.put(PLAIN, entry(version=v), TTL) for v in versions))
+        assert await store.get(PLAIN) == entry(version=9_000)
+
+    async def test_remembered_404(self, store: AnnotationStore) -> None:
+        await store.put_missing(7, TTL)
+        assert await store.get(PLAIN) is MISSING
+        assert await store.get(EXPANDED) is MISSING
+
+    async def test_404_drops_cached_versions(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(), TTL)
+        await store.put_missing(7, TTL)
+        assert await store.get(PLAIN) is MISSING
+
+    async def test_zero_negative_ttl_drops_versions_but_remembers_nothing(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(), TTL)
+        await store.put_missing(7, 0)
+        assert await store.get(PLAIN) is None
+
+    async def test_stored_entry_clears_remembered_404(self, store: AnnotationStore) -> None:
+        await store.put_missing(7, TTL)
+        await store.put(PLAIN, entry(), TTL)
+        assert await store.get(PLAIN) == entry()
+
+    async def test_annotations_do_not_share_entries(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(annotation_id=7), TTL)
+        await store.put_missing(8, TTL)
+        assert await store.get(AnnotationKey(8, Variant.PLAIN)) is MISSING
+        assert await store.get(PLAIN) == entry(annotation_id=7)
+
+    async def test_ping_answers(self, store: AnnotationStore) -> None:
+        await store.ping()
+
+
+class TestRedisKeys:
+    """What only the Redis store has: key layout, expiry and hash tags."""
+
+    @pytest.fixture
+    async def client(self) -> AsyncIterator[Any]:
+        client = fakeredis.FakeAsyncRedis()
+        yield client
+        await client.aclose()
+
+    async def test_every_key_expires_and_shares_one_hash_tag(self, client: Any) -> None:
+        store = RedisStore(client, KeyScheme(PREFIX))
+        await store.put(PLAIN, entry(), TTL)
+        await store.put(EXPANDED, entry(), TTL)
+        await store.put_missing(8, 30)
+        keys = sorted(k.decode() for k in await client.keys("*"))
+        assert keys == [
+            "test-proxy:{a:7}:latest",
+            "test-proxy:{a:7}:v:00000000000000001000:expand",
+            "test-proxy:{a:7}:v:00000000000000001000:plain",
+            "test-proxy:{a:8}:missing",
+        ]
+        for key in keys:
+            ttl_ms = await client.pttl(key)
+            assert 0 < ttl_ms <= 60_000
+
+    async def test_values_are_json_and_bytes_not_pickle(self, client: Any) -> None:
+        store = RedisStore(client, KeyScheme(PREFIX))
+        await store.put(PLAIN, entry(body=b'{"id":7}'), TTL)
+        raw = await client.get("test-proxy:{a:7}:v:00000000000000001000:plain")
+        header, _, body = raw.partition(b"\n")
+        assert header.startswith(b'{"f":1,')
+        assert body == b'{"id":7}'
+
+    async def test_garbage_in_redis_is_a_cache_error_not_a_body(self, client: Any) -> None:
+        store = RedisStore(client, KeyScheme(PREFIX))
+        await store.put(PLAIN, entry(), TTL)
+        await client.set("test-proxy:{a:7}:v:00000000000000001000:plain", b"\x80\x04garbage")
+        with pytest.raises(CacheError):
+            await store.get(PLAIN)
+
+    async def test_unreachable_redis_raises_cache_error(self) -> None:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", KeyScheme(PREFIX), timeout=0.2)
+        try:
+            with pytest.raises(CacheError):
+                await store.get(PLAIN)
+            with pytest.raises(CacheError):
+                await store.put(PLAIN, entry(), TTL)
+            with pytest.raises(CacheError):
+                await store.ping()
+        finally:
+            await store.close()
+
+
+class TestMemoryStore:
+    """What only the memory store has: its own clock and its byte bound."""
+
+    async def test_entries_expire_with_their_ttl(self) -> None:
+        clock = ManualClock()
+        store = MemoryStore(1024 * 1024, clock=clock)
+        await store.put(PLAIN, entry(), 10)
+        await store.put_missing(8, 5)
+        clock.now += 5
+        assert await store.get(AnnotationKey(8, Variant.PLAIN)) is None
+        assert await store.get(PLAIN) == entry()
+        clock.now += 5
+        assert await store.get(PLAIN) is None
+
+    async def test_stays_within_its_byte_bound_evicting_least_recently_used(self) -> None:
+        store = MemoryStore(64 * 1024)
+        body = b"x" * 1000
+        for annotation_id in range(1, 500):
+            await store.put(AnnotationKey(annotation_id, Variant.PLAIN), entry(annotation_id, body=body), TTL)
+            assert store.size_bytes <= 64 * 1024
+        assert await store.get(AnnotationKey(1, Variant.PLAIN)) is None
+        assert await store.get(AnnotationKey(499, Variant.PLAIN)) is not None
+
+    async def test_remembered_404s_are_bounded_too(self) -> None:
+        store = MemoryStore(64 * 1024)
+        for annotation_id in range(1, 10_000):
+            await store.put_missing(annotation_id, TTL)
+        assert store.size_bytes <= 64 * 1024
+
+    async def test_an_entry_larger_than_the_whole_cache_is_not_stored(self) -> None:
+        store = MemoryStore(64 * 1024)
+        assert await store.put(PLAIN, entry(body=b"x" * 70_000), TTL) is False
+        assert await store.get(PLAIN) is None
