@@ -7,7 +7,8 @@ and closed in reverse order when the application stops.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +18,7 @@ from yarl import URL
 from proxy import __version__
 from proxy.auth import ClientKeys
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
-from proxy.keys import CLIENT_KEYS, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.keys import CLIENT_KEYS, CLOCK, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.routes import errors, observe, setup_routes
 from proxy.service import AnnotationService
@@ -35,12 +36,14 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     store: AnnotationStore | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """Build the proxy. ``registry`` and ``store`` replace the defaults (tests pass their own)."""
+    """Build the proxy. ``registry``, ``store`` and ``clock`` replace the defaults (tests pass their own)."""
     app = web.Application(middlewares=[observe, errors], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
     app[CLIENT_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_client_keys)
+    app[CLOCK] = clock
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings)
@@ -91,6 +94,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 refresh_url=base_url.join(URL("api/token/refresh/")),
                 timeout=settings.proxy_upstream_timeout,
                 metrics=app[METRICS],
+                clock=app[CLOCK],
             )
         else:
             credentials = LegacyToken(settings.label_studio_api_key)
@@ -113,6 +117,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         cache_ttl=settings.proxy_cache_ttl,
         negative_ttl=settings.proxy_negative_ttl,
+        clock=app[CLOCK],
     )
     app[SERVICE] = service
     yield

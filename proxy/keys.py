@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from proxy.auth import ClientKeys
@@ -18,6 +20,7 @@ STORE = web.AppKey[AnnotationStore]("store")  # a Protocol: subscripted, not pas
 UPSTREAM = web.AppKey("upstream", LabelStudioClient)
 SERVICE = web.AppKey("service", AnnotationService)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
+CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
 
 # Per request: the id that ties the access log, the upstream request and the caller's logs together.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -28,6 +31,7 @@ CACHE_RESULT = web.ResponseKey("cache_result", str)
 __all__ = [
     "CACHE_RESULT",
     "CLIENT_KEYS",
+    "CLOCK",
     "METRICS",
     "REQUEST_ID",
     "SERVICE",

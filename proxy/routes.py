@@ -252,7 +252,8 @@ def _why(result: object) -> str:
 def setup_routes(app: web.Application) -> None:
     # With and without the trailing slash, both served (Label Studio does not redirect either).
     resource = app.router.add_resource(ANNOTATION_ROUTE, name="annotation")
-    resource.add_route(hdrs.METH_GET, get_annotation)  # HEAD is added with GET
+    resource.add_route(hdrs.METH_GET, get_annotation)
+    resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
     for method in (hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE):
         resource.add_route(method, not_allowed)
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")

@@ -154,20 +154,14 @@ class AnnotationService:
         served = self._from_cache(await self._read(key))
         if served is not None:
             return served
-        reply = await self._source.fetch_annotation(
-            key.annotation_id, expand=key.variant is Variant.EXPANDED, request_id=request_id
-        )
-        if reply.status == 404:
-            stored = await self._remember_missing(key.annotation_id)
-            return Served(None, "miss", stored=stored)
-
+        expand = key.variant is Variant.EXPANDED
         try:
-            annotation = validate_annotation(
-                reply.body,
-                annotation_id=key.annotation_id,
-                expand=key.variant is Variant.EXPANDED,
-            )
-        except InvalidUpstreamBody as exc:
+            reply = await self._source.fetch_annotation(key.annotation_id, expand=expand, request_id=request_id)
+            if reply.status == 404:
+                stored = await self._remember_missing(key.annotation_id)
+                return Served(None, "miss", stored=stored)
+            annotation = validate_annotation(reply.body, annotation_id=key.annotation_id, expand=expand)
+        except InvalidUpstreamBody as exc:  # from validation, or a body past PROXY_MAX_BODY_BYTES
             self._metrics.validation_failures.inc()
             log.warning(
                 "rejected an invalid upstream body",

@@ -1,10 +1,46 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from redis import Redis
 
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import RedisServer, running_redis
+
+CLIENT_KEY = "client-key-for-tests-0123456789"
+START = 1_795_868_853.0  # 2026-11-28T12:27:33Z
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait for ``condition`` to hold, checking between event-loop turns (a condition, not a timing assert)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {limit} s")
+        await asyncio.sleep(0.005)
+
+
+class Clock:
+    """Wall-clock seconds that a test moves by hand, shared by the fake and the proxy."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +48,68 @@ def redis_server() -> Iterator[RedisServer]:
     """A real redis-server of the test session's own, on a free port (never the shared 6379)."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, emptied before the test. (Synchronous, so async fixtures can request it.)"""
+    with Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fake_ls(clock: Clock) -> FakeLabelStudio:
+    return FakeLabelStudio(clock=clock)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio) -> TestServer:
+    """The fake Label Studio, listening on a free port."""
+    return await aiohttp_server(fake_ls.app())
+
+
+@dataclass
+class Proxy:
+    """A running proxy (real sockets), its metrics registry, and the fake behind it."""
+
+    client: TestClient[web.Request, web.Application]
+    registry: CollectorRegistry
+    fake: FakeLabelStudio
+    settings: Settings
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(f"annotation_proxy_{name}", labels) or 0.0
+
+    def auth(self, key: str = CLIENT_KEY) -> dict[str, str]:
+        return {"Authorization": f"Token {key}"}
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def make_proxy(
+    aiohttp_client: ClientFactory, upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock
+) -> ProxyFactory:
+    """Start a proxy in front of the fake. Keyword arguments are Settings fields that replace the defaults."""
+
+    async def start(**overrides: Any) -> Proxy:
+        fields: dict[str, Any] = {
+            "label_studio_url": str(upstream.make_url("/")),
+            "label_studio_api_key": fake_ls.legacy_token,
+            "proxy_client_keys": (CLIENT_KEY,),
+            "redis_url": None,  # explicit, so a REDIS_URL in the environment never leaks into a test
+        }
+        fields.update(overrides)
+        settings = Settings(**fields)
+        registry = CollectorRegistry()
+        client = await aiohttp_client(create_app(settings, registry=registry, clock=clock))
+        return Proxy(client, registry, fake_ls, settings)
+
+    return start

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.cache import AnnotationKey, CachedAnnotation, MemoryStore, Variant
+from proxy.cache import AnnotationKey, CachedAnnotation, MemoryStore
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService

@@ -114,7 +114,7 @@ class TestAnonymousAccess:
     def test_refused_on_other_addresses(self, monkeypatch: pytest.MonkeyPatch) -> None:
         required(monkeypatch)
         monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - the case under test
-        with pytest.raises(ConfigError, match="PROXY_CLIENT_KEYS is empty and PROXY_HOST=0.0.0.0"):
+        with pytest.raises(ConfigError, match=r"PROXY_CLIENT_KEYS is empty and PROXY_HOST=0\.0\.0\.0"):
             load_settings()
 
     def test_allowed_anywhere_when_asked_for(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +133,7 @@ class TestAnonymousAccess:
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
-     ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("proxy.internal", False)],
+     ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("proxy.internal", False)],  # noqa: S104
 )  # fmt: skip
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
@@ -154,7 +154,7 @@ def test_redacted_configuration_masks_every_secret() -> None:
 
 def test_start_without_configuration_exits_with_one_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "-m", "proxy"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2

@@ -110,9 +110,7 @@ class TestStoreContract:
         assert isinstance(got, CachedAnnotation)
         assert got.body == b"after"
 
-    async def test_newer_version_of_one_variant_hides_older_version_of_the_other(
-        self, store: AnnotationStore
-    ) -> None:
+    async def test_newer_version_of_one_variant_hides_older_version_of_the_other(self, store: AnnotationStore) -> None:
         await store.put(EXPANDED, entry(version=1_000), TTL)
         await store.put(PLAIN, entry(version=2_000), TTL)
         assert await store.get(EXPANDED) is None

@@ -1,0 +1,144 @@
+"""What ops see: health, readiness, metrics and log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.logs import JsonFormatter
+from tests.conftest import Proxy, ProxyFactory
+from tests.redis_server import free_port
+
+
+async def test_healthz_is_cheap_and_always_ok(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(label_studio_url=f"http://127.0.0.1:{free_port()}/")
+    response = await proxy.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+    assert proxy.fake.requests == []
+
+
+async def test_ready_when_redis_answers_and_label_studio_accepts_the_credentials(
+    make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    proxy = await make_proxy(redis_url=redis_url)
+    response = await proxy.client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {
+        "status": "ready",
+        "checks": {"cache": {"status": "ok", "backend": "redis"}, "label_studio": {"status": "ok"}},
+    }
+    (probe,) = proxy.fake.annotation_gets()
+    assert probe.path == "/api/annotations/0/"
+
+
+async def test_not_ready_when_label_studio_rejects_the_credentials(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(label_studio_api_key="e" * 40)
+    response = await proxy.client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["cache"] == {"status": "ok", "backend": "memory"}
+    assert body["checks"]["label_studio"]["status"] == "failing"
+    assert "LABEL_STUDIO_API_KEY" in body["checks"]["label_studio"]["error"]
+    assert "e" * 40 not in await response.text()
+
+
+async def test_not_ready_when_label_studio_is_unreachable(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(label_studio_url=f"http://127.0.0.1:{free_port()}/")
+    response = await proxy.client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["checks"]["label_studio"] == {
+        "status": "failing",
+        "error": "Label Studio could not be reached.",
+    }
+
+
+async def test_not_ready_when_redis_is_down(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(redis_url=f"redis://127.0.0.1:{free_port()}/0", proxy_redis_timeout=0.2)
+    response = await proxy.client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["checks"]["cache"]["status"] == "failing"
+    assert body["checks"]["cache"]["backend"] == "redis"
+    assert body["checks"]["label_studio"] == {"status": "ok"}
+
+
+async def served(proxy: Proxy) -> None:
+    proxy.fake.add_annotation()
+    await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    await proxy.client.get("/api/annotations/9/", headers=proxy.auth())
+    await proxy.client.get("/nowhere")
+
+
+async def test_metrics_endpoint_speaks_prometheus_text(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    await served(proxy)
+    response = await proxy.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+    for name in (
+        "annotation_proxy_cache_requests",
+        "annotation_proxy_upstream_requests",
+        "annotation_proxy_upstream_request_duration_seconds",
+        "annotation_proxy_http_requests",
+        "annotation_proxy_http_request_duration_seconds",
+        "annotation_proxy_coalesced_requests",
+        "annotation_proxy_validation_failures",
+        "annotation_proxy_cache_errors",
+        "annotation_proxy_build_info",
+        "process_resident_memory_bytes",
+    ):
+        assert name in families, name
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in families.values() for s in family.samples
+    }
+    assert samples[("annotation_proxy_cache_requests_total", (("result", "hit"),))] == 1
+    assert samples[("annotation_proxy_cache_requests_total", (("result", "miss"),))] == 2
+    assert samples[("annotation_proxy_cache_requests_total", (("result", "stale"),))] == 0
+    status_404 = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert samples[("annotation_proxy_http_requests_total", status_404)] == 1
+    ok = (("method", "GET"), ("route", "annotation"), ("status", "200"))
+    assert samples[("annotation_proxy_http_requests_total", ok)] == 2
+
+
+async def test_no_metric_label_carries_an_annotation_id_or_a_hostile_method(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    proxy.fake.add_annotation()
+    for annotation_id in (1, 123456, 98765):
+        await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+    await proxy.client.request("PURGE", "/api/annotations/1/", headers=proxy.auth())
+    text = await (await proxy.client.get("/metrics")).text()
+    assert "123456" not in text
+    assert "98765" not in text
+    assert "PURGE" not in text
+    assert 'method="OTHER"' in text
+
+
+async def test_one_structured_access_line_per_request(
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    proxy.fake.add_annotation()
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        await proxy.client.get("/api/annotations/1/", headers={**proxy.auth(), "X-Request-ID": "req-1"})
+        await proxy.client.get("/api/annotations/1/", headers={**proxy.auth(), "X-Request-ID": "req-2"})
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "proxy.access"]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["msg"] == "request"
+    assert {k: first[k] for k in ("method", "route", "status", "cache", "request_id")} == {
+        "method": "GET",
+        "route": "annotation",
+        "status": 200,
+        "cache": "miss",
+        "request_id": "req-1",
+    }
+    assert second["cache"] == "hit"
+    assert isinstance(first["duration_ms"], float)

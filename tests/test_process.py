@@ -1,0 +1,74 @@
+"""The proxy as `make run` starts it: a real process, configured by its environment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import CLIENT_KEY
+from tests.fakes.label_studio import FakeLabelStudio
+from tests.redis_server import free_port
+
+START_TIMEOUT = 30.0
+
+
+async def wait_until_healthy(base: str, process: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(START_TIMEOUT / 0.05)):
+            if process.returncode is not None:
+                raise AssertionError(f"the proxy exited with {process.returncode}")
+            try:
+                async with session.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)  # polling for start-up, not a timing assertion
+    raise AssertionError("the proxy did not become healthy")
+
+
+async def test_the_process_serves_annotations_and_logs_its_configuration_masked(
+    upstream: TestServer, fake_ls: FakeLabelStudio
+) -> None:
+    fake_ls.add_annotation()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    env |= {
+        "LABEL_STUDIO_URL": str(upstream.make_url("/")),
+        "LABEL_STUDIO_API_KEY": fake_ls.legacy_token,
+        "PROXY_PORT": str(port),
+        "PROXY_CLIENT_KEYS": CLIENT_KEY,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_healthy(base, process)
+        async with aiohttp.ClientSession() as session:
+            for expected in ("annotation-proxy; fwd=miss; fwd-status=200; stored", "annotation-proxy; hit"):
+                headers = {"Authorization": f"Token {CLIENT_KEY}"}
+                async with session.get(f"{base}/api/annotations/1/", headers=headers) as response:
+                    assert response.status == 200
+                    assert response.headers["Cache-Status"] == expected
+                    assert json.loads(await response.read())["id"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT)
+    assert process.returncode == 0
+    assert len(fake_ls.annotation_gets()) == 1
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]
+    starting = next(line for line in lines if line["msg"] == "starting annotation-proxy")
+    assert starting["config"]["label_studio_api_key"] == "<legacy token>"
+    assert starting["config"]["cache"] == "memory"
+    assert any(line["msg"] == "no REDIS_URL: caching in process memory" for line in lines)
+    assert sum(line["msg"] == "request" for line in lines) >= 2
+    assert fake_ls.legacy_token not in stderr.decode()
+    assert CLIENT_KEY not in stderr.decode()
+    assert stdout == b""
