@@ -250,9 +250,12 @@ class LabelStudioClient:
         except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
             outcome = "timeout"
             raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:
             outcome = "connection_error"
             raise UpstreamUnavailable() from exc
+        except aiohttp.ClientError as exc:  # the connection broke after it was made
+            outcome = "connection_error"
+            raise UpstreamUnavailable("The connection to Label Studio failed during the response.") from exc
         except InvalidUpstreamBody:
             outcome = "too_large"
             raise

@@ -8,12 +8,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
-from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory, wait_until
+from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import free_port
-from tests.samples import encode, sample
+from tests.samples import SAMPLE_BODY, encode, sample
 
 ERROR_KEYS = ["id", "status_code", "version", "detail", "exc_info"]
 
@@ -233,6 +234,28 @@ class TestUpstreamFailures:
         assert response.status == 502
         assert (await error_of(response))["detail"] == "Label Studio could not be reached."
         assert proxy.metric("upstream_requests_total", outcome="connection_error") == 1
+
+    async def test_connection_closed_mid_body_is_502_and_nothing_cached(
+        self, make_proxy: ProxyFactory, aiohttp_server: ServerFactory
+    ) -> None:
+        async def truncated(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(SAMPLE_BODY)
+            await response.prepare(request)
+            await response.write(SAMPLE_BODY[:100])
+            assert request.transport is not None
+            request.transport.close()
+            return response
+
+        app = web.Application()
+        app.router.add_get("/api/annotations/1/", truncated)
+        broken = await aiohttp_server(app)
+        proxy = await make_proxy(label_studio_url=str(broken.make_url("/")))
+        for _ in range(2):  # the second one is not a cache hit of a partial body
+            response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+            assert response.status == 502
+            assert (await error_of(response))["detail"] == "The connection to Label Studio failed during the response."
+        assert proxy.metric("upstream_requests_total", outcome="connection_error") == 2
 
     async def test_rejected_proxy_credentials_say_misconfigured_and_reveal_nothing(
         self, make_proxy: ProxyFactory

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.cache import AnnotationKey, CachedAnnotation, MemoryStore
+from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, KeyScheme, MemoryStore, RedisStore
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
@@ -46,13 +47,19 @@ def source() -> ScriptedSource:
     return ScriptedSource()
 
 
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore(1024 * 1024)
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
+    """Each service test runs on the in-process store and on a real Redis."""
+    if request.param == "memory":
+        yield MemoryStore(1024 * 1024)
+        return
+    redis_store = RedisStore.from_url(request.getfixturevalue("redis_url"), KeyScheme("test:"), timeout=1.0)
+    yield redis_store
+    await redis_store.close()
 
 
 @pytest.fixture
-def service(store: MemoryStore, source: ScriptedSource, metrics: Metrics) -> AnnotationService:
+def service(store: AnnotationStore, source: ScriptedSource, metrics: Metrics) -> AnnotationService:
     return AnnotationService(store, source, metrics, cache_ttl=300, negative_ttl=30)
 
 
