@@ -16,13 +16,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from label_studio_sdk.client import LabelStudio
 
+from tests.django_oracle import timesince
 from tests.fakes.label_studio import (
     LEGACY_DISABLED,
     LS_VERSION,
     NOT_AUTHENTICATED,
     NOT_FOUND,
     FakeLabelStudio,
-    timesince,
 )
 from tests.samples import SAMPLE_BODY
 

@@ -14,6 +14,7 @@ the data, ``issue_personal_access_token`` / ``revoke_*`` change credentials, and
 received is in ``requests``.
 
 Time comes from the injected ``clock`` (seconds since the epoch), so tests move time by hand.
+``created_ago`` is rendered by Django's own ``timesince`` (tests/django_oracle.py), as Label Studio does.
 Where a detail is taken from Label Studio's, Django's, DRF's or simplejwt's source rather than from
 BEHAVIOUR.md, a comment says so.
 """
@@ -44,6 +45,8 @@ from urllib.parse import parse_qsl
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
+
+from tests.django_oracle import timesince
 
 LS_VERSION = "1.23.2"
 DEFAULT_LEGACY_TOKEN = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"
@@ -114,47 +117,6 @@ def drf_json(data: Any) -> bytes:
 def iso_datetime(moment: datetime) -> str:
     """DRF's DateTimeField: ISO 8601, ``Z`` for UTC, no fraction when microseconds are zero."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def timesince(then: datetime, now: datetime) -> str:
-    """Django's ``django.utils.timesince.timesince`` with depth 2, as ``created_ago`` uses it.
-
-    At most two adjacent units (a zero unit ends the list), U+00A0 between number and unit.
-    """
-    delta = now - then
-    if delta.days * 86400 + delta.seconds <= 0:  # Django ignores microseconds here
-        return _time_unit(0, "minute")
-    # Calendar years and months first, counted up to a "pivot" date, then fixed-size chunks.
-    total_months = (now.year - then.year) * 12 + (now.month - then.month)
-    if then.day > now.day or (then.day == now.day and then.time() > now.time()):
-        total_months -= 1
-    years, months = divmod(total_months, 12)
-    pivot = then
-    if years or months:
-        year, month = then.year + years, then.month + months
-        if month > 12:
-            year, month = year + 1, month - 12
-        month_days = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
-        pivot = then.replace(year=year, month=month, day=min(month_days, then.day), microsecond=0)
-    remaining = (now - pivot).total_seconds()
-    counts = [years, months]
-    for chunk in (7 * 86400, 86400, 3600, 60):  # weeks, days, hours, minutes
-        count = int(remaining // chunk)
-        counts.append(count)
-        remaining -= chunk * count
-
-    units = ("year", "month", "week", "day", "hour", "minute")
-    first = next((i for i, count in enumerate(counts) if count), None)
-    if first is None:
-        return _time_unit(0, "minute")
-    parts = [_time_unit(counts[first], units[first])]
-    if first + 1 < len(units) and counts[first + 1]:
-        parts.append(_time_unit(counts[first + 1], units[first + 1]))
-    return ", ".join(parts)
-
-
-def _time_unit(count: int, unit: str) -> str:
-    return f"{count}\u00a0{unit}{'' if count == 1 else 's'}"
 
 
 def _b64url(data: bytes) -> str:
@@ -269,7 +231,8 @@ class FakeLabelStudio:
         """Create annotation 1, 2, ... shaped like samples/get-annotation-200.json; `fields` win."""
         annotation_id = self._next_id
         self._next_id += 1
-        now = iso_datetime(self._now())
+        created = self._now()
+        now = iso_datetime(created)
         record: dict[str, Any] = {
             "id": annotation_id,
             "result": [
@@ -281,7 +244,7 @@ class FakeLabelStudio:
                 }
             ],
             "created_username": f" {ADMIN_EMAIL}, {ADMIN_ID}",
-            "created_ago": _time_unit(0, "minute"),
+            "created_ago": timesince(created, created),  # as stored; served with a live one
             "completed_by": ADMIN_ID,
             "was_cancelled": False,
             "ground_truth": False,

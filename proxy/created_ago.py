@@ -1,0 +1,180 @@
+"""A live ``created_ago``: Label Studio's wording of an annotation's age, and its place in a cached body.
+
+Label Studio computes ``created_ago`` per response with Django's ``timesince(created_at)``, so a cached body's copy
+goes stale. The proxy keeps the upstream bytes as they came, remembers where ``created_ago``'s JSON string sits in
+them (:func:`find_created_ago`, once per fetch) and splices a fresh one in at serve time (:func:`with_created_ago`),
+without re-serializing anything else. Pure functions, standard library only: Django is an oracle for the tests, not
+a dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+__all__ = ["encode_created_ago", "find_created_ago", "timesince", "with_created_ago"]
+
+# Django's TIME_STRINGS_KEYS and TIME_CHUNKS (django/utils/timesince.py): calendar years and months first, then
+# fixed-size chunks.
+_UNITS = ("year", "month", "week", "day", "hour", "minute")
+_CHUNKS = (7 * 24 * 60 * 60, 24 * 60 * 60, 60 * 60, 60)  # week, day, hour, minute
+# Django's MONTHS_DAYS: February is always 28 days here, leap year or not.
+_MONTHS_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DEPTH = 2  # Label Studio's serializer calls timesince(created_at) with Django's default depth
+
+_KEY = "created_ago"
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's insignificant whitespace, as json.decoder skips it
+_DECODER = json.JSONDecoder()
+
+
+def timesince(then: datetime, now: datetime) -> str:
+    """Django's ``django.utils.timesince.timesince(then, now)`` (depth 2, English), as ``created_ago`` renders it.
+
+    Both datetimes must be timezone-aware. The algorithm is Django 5.2's, step for step:
+
+    - whole seconds only: anything under a minute, ``now`` before ``then`` and the same instant give ``0 minutes``;
+    - calendar years and months are counted up to a "pivot": ``then`` moved on by that many months, its day clamped
+      to the month's length (February counts 28 days even in leap years) and its microseconds dropped;
+    - what remains after the pivot is cut into weeks, days, hours and minutes;
+    - at most two adjacent units are shown, starting at the largest non-zero one; a zero unit ends the list
+      (``1 month`` rather than ``1 month, 0 weeks``; ``2 weeks`` even when hours remain);
+    - U+00A0 (Django's ``avoid_wrapping``) between number and unit, ``", "`` between units.
+    """
+    now = now.astimezone(then.tzinfo)  # Django compares two aware datetimes in the first one's zone
+    delta = now - then
+    if delta.days * 24 * 60 * 60 + delta.seconds <= 0:  # microseconds ignored here...
+        return _unit(0, "minute")
+
+    total_months = (now.year - then.year) * 12 + (now.month - then.month)
+    if then.day > now.day or (then.day == now.day and then.time() > now.time()):  # ...but not here
+        total_months -= 1
+    years, months = divmod(total_months, 12)
+
+    pivot = then
+    if years or months:
+        pivot_year = then.year + years
+        pivot_month = then.month + months
+        if pivot_month > 12:
+            pivot_month -= 12
+            pivot_year += 1
+        pivot = datetime(
+            pivot_year,
+            pivot_month,
+            min(_MONTHS_DAYS[pivot_month - 1], then.day),
+            then.hour,
+            then.minute,
+            then.second,
+            tzinfo=then.tzinfo,
+        )
+    # Float arithmetic exactly as Django does it, so that even rounding agrees.
+    remaining = (now - pivot).total_seconds()
+    counts = [years, months]
+    for chunk in _CHUNKS:
+        count = int(remaining // chunk)
+        counts.append(count)
+        remaining -= chunk * count
+
+    first = next((i for i, count in enumerate(counts) if count != 0), None)
+    if first is None:
+        return _unit(0, "minute")
+    parts: list[str] = []
+    for i in range(first, min(first + _DEPTH, len(_UNITS))):
+        if counts[i] == 0:
+            break
+        parts.append(_unit(counts[i], _UNITS[i]))
+    return ", ".join(parts)
+
+
+def _unit(count: int, unit: str) -> str:
+    """``"%(num)d minute"`` / ``"%(num)d minutes"`` through ``avoid_wrapping``: English plural, U+00A0 inside."""
+    return f"{count}\u00a0{unit}{'' if count == 1 else 's'}"
+
+
+def find_created_ago(body: bytes) -> tuple[int, int] | None:
+    """The byte span ``[start, end)`` of the top-level ``created_ago`` JSON string in ``body``, quotes included.
+
+    None when ``body`` is not a UTF-8 JSON object, or its top-level ``created_ago`` is missing or not a string.
+
+    How: the body is decoded once, then only the top-level object is walked, token by token, with the json
+    module's C scanner: ``JSONDecoder.raw_decode`` reads each key (a string token, escapes and all) and steps over
+    each value whole, so a nested ``"created_ago"``, or that text inside a string, is consumed as part of a value
+    and never seen as a key; only the braces, colons and commas between them, and JSON's whitespace, are read
+    here. The string found gives a span in characters, converted to bytes by re-encoding the text before and inside
+    it (nothing to do for an ASCII body, where the two agree). Walking to the end costs about one ``json.loads``
+    (the values are built, then dropped) and checks the whole body; a duplicated key resolves like ``json.loads``,
+    to the last one.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        span = _find_in_text(text)
+    except (ValueError, IndexError, RecursionError):  # JSONDecodeError is a ValueError; IndexError: text ran out
+        return None
+    if span is None or len(text) == len(body):  # ASCII: characters are bytes
+        return span
+    start, end = span
+    byte_start = len(text[:start].encode("utf-8"))
+    return byte_start, byte_start + len(text[start:end].encode("utf-8"))
+
+
+def _find_in_text(text: str) -> tuple[int, int] | None:
+    """:func:`find_created_ago` on decoded text, in characters; raises ValueError or IndexError on invalid JSON."""
+    span: tuple[int, int] | None = None
+    pos = _skip(text, 0)
+    if text[pos] != "{":
+        return None
+    pos = _skip(text, pos + 1)
+    if text[pos] == "}":
+        return _end(text, pos + 1, None)
+    while True:
+        if text[pos] != '"':
+            raise ValueError("expected a key")
+        key, pos = _DECODER.raw_decode(text, pos)  # a string token: the C scanner reads it whole
+        pos = _skip(text, pos)
+        if text[pos] != ":":
+            raise ValueError("expected ':'")
+        start = _skip(text, pos + 1)
+        value, pos = _DECODER.raw_decode(text, start)  # the whole value, nested keys and all
+        if key == _KEY:  # a later duplicate wins, as in json.loads
+            span = (start, pos) if isinstance(value, str) else None
+        pos = _skip(text, pos)
+        if text[pos] == "}":
+            return _end(text, pos + 1, span)
+        if text[pos] != ",":
+            raise ValueError("expected ',' or '}'")
+        pos = _skip(text, pos + 1)
+
+
+def _skip(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return pos if match is None else match.end()
+
+
+def _end(text: str, pos: int, span: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``span``, if only whitespace follows the object (else the body is not one JSON document)."""
+    if _skip(text, pos) != len(text):
+        raise ValueError("extra data after the object")
+    return span
+
+
+def encode_created_ago(value: str) -> bytes:
+    """``value`` as a JSON string the way Label Studio (DRF's JSONRenderer) writes it: raw UTF-8, quotes included.
+
+    Like DRF, U+2028 and U+2029 are the only non-ASCII characters escaped.
+    """
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode("utf-8")
+
+
+def with_created_ago(body: bytes, span: tuple[int, int] | None, value: str) -> bytes:
+    """``body`` with the bytes in ``span`` (from :func:`find_created_ago`) replaced by ``value`` as a JSON string.
+
+    Everything outside the span is kept byte for byte; ``body`` itself is returned when ``span`` is None.
+    """
+    if span is None:
+        return body
+    start, end = span
+    return b"".join((body[:start], encode_created_ago(value), body[end:]))
