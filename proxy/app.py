@@ -18,10 +18,10 @@ from yarl import URL
 from proxy import __version__
 from proxy.auth import ClientKeys
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
-from proxy.keys import CLIENT_KEYS, CLOCK, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.routes import errors, observe, setup_routes
-from proxy.service import AnnotationService
+from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
 from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken
 
@@ -39,10 +39,12 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the proxy. ``registry``, ``store`` and ``clock`` replace the defaults (tests pass their own)."""
-    app = web.Application(middlewares=[observe, errors], client_max_size=64 * 1024)
+    # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
+    app = web.Application(middlewares=[observe, errors], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
     app[CLIENT_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_client_keys)
+    app[ADMIN_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -111,14 +113,12 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    service = AnnotationService(
-        app[STORE],
-        app[UPSTREAM],
-        app[METRICS],
-        cache_ttl=settings.proxy_cache_ttl,
+    policy = CachePolicy(
+        ttl=settings.proxy_cache_ttl,
+        stale_ttl=settings.proxy_stale_ttl,
         negative_ttl=settings.proxy_negative_ttl,
-        clock=app[CLOCK],
     )
+    service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK])
     app[SERVICE] = service
     yield
     await service.close()

@@ -36,6 +36,16 @@ class InvalidClientKey(NotAuthenticated):
     detail = "Invalid token."
 
 
+class PurgeDisabled(ProxyError):
+    status = 403
+    detail = "Purging is disabled: no PROXY_ADMIN_KEYS are configured."
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    detail = "Service unavailable."
+
+
 class AnnotationNotFound(ProxyError):
     """The annotation does not exist, or the id can never name one."""
 

@@ -20,6 +20,7 @@ STORE = web.AppKey[AnnotationStore]("store")  # a Protocol: subscripted, not pas
 UPSTREAM = web.AppKey("upstream", LabelStudioClient)
 SERVICE = web.AppKey("service", AnnotationService)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
+ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
 
 # Per request: the id that ties the access log, the upstream request and the caller's logs together.
@@ -29,6 +30,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 CACHE_RESULT = web.ResponseKey("cache_result", str)
 
 __all__ = [
+    "ADMIN_KEYS",
     "CACHE_RESULT",
     "CLIENT_KEYS",
     "CLOCK",

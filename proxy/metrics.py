@@ -29,8 +29,18 @@ UPSTREAM_OUTCOMES = (
     "timeout",
     "connection_error",
 )
-CACHE_OPERATIONS = ("get", "put", "put_missing", "ping")
-ROUTES = ("annotation", "metrics", "healthz", "readyz", "unmatched")
+CACHE_OPERATIONS = ("get", "put", "put_missing", "ping", "invalidate")
+REVALIDATION_OUTCOMES = ("unchanged", "updated", "not_found", "error")
+WEBHOOK_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_DELETED",
+    "other",
+)
+WEBHOOK_OUTCOMES = ("applied", "ignored", "unauthorized", "invalid", "cache_error")
+ROUTES = ("annotation", "webhook", "purge", "metrics", "healthz", "readyz", "unmatched")
 
 # From 100 µs (a hit served from memory) to 10 s (the default upstream timeout).
 LATENCY_BUCKETS = (
@@ -65,6 +75,8 @@ class Metrics:
     coalesced_requests: Counter
     validation_failures: Counter
     cache_errors: Counter
+    revalidations: Counter
+    webhook_events: Counter
     build_info: Gauge
 
     @classmethod
@@ -127,6 +139,18 @@ class Metrics:
                 ["operation"],
                 registry=registry,
             ),
+            revalidations=Counter(
+                f"{PREFIX}_revalidations",
+                "Background re-fetches of a stale or invalidated version, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+            webhook_events=Counter(
+                f"{PREFIX}_webhook_events",
+                "Label Studio webhook deliveries, by action and what the proxy did with them.",
+                ["action", "outcome"],
+                registry=registry,
+            ),
             build_info=Gauge(
                 f"{PREFIX}_build_info",
                 "Always 1; the proxy's version as a label.",
@@ -141,6 +165,8 @@ class Metrics:
             metrics.upstream_requests.labels(outcome=outcome)
         for operation in CACHE_OPERATIONS:
             metrics.cache_errors.labels(operation=operation)
+        for outcome in REVALIDATION_OUTCOMES:
+            metrics.revalidations.labels(outcome=outcome)
         for route in ROUTES:
             metrics.http_duration.labels(route=route)
         return metrics

@@ -8,7 +8,7 @@ them. The model only *checks* a body; the proxy serves Label Studio's own bytes,
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,12 +86,17 @@ class ExpandedAnnotation(Annotation):
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def version_of(updated_at: datetime) -> int:
-    """``updated_at`` as integer microseconds since the epoch: the order of an annotation's versions."""
-    if updated_at.tzinfo is None:
-        updated_at = updated_at.replace(tzinfo=UTC)
-    delta = updated_at - _EPOCH
+def epoch_micros(moment: datetime) -> int:
+    """Integer microseconds since the epoch (naive means UTC). Of ``updated_at``, an annotation's version."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_micros(micros: int) -> datetime:
+    """Inverse of :func:`epoch_micros`, in UTC."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _summarize(exc: ValidationError) -> str:

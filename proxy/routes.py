@@ -14,21 +14,40 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__
+from proxy.cache import CachedAnnotation
+from proxy.created_ago import timesince, with_created_ago
 from proxy.errors import (
     AnnotationNotFound,
+    CacheError,
     NotAuthenticated,
     ProxyError,
+    PurgeDisabled,
+    ServiceUnavailable,
     UpstreamAuthRejected,
     UpstreamError,
 )
-from proxy.keys import CACHE_RESULT, CLIENT_KEYS, METRICS, REQUEST_ID, SERVICE, STORE, UPSTREAM
-from proxy.models import INT64_MAX
+from proxy.freshness import if_none_match
+from proxy.keys import (
+    ADMIN_KEYS,
+    CACHE_RESULT,
+    CLIENT_KEYS,
+    CLOCK,
+    METRICS,
+    REQUEST_ID,
+    SERVICE,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
+from proxy.models import INT64_MAX, from_epoch_micros
 from proxy.service import Served, cache_status
+from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.access")
 error_log = logging.getLogger("proxy.errors")
@@ -169,24 +188,60 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 # Handlers
 
 
+def id_from_path(request: web.Request) -> int:
+    """The id segment (``/api/annotations/<id>/``, ``/cache/annotations/<id>``) as the caller sent it."""
+    return parse_annotation_id(request.raw_path.partition("?")[0].split("/")[3])
+
+
 async def get_annotation(request: web.Request) -> web.Response:
     request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
-    raw_id = request.raw_path.partition("?")[0].split("/")[3]
-    annotation_id = parse_annotation_id(raw_id)
+    annotation_id = id_from_path(request)
     expand = wants_expanded(request.query.getall("expand", []))
     served = await request.app[SERVICE].lookup(annotation_id, expand=expand, request_id=request[REQUEST_ID])
-    return annotation_response(served)
-
-
-def annotation_response(served: Served) -> web.Response:
-    headers = {"Cache-Status": served.cache_status}
-    if served.entry is None:
-        response = error_response(404, AnnotationNotFound.detail, headers=headers)
-    else:
-        response = web.Response(body=served.entry.body, headers=headers)
-        response.content_type = JSON
+    response = annotation_response(
+        served,
+        now=datetime.fromtimestamp(request.app[CLOCK](), UTC),
+        if_none_match_header=request.headers.get(hdrs.IF_NONE_MATCH),
+    )
     response[CACHE_RESULT] = served.result
     return response
+
+
+def annotation_response(served: Served, *, now: datetime, if_none_match_header: str | None) -> web.Response:
+    """200 with the body as Label Studio would render it ``now``, 304 when the caller has it, or 404."""
+    headers = {"Cache-Status": served.cache_status}
+    entry = served.entry
+    if entry is None:
+        return error_response(404, AnnotationNotFound.detail, headers=headers)
+    headers[hdrs.ETAG] = entry.etag
+    if if_none_match(if_none_match_header, entry.etag):
+        return web.Response(status=304, headers=headers)
+    response = web.Response(body=live_body(entry, now), headers=headers)
+    response.content_type = JSON
+    return response
+
+
+def live_body(entry: CachedAnnotation, now: datetime) -> bytes:
+    """Label Studio's bytes with ``created_ago`` computed for ``now``, as Label Studio computes it per response."""
+    if entry.created_ago_span is None or entry.created_at is None:
+        return entry.body
+    created_at = from_epoch_micros(entry.created_at)
+    return with_created_ago(entry.body, entry.created_ago_span, timesince(created_at, now))
+
+
+async def purge_annotation(request: web.Request) -> web.Response:
+    """``DELETE /cache/annotations/{id}``: operators drop an id from the cache (``PROXY_ADMIN_KEYS`` only)."""
+    admin_keys = request.app[ADMIN_KEYS]
+    if admin_keys.anonymous:
+        raise PurgeDisabled()
+    admin_keys.check(request.headers.get(hdrs.AUTHORIZATION))
+    annotation_id = id_from_path(request)
+    try:
+        await request.app[SERVICE].purge(annotation_id)
+    except CacheError:
+        raise ServiceUnavailable("The cache could not be reached; nothing was purged.") from None
+    log.info("purged", extra={"annotation_id": annotation_id, "request_id": request[REQUEST_ID]})
+    return web.Response(status=204)
 
 
 async def not_allowed(request: web.Request) -> web.Response:
@@ -250,12 +305,17 @@ def _why(result: object) -> str:
 
 
 def setup_routes(app: web.Application) -> None:
+    """Every route the proxy has. Nothing but the annotation route ever reaches Label Studio."""
     # With and without the trailing slash, both served (Label Studio does not redirect either).
     resource = app.router.add_resource(ANNOTATION_ROUTE, name="annotation")
     resource.add_route(hdrs.METH_GET, get_annotation)
     resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
     for method in (hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE):
         resource.add_route(method, not_allowed)
+    purge = app.router.add_resource("/cache/annotations/{id:[^/]+}{slash:/?}", name="purge")
+    purge.add_route(hdrs.METH_DELETE, purge_annotation)
+    if app[SETTINGS].proxy_webhook_secret is not None:
+        app.router.add_post("/webhooks/label-studio", label_studio_webhook, name="webhook")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
+from proxy.created_ago import find_created_ago
 from proxy.errors import CacheError, InvalidUpstreamBody, ProxyError
+from proxy.freshness import Freshness, entity_tag, freshness
 from proxy.metrics import Metrics
-from proxy.models import validate_annotation, version_of
+from proxy.models import epoch_micros, validate_annotation
 from proxy.upstream import UpstreamReply
 
 log = logging.getLogger("proxy.service")
@@ -76,11 +79,27 @@ class Served:
             return cache_status(hit=True)
         if self.result == "negative_hit":
             return cache_status(hit=True, detail="negative")
+        if self.result == "stale":
+            return cache_status(hit=True, detail="stale")
         return cache_status(
             fwd_status=404 if self.entry is None else 200,
             stored=self.stored,
             collapsed=self.collapsed,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How long cached answers live (seconds)."""
+
+    ttl: float  # a version is fresh this long after it was fetched
+    stale_ttl: float  # then served stale (while one background fetch revalidates it) this much longer
+    negative_ttl: float  # a Label Studio 404 is remembered this long
+
+    @property
+    def retention(self) -> float:
+        """How long the store keeps a version (and a deleted annotation's tombstone)."""
+        return self.ttl + self.stale_ttl
 
 
 class AnnotationService:
@@ -89,16 +108,14 @@ class AnnotationService:
         store: AnnotationStore,
         source: AnnotationSource,
         metrics: Metrics,
+        policy: CachePolicy,
         *,
-        cache_ttl: float,
-        negative_ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._source = source
         self._metrics = metrics
-        self._cache_ttl = cache_ttl
-        self._negative_ttl = negative_ttl
+        self._policy = policy
         self._clock = clock
         self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}
         self._last_cache_error_log = -CACHE_ERROR_LOG_INTERVAL
@@ -106,11 +123,48 @@ class AnnotationService:
     async def lookup(self, annotation_id: int, *, expand: bool, request_id: str) -> Served:
         """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404."""
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
-        served = self._from_cache(await self._read(key))
+        cached = await self._read(key)
+        served = self._fresh(cached)
+        if served is None and isinstance(cached, CachedAnnotation) and self._is_stale(cached):
+            self._revalidate(key, cached, request_id)
+            served = Served(cached, "stale")
         if served is None:
             served = await self._join_or_load(key, request_id)
         self._metrics.cache_requests.labels(result=served.result).inc()
         return served
+
+    # What Label Studio's webhooks (and operators) tell us. These raise CacheError: the caller must know
+    # that the cache did not hear it.
+
+    async def annotation_changed(self, annotation_id: int, version: int, request_id: str) -> None:
+        """The annotation now has ``version``: stop serving older ones and re-fetch what was cached."""
+        with self._counting_cache_errors("invalidate"):
+            cached = {variant: await self._store.get(AnnotationKey(annotation_id, variant)) for variant in Variant}
+            await self._store.invalidate(annotation_id, version, self._policy.retention)
+        for variant, entry in cached.items():
+            if isinstance(entry, CachedAnnotation):
+                # A new load even if one is in flight: that one may have left before the change.
+                self._start_load(AnnotationKey(annotation_id, variant), request_id, previous=entry)
+
+    async def annotation_deleted(self, annotation_id: int) -> None:
+        """Answer 404 from now on, and let no fetch that started earlier store the annotation again."""
+        with self._counting_cache_errors("invalidate"):
+            await self._store.put_missing(annotation_id, self._policy.retention, fence=True)
+
+    async def task_deleted(self, task_id: int) -> int:
+        """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
+        with self._counting_cache_errors("invalidate"):
+            annotation_ids = await self._store.annotations_of_task(task_id)
+        for annotation_id in sorted(annotation_ids):
+            await self.annotation_deleted(annotation_id)
+        with self._counting_cache_errors("invalidate"):
+            await self._store.forget_task(task_id)
+        return len(annotation_ids)
+
+    async def purge(self, annotation_id: int) -> None:
+        """Forget everything cached about the annotation; the next request asks Label Studio."""
+        with self._counting_cache_errors("invalidate"):
+            await self._store.drop(annotation_id)
 
     async def close(self) -> None:
         """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""
@@ -123,37 +177,75 @@ class AnnotationService:
 
     async def _join_or_load(self, key: AnnotationKey, request_id: str) -> Served:
         task = self._inflight.get(key)
-        if task is not None:
+        joined = task is not None
+        if task is None:
+            task = self._start_load(key, request_id, check_cache=True)
+        else:
             self._metrics.coalesced_requests.inc()
-            try:
-                served = await asyncio.shield(task)
-            except ProxyError:
-                self._metrics.cache_requests.labels(result="miss").inc()
-                raise
-            # This request did not fetch: say that it waited for one that did.
-            return replace(served, collapsed=True) if served.result == "miss" else served
-
-        task = asyncio.create_task(self._load(key, request_id), name=f"load-{key.annotation_id}")
-        self._inflight[key] = task
-        task.add_done_callback(lambda done: self._load_finished(key, done))
         try:
             # Shielded: a caller that goes away does not cancel the load others are waiting for.
-            return await asyncio.shield(task)
+            served = await asyncio.shield(task)
         except ProxyError:
             self._metrics.cache_requests.labels(result="miss").inc()
             raise
+        # A request that waited for another's fetch says so.
+        return replace(served, collapsed=True) if joined and served.result == "miss" else served
 
-    def _load_finished(self, key: AnnotationKey, task: asyncio.Task[Served]) -> None:
+    def _revalidate(self, key: AnnotationKey, stale: CachedAnnotation, request_id: str) -> None:
+        """Refresh a stale version in the background, unless a load for it is already under way."""
+        if key not in self._inflight:
+            self._start_load(key, request_id, previous=stale)
+
+    def _start_load(
+        self,
+        key: AnnotationKey,
+        request_id: str,
+        *,
+        check_cache: bool = False,
+        previous: CachedAnnotation | None = None,
+    ) -> asyncio.Task[Served]:
+        """Start fetching ``key`` and make it the load that later requests for ``key`` join.
+
+        ``previous`` marks a background revalidation of that cached version: its outcome is counted and a
+        failure logged here, since no caller may be waiting to see it.
+        """
+        task = asyncio.create_task(self._load(key, request_id, check_cache=check_cache), name=f"load-{key}")
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._load_finished(key, done, previous, request_id))
+        return task
+
+    def _load_finished(
+        self, key: AnnotationKey, task: asyncio.Task[Served], previous: CachedAnnotation | None, request_id: str
+    ) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a load whose callers all left logs no warning
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so a load whose callers all left logs no warning
+        if previous is None:
+            return
+        if error is not None:
+            outcome = "error"
+            log.warning(
+                "background revalidation failed",
+                extra={"annotation_id": key.annotation_id, "error": str(error), "request_id": request_id},
+            )
+        else:
+            entry = task.result().entry
+            if entry is None:
+                outcome = "not_found"
+            elif entry.etag == previous.etag and entry.version == previous.version:
+                outcome = "unchanged"
+            else:
+                outcome = "updated"
+        self._metrics.revalidations.labels(outcome=outcome).inc()
 
-    async def _load(self, key: AnnotationKey, request_id: str) -> Served:
-        # Read again: a load that finished between this request's miss and now has stored its result.
-        served = self._from_cache(await self._read(key))
-        if served is not None:
-            return served
+    async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool) -> Served:
+        if check_cache:
+            # Read again: a load that finished between this request's miss and now has stored its result.
+            served = self._fresh(await self._read(key))
+            if served is not None:
+                return served
         expand = key.variant is Variant.EXPANDED
         try:
             reply = await self._source.fetch_annotation(key.annotation_id, expand=expand, request_id=request_id)
@@ -165,32 +257,40 @@ class AnnotationService:
             self._metrics.validation_failures.inc()
             log.warning(
                 "rejected an invalid upstream body",
-                extra={
-                    "annotation_id": key.annotation_id,
-                    "reason": exc.detail,
-                    "request_id": request_id,
-                },
+                extra={"annotation_id": key.annotation_id, "reason": exc.detail, "request_id": request_id},
             )
             raise
+        span = find_created_ago(reply.body)
         entry = CachedAnnotation(
             annotation_id=key.annotation_id,
-            version=version_of(annotation.updated_at),
+            version=epoch_micros(annotation.updated_at),
             stored_at=self._clock(),
             body=reply.body,
             project=annotation.project,
             task=annotation.task,
+            etag=entity_tag(reply.body, span),
+            created_at=epoch_micros(annotation.created_at),
+            created_ago_span=span,
         )
         stored = await self._remember(key, entry)
         return Served(entry, "miss", stored=stored)
 
-    # The cache fails open: an error is counted, logged (throttled) and treated as a miss or a skipped write.
-
-    def _from_cache(self, cached: Lookup) -> Served | None:
-        if cached is None:
-            return None
+    def _fresh(self, cached: Lookup) -> Served | None:
+        """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""
         if cached is MISSING:
             return Served(None, "negative_hit")
-        return Served(cached, "hit")
+        if isinstance(cached, CachedAnnotation) and self._state(cached) is Freshness.FRESH:
+            return Served(cached, "hit")
+        return None
+
+    def _state(self, entry: CachedAnnotation) -> Freshness:
+        policy = self._policy
+        return freshness(entry, now=self._clock(), ttl=policy.ttl, stale_ttl=policy.stale_ttl)
+
+    def _is_stale(self, entry: CachedAnnotation) -> bool:
+        return self._state(entry) is Freshness.STALE
+
+    # The cache fails open: an error is counted, logged (throttled) and treated as a miss or a skipped write.
 
     async def _read(self, key: AnnotationKey) -> Lookup:
         try:
@@ -201,18 +301,26 @@ class AnnotationService:
 
     async def _remember(self, key: AnnotationKey, entry: CachedAnnotation) -> bool:
         try:
-            return await self._store.put(key, entry, self._cache_ttl)
+            return await self._store.put(key, entry, self._policy.retention)
         except CacheError as exc:
             self._cache_failed("put", exc)
             return False
 
     async def _remember_missing(self, annotation_id: int) -> bool:
         try:
-            await self._store.put_missing(annotation_id, self._negative_ttl)
+            await self._store.put_missing(annotation_id, self._policy.negative_ttl)
         except CacheError as exc:
             self._cache_failed("put_missing", exc)
             return False
-        return self._negative_ttl > 0
+        return self._policy.negative_ttl > 0
+
+    @contextmanager
+    def _counting_cache_errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except CacheError:
+            self._metrics.cache_errors.labels(operation=operation).inc()
+            raise
 
     def _cache_failed(self, operation: str, exc: CacheError) -> None:
         self._metrics.cache_errors.labels(operation=operation).inc()
@@ -225,4 +333,4 @@ class AnnotationService:
             )
 
 
-__all__ = ["AnnotationService", "AnnotationSource", "CacheResult", "Served", "cache_status"]
+__all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served", "cache_status"]

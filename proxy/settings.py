@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     proxy_redis_timeout: float = Field(default=0.25, gt=0, le=30)
     proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
     proxy_cache_ttl: float = Field(default=300.0, gt=0)
+    proxy_stale_ttl: float = Field(default=3600.0, ge=0)
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
     proxy_key_prefix: str = Field(default="annotation-proxy:", max_length=64)
 
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     proxy_port: int = Field(default=8080, ge=1, le=65535)
     proxy_client_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     proxy_allow_anonymous: bool = False
+    proxy_admin_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    proxy_webhook_secret: SecretStr | None = None
+    proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
     proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("label_studio_url")
@@ -110,14 +114,14 @@ class Settings(BaseSettings):
             raise ValueError("must not contain '{' or '}' (they would break Redis Cluster hash tags)")
         return prefix
 
-    @field_validator("proxy_client_keys", mode="before")
+    @field_validator("proxy_client_keys", "proxy_admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, raw: object) -> object:
         if isinstance(raw, str):
             return tuple(k.strip() for k in raw.split(",") if k.strip())
         return raw
 
-    @field_validator("proxy_client_keys")
+    @field_validator("proxy_client_keys", "proxy_admin_keys")
     @classmethod
     def _sane_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         for key in keys:
@@ -125,6 +129,15 @@ class Settings(BaseSettings):
             if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
                 raise ValueError("each key must be at least 16 printable characters without spaces")
         return keys
+
+    @field_validator("proxy_webhook_secret")
+    @classmethod
+    def _strong_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            value = secret.get_secret_value()
+            if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
+                raise ValueError("must be at least 16 printable characters without spaces")
+        return secret
 
     @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
@@ -157,6 +170,7 @@ class Settings(BaseSettings):
             "proxy_host": self.proxy_host,
             "proxy_port": self.proxy_port,
             "proxy_cache_ttl": self.proxy_cache_ttl,
+            "proxy_stale_ttl": self.proxy_stale_ttl,
             "proxy_negative_ttl": self.proxy_negative_ttl,
             "proxy_upstream_timeout": self.proxy_upstream_timeout,
             "proxy_max_body_bytes": self.proxy_max_body_bytes,
@@ -165,6 +179,9 @@ class Settings(BaseSettings):
             "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
             "proxy_client_keys": f"<{len(self.proxy_client_keys)} keys>",
             "proxy_allow_anonymous": self.proxy_allow_anonymous,
+            "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",
+            "webhooks": "on" if self.proxy_webhook_secret else "off",
+            "proxy_webhook_max_bytes": self.proxy_webhook_max_bytes,
         }
 
 

@@ -82,6 +82,7 @@ class Proxy:
     registry: CollectorRegistry
     fake: FakeLabelStudio
     settings: Settings
+    upstream: TestServer
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(f"annotation_proxy_{name}", labels) or 0.0
@@ -110,6 +111,6 @@ def make_proxy(
         settings = Settings(**fields)
         registry = CollectorRegistry()
         client = await aiohttp_client(create_app(settings, registry=registry, clock=clock))
-        return Proxy(client, registry, fake_ls, settings)
+        return Proxy(client, registry, fake_ls, settings, upstream)
 
     return start

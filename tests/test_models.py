@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.errors import InvalidUpstreamBody
-from proxy.models import validate_annotation, version_of
+from proxy.models import epoch_micros, validate_annotation
 from tests.samples import SAMPLE_BODY, SAMPLE_PATH, encode, sample
 
 
@@ -118,6 +118,6 @@ def test_rejection_detail_does_not_echo_upstream_values() -> None:
 def test_versions_order_as_updated_at() -> None:
     earlier = datetime(2026, 11, 28, 12, 27, 33, 279137, tzinfo=UTC)
     later = datetime(2026, 11, 28, 12, 27, 33, 279138, tzinfo=UTC)
-    assert version_of(later) - version_of(earlier) == 1
-    assert version_of(datetime(1970, 1, 1, tzinfo=UTC)) == 0
-    assert version_of(earlier) == 1_795_868_853_279_137
+    assert epoch_micros(later) - epoch_micros(earlier) == 1
+    assert epoch_micros(datetime(1970, 1, 1, tzinfo=UTC)) == 0
+    assert epoch_micros(earlier) == 1_795_868_853_279_137

@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, KeyScheme, MemoryStore, RedisStore
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.metrics import Metrics
-from proxy.service import AnnotationService
+from proxy.service import AnnotationService, CachePolicy
 from proxy.upstream import UpstreamReply
+from tests.conftest import wait_until
 from tests.fakes.source import ScriptedSource
 from tests.samples import encode, sample
 
+POLICY = CachePolicy(ttl=300, stale_ttl=3600, negative_ttl=30)
 V1 = "2026-11-28T12:00:00.000001Z"
 V2 = "2026-11-28T12:00:00.000002Z"
 
@@ -60,7 +62,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
 
 @pytest.fixture
 def service(store: AnnotationStore, source: ScriptedSource, metrics: Metrics) -> AnnotationService:
-    return AnnotationService(store, source, metrics, cache_ttl=300, negative_ttl=30)
+    return AnnotationService(store, source, metrics, POLICY)
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float:
@@ -95,7 +97,7 @@ async def test_concurrent_misses_share_one_fetch(
     source.script(1, ok())
     gate = source.close_gate(1)
     lookups = [asyncio.create_task(service.lookup(1, expand=False, request_id=f"r{i}")) for i in range(200)]
-    await source.arrived.wait()
+    await wait_until(lambda: count(metrics, "coalesced_requests_total") == 199)
     gate.set()
     served = await asyncio.gather(*lookups)
     assert source.calls == [(1, False)]
@@ -173,7 +175,7 @@ async def test_a_caller_leaving_does_not_cancel_the_shared_fetch(
 
 
 async def test_a_broken_cache_fails_open(source: ScriptedSource, metrics: Metrics) -> None:
-    service = AnnotationService(BrokenStore(1024 * 1024), source, metrics, cache_ttl=300, negative_ttl=30)
+    service = AnnotationService(BrokenStore(1024 * 1024), source, metrics, POLICY)
     source.script(1, ok(), ok())
     source.script(2, UpstreamReply(404))
     for _ in range(2):

@@ -149,6 +149,74 @@ class TestStoreContract:
     async def test_ping_answers(self, store: AnnotationStore) -> None:
         await store.ping()
 
+    async def test_invalidating_to_a_newer_version_hides_the_cached_one_and_fences_older_writes(
+        self, store: AnnotationStore
+    ) -> None:
+        await store.put(PLAIN, entry(version=1_000), TTL)
+        await store.invalidate(7, 2_000, TTL)
+        assert await store.get(PLAIN) is None
+        assert await store.put(PLAIN, entry(version=1_000), TTL) is False  # the slow, older fetch
+        assert await store.put(PLAIN, entry(version=2_000), TTL) is True
+        assert await store.get(PLAIN) == entry(version=2_000)
+
+    async def test_invalidating_the_cached_version_drops_its_bodies(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=1_000), TTL)
+        await store.put(EXPANDED, entry(version=1_000), TTL)
+        await store.invalidate(7, 1_000, TTL)
+        assert await store.get(PLAIN) is None
+        assert await store.get(EXPANDED) is None
+        assert await store.put(PLAIN, entry(version=1_000, body=b"refetched"), TTL) is True
+
+    async def test_invalidating_to_an_older_version_changes_nothing(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=2_000), TTL)
+        await store.invalidate(7, 1_000, TTL)
+        assert await store.get(PLAIN) == entry(version=2_000)
+
+    async def test_invalidating_drops_a_remembered_404(self, store: AnnotationStore) -> None:
+        await store.put_missing(7, TTL)
+        await store.invalidate(7, 1_000, TTL)
+        assert await store.get(PLAIN) is None
+
+    async def test_a_fenced_404_refuses_every_later_write(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=1_000), TTL)
+        await store.put_missing(7, TTL, fence=True)
+        assert await store.put(PLAIN, entry(version=1_000), TTL) is False
+        assert await store.put(PLAIN, entry(version=2**62), TTL) is False
+        assert await store.get(PLAIN) is MISSING
+
+    async def test_drop_forgets_versions_and_404s(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(version=2_000), TTL)
+        await store.drop(7)
+        assert await store.get(PLAIN) is None
+        await store.put_missing(7, TTL)
+        await store.drop(7)
+        assert await store.get(PLAIN) is None
+        assert await store.put(PLAIN, entry(version=1_000), TTL) is True
+
+    async def test_task_index_lists_cached_annotations_of_a_task(self, store: AnnotationStore) -> None:
+        await store.put(PLAIN, entry(annotation_id=7), TTL)  # task 11
+        await store.put(AnnotationKey(8, Variant.PLAIN), entry(annotation_id=8), TTL)  # task 11
+        other = CachedAnnotation(annotation_id=9, version=1, stored_at=0.0, body=b"{}", task=12)
+        await store.put(AnnotationKey(9, Variant.PLAIN), other, TTL)
+        assert await store.annotations_of_task(11) == {7, 8}
+        assert await store.annotations_of_task(12) == {9}
+        await store.forget_task(11)
+        assert await store.annotations_of_task(11) == set()
+        assert await store.annotations_of_task(404) == set()
+
+    async def test_entry_metadata_survives(self, store: AnnotationStore) -> None:
+        rich = CachedAnnotation(
+            annotation_id=7,
+            version=5,
+            stored_at=1.25,
+            body=b'{"created_ago":"0 minutes"}',
+            etag='W/"abc"',
+            created_at=1_795_868_853_279_095,
+            created_ago_span=(15, 26),
+        )
+        await store.put(PLAIN, rich, TTL)
+        assert await store.get(PLAIN) == rich
+
 
 class TestRedisKeys:
     """What only the Redis store has: key layout, expiry and hash tags."""
@@ -170,10 +238,18 @@ class TestRedisKeys:
             "test-proxy:{a:7}:v:00000000000000001000:expand",
             "test-proxy:{a:7}:v:00000000000000001000:plain",
             "test-proxy:{a:8}:missing",
+            "test-proxy:{t:11}:annotations",
         ]
         for key in keys:
             ttl_ms = await client.pttl(key)
             assert 0 < ttl_ms <= 60_000
+
+    async def test_task_index_expires_with_the_longest_entry(self, client: Any) -> None:
+        store = RedisStore(client, KeyScheme(PREFIX))
+        await store.put(PLAIN, entry(), 10)
+        await store.put(AnnotationKey(8, Variant.PLAIN), entry(annotation_id=8), 60)
+        await store.put(AnnotationKey(9, Variant.PLAIN), entry(annotation_id=9), 20)
+        assert 50_000 < await client.pttl("test-proxy:{t:11}:annotations") <= 60_000
 
     async def test_values_are_json_and_bytes_not_pickle(self, client: Any) -> None:
         store = RedisStore(client, KeyScheme(PREFIX))

@@ -48,6 +48,9 @@ class CachedAnnotation:
     body: bytes
     project: int | None = None
     task: int | None = None
+    etag: str = ""  # see proxy.freshness.entity_tag
+    created_at: int | None = None  # microseconds since the epoch, for the live created_ago
+    created_ago_span: tuple[int, int] | None = None  # byte span of created_ago's JSON string in body
 
 
 Lookup = CachedAnnotation | Missing | None
@@ -71,8 +74,33 @@ class AnnotationStore(Protocol):
         """
         ...
 
-    async def put_missing(self, annotation_id: int, ttl: float) -> None:
-        """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation."""
+    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
+        """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation.
+
+        With ``fence`` (the annotation was deleted, not merely not found) no version can be stored for it
+        until ``ttl`` has passed, so a fetch that started before the deletion cannot bring it back.
+        """
+        ...
+
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        """Label Studio says ``version`` is now current: stop serving anything older, or that version itself.
+
+        The pointer moves to ``version`` (unless a newer one is known), so an older version that a slow
+        fetch brings back later is refused, and the cached body of ``version`` (if any) is dropped so the next
+        request fetches it again. Drops a remembered 404.
+        """
+        ...
+
+    async def drop(self, annotation_id: int) -> None:
+        """Forget the annotation entirely: its versions and any remembered 404."""
+        ...
+
+    async def annotations_of_task(self, task_id: int) -> set[int]:
+        """The ids of cached annotations that belong to ``task_id`` (an index kept by :meth:`put`)."""
+        ...
+
+    async def forget_task(self, task_id: int) -> None:
+        """Drop the task's index."""
         ...
 
     async def ping(self) -> None:
@@ -96,6 +124,9 @@ def encode_entry(entry: CachedAnnotation) -> bytes:
         "at": entry.stored_at,
         "p": entry.project,
         "t": entry.task,
+        "e": entry.etag,
+        "c": entry.created_at,
+        "s": list(entry.created_ago_span) if entry.created_ago_span else None,
     }
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + entry.body
 
@@ -117,6 +148,9 @@ def decode_entry(raw: bytes) -> CachedAnnotation:
             body=body,
             project=_optional_int(header.get("p")),
             task=_optional_int(header.get("t")),
+            etag=str(header.get("e", "")),
+            created_at=_optional_int(header.get("c")),
+            created_ago_span=_span(header.get("s"), len(body)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"undecodable cache entry: {exc!r}") from exc
@@ -130,3 +164,14 @@ def _int(value: object) -> int:
 
 def _optional_int(value: object) -> int | None:
     return None if value is None else _int(value)
+
+
+def _span(value: object, size: int) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError("expected a span")
+    start, end = _int(value[0]), _int(value[1])
+    if not 0 <= start < end <= size:
+        raise ValueError("span outside the body")
+    return start, end

@@ -7,6 +7,10 @@ scripts that touch several of them stay valid on a cluster::
     <prefix>{a:42}:v:<version>:plain      that version's body, as Label Studio renders it
     <prefix>{a:42}:v:<version>:expand     the same version with ?expand=completed_by
     <prefix>{a:42}:missing                Label Studio answered 404 (negative cache)
+    <prefix>{t:7}:annotations             set of cached annotation ids of task 7 (for TASKS_DELETED)
+
+A deleted annotation's pointer is set to :data:`FENCE`, a version no real one reaches, so no write succeeds
+for it until the pointer expires.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from proxy.cache.base import Variant
 
 VERSION_WIDTH = 20  # digits: versions compare as strings inside Lua, where numbers are doubles
+FENCE = 10**VERSION_WIDTH - 1  # greater than any updated_at in microseconds
 
 
 def version_token(version: int) -> str:
@@ -43,3 +48,6 @@ class KeyScheme:
 
     def version(self, annotation_id: int, version: int, variant: Variant) -> str:
         return f"{self.version_prefix(annotation_id)}{version_token(version)}:{variant.value}"
+
+    def task(self, task_id: int) -> str:
+        return f"{self.prefix}{{t:{task_id}}}:annotations"

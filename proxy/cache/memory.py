@@ -12,7 +12,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup
+from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, Variant
+from proxy.cache.keys import FENCE
 
 # Rough per-record overhead (dict slot, tuple key, dataclass), so the byte bound holds for small bodies too.
 RECORD_OVERHEAD = 200
@@ -59,12 +60,40 @@ class MemoryStore:
         self._set(("v", annotation_id, entry.version, variant), entry, size, ttl)
         self._set(("latest", annotation_id), entry.version, RECORD_OVERHEAD, ttl)
         self._delete(("missing", annotation_id))
+        if entry.task is not None:
+            members = self._live(("task", entry.task))
+            ids = frozenset({annotation_id}) | (members if isinstance(members, frozenset) else frozenset())
+            self._set(("task", entry.task), ids, RECORD_OVERHEAD + 16 * len(ids), ttl)
         return True
 
-    async def put_missing(self, annotation_id: int, ttl: float) -> None:
-        self._delete(("latest", annotation_id))
+    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
+        if fence and ttl > 0:
+            self._set(("latest", annotation_id), FENCE, RECORD_OVERHEAD, ttl)
+        else:
+            self._delete(("latest", annotation_id))
         if ttl > 0:
             self._set(("missing", annotation_id), True, RECORD_OVERHEAD, ttl)
+
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        current = self._live(("latest", annotation_id))
+        if isinstance(current, int) and current > version:
+            return
+        if current == version:
+            for variant in Variant:
+                self._delete(("v", annotation_id, version, variant))
+        self._set(("latest", annotation_id), version, RECORD_OVERHEAD, ttl)
+        self._delete(("missing", annotation_id))
+
+    async def drop(self, annotation_id: int) -> None:
+        self._delete(("latest", annotation_id))
+        self._delete(("missing", annotation_id))
+
+    async def annotations_of_task(self, task_id: int) -> set[int]:
+        members = self._live(("task", task_id))
+        return set(members) if isinstance(members, frozenset) else set()
+
+    async def forget_task(self, task_id: int) -> None:
+        self._delete(("task", task_id))
 
     async def ping(self) -> None:
         return None

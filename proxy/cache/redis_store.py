@@ -8,6 +8,8 @@ the service then goes to Label Studio instead (the cache fails open).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -19,10 +21,11 @@ from proxy.cache.base import (
     AnnotationKey,
     CachedAnnotation,
     Lookup,
+    Variant,
     decode_entry,
     encode_entry,
 )
-from proxy.cache.keys import KeyScheme, version_token
+from proxy.cache.keys import FENCE, KeyScheme, version_token
 from proxy.errors import CacheError
 
 # KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>".
@@ -46,11 +49,31 @@ redis.call('DEL', KEYS[3])
 return 1
 """
 
+# KEYS: pointer, missing marker, the version's plain key, its expand key. ARGV: version token, ttl in ms.
+# Moves the pointer up to the version (never down) and drops that version's bodies if they are cached.
+INVALIDATE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current > ARGV[1] then return 0 end
+if current == ARGV[1] then redis.call('DEL', KEYS[3], KEYS[4]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """Redis's exceptions become :class:`CacheError`, naming the exception type but never its text."""
+    try:
+        yield
+    except REDIS_FAILURES as exc:
+        raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
 
 class RedisStore:
@@ -61,6 +84,7 @@ class RedisStore:
         self._keys = keys
         self._read = client.register_script(READ_SCRIPT)
         self._write = client.register_script(WRITE_SCRIPT)
+        self._invalidate = client.register_script(INVALIDATE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64) -> RedisStore:
@@ -78,13 +102,11 @@ class RedisStore:
 
     async def get(self, key: AnnotationKey) -> Lookup:
         annotation_id, variant = key
-        try:
+        with _translated("read"):
             raw = await self._read(
                 keys=[self._keys.missing(annotation_id), self._keys.pointer(annotation_id)],
                 args=[self._keys.version_prefix(annotation_id), f":{variant.value}"],
             )
-        except REDIS_FAILURES as exc:
-            raise CacheError(f"redis read failed: {type(exc).__name__}") from exc
         if raw is None:
             return None
         if isinstance(raw, int):
@@ -96,34 +118,65 @@ class RedisStore:
 
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
         annotation_id, variant = key
-        try:
+        ttl_ms = _ms(ttl)
+        with _translated("write"):
             stored = await self._write(
                 keys=[
                     self._keys.pointer(annotation_id),
                     self._keys.version(annotation_id, entry.version, variant),
                     self._keys.missing(annotation_id),
                 ],
-                args=[version_token(entry.version), encode_entry(entry), _ms(ttl)],
+                args=[version_token(entry.version), encode_entry(entry), ttl_ms],
             )
-        except REDIS_FAILURES as exc:
-            raise CacheError(f"redis write failed: {type(exc).__name__}") from exc
+            if stored and entry.task is not None:
+                # Another hash slot, so not part of the script; an index entry without a cached version
+                # only costs a no-op drop when the task is deleted.
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.sadd(self._keys.task(entry.task), str(annotation_id))
+                    pipe.pexpire(self._keys.task(entry.task), ttl_ms, gt=True)
+                    pipe.pexpire(self._keys.task(entry.task), ttl_ms, nx=True)
+                    await pipe.execute()
         return bool(stored)
 
-    async def put_missing(self, annotation_id: int, ttl: float) -> None:
-        try:
+    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
+        with _translated("write"):
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._keys.pointer(annotation_id))
+                if fence:
+                    pipe.set(self._keys.pointer(annotation_id), version_token(FENCE), px=_ms(ttl))
+                else:
+                    pipe.delete(self._keys.pointer(annotation_id))
                 if ttl > 0:
                     pipe.set(self._keys.missing(annotation_id), b"1", px=_ms(ttl))
                 await pipe.execute()
-        except REDIS_FAILURES as exc:
-            raise CacheError(f"redis write failed: {type(exc).__name__}") from exc
+
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        with _translated("write"):
+            await self._invalidate(
+                keys=[
+                    self._keys.pointer(annotation_id),
+                    self._keys.missing(annotation_id),
+                    self._keys.version(annotation_id, version, Variant.PLAIN),
+                    self._keys.version(annotation_id, version, Variant.EXPANDED),
+                ],
+                args=[version_token(version), _ms(ttl)],
+            )
+
+    async def drop(self, annotation_id: int) -> None:
+        with _translated("write"):
+            await self._client.delete(self._keys.pointer(annotation_id), self._keys.missing(annotation_id))
+
+    async def annotations_of_task(self, task_id: int) -> set[int]:
+        with _translated("read"):
+            members = await self._client.smembers(self._keys.task(task_id))
+        return {int(m) for m in members if m.isdigit()}
+
+    async def forget_task(self, task_id: int) -> None:
+        with _translated("write"):
+            await self._client.delete(self._keys.task(task_id))
 
     async def ping(self) -> None:
-        try:
+        with _translated("ping"):
             await self._client.ping()
-        except REDIS_FAILURES as exc:
-            raise CacheError(f"redis ping failed: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         await self._client.aclose()
