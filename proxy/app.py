@@ -18,8 +18,10 @@ from yarl import URL
 from proxy import __version__
 from proxy.auth import ClientKeys
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
-from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.cache.breaker import CircuitBreakingStore
+from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, READINESS, SERVICE, SETTINGS, STORE, UPSTREAM
 from proxy.metrics import Metrics
+from proxy.readiness import Readiness
 from proxy.routes import errors, observe, setup_routes
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
@@ -66,11 +68,12 @@ def open_store(settings: Settings) -> AnnotationStore:
             extra={"max_bytes": settings.proxy_memory_cache_max_bytes},
         )
         return MemoryStore(settings.proxy_memory_cache_max_bytes)
-    return RedisStore.from_url(
+    redis = RedisStore.from_url(
         settings.redis_url.get_secret_value(),
         KeyScheme(settings.proxy_key_prefix),
         timeout=settings.proxy_redis_timeout,
     )
+    return CircuitBreakingStore(redis)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -120,5 +123,6 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK])
     app[SERVICE] = service
+    app[READINESS] = Readiness(app[STORE], app[UPSTREAM], app[METRICS])
     yield
     await service.close()

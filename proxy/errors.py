@@ -36,6 +36,16 @@ class InvalidClientKey(NotAuthenticated):
     detail = "Invalid token."
 
 
+class BadWebhook(ProxyError):
+    status = 400
+    detail = "Malformed webhook body."
+
+
+class WrongWebhookSecret(ProxyError):
+    status = 401
+    detail = "Missing or wrong X-Webhook-Secret."
+
+
 class PurgeDisabled(ProxyError):
     status = 403
     detail = "Purging is disabled: no PROXY_ADMIN_KEYS are configured."

@@ -9,6 +9,7 @@ from aiohttp import web
 from proxy.auth import ClientKeys
 from proxy.cache import AnnotationStore
 from proxy.metrics import Metrics
+from proxy.readiness import Readiness
 from proxy.service import AnnotationService
 from proxy.settings import Settings
 from proxy.upstream import LabelStudioClient
@@ -19,6 +20,7 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey[AnnotationStore]("store")  # a Protocol: subscripted, not passed as a type
 UPSTREAM = web.AppKey("upstream", LabelStudioClient)
 SERVICE = web.AppKey("service", AnnotationService)
+READINESS = web.AppKey("readiness", Readiness)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
@@ -35,6 +37,7 @@ __all__ = [
     "CLIENT_KEYS",
     "CLOCK",
     "METRICS",
+    "READINESS",
     "REQUEST_ID",
     "SERVICE",
     "SETTINGS",

@@ -8,16 +8,38 @@ them. The model only *checks* a body; the proxy serves Label Studio's own bytes,
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from proxy.errors import InvalidUpstreamBody
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _timestamp(value: object) -> datetime:
+    """An ISO 8601 string, as Label Studio writes datetimes, from 1970 on (naive means UTC).
+
+    Stricter than pydantic, which would also read numbers and numeric strings as Unix timestamps. An
+    annotation's versions are its ``updated_at`` in microseconds since the epoch, so never negative.
+    """
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        raise ValueError("expected an ISO 8601 datetime string")
+    moment = datetime.fromisoformat(value)  # ValueError for an impossible date
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment < _EPOCH:
+        raise ValueError("a datetime before 1970 is not one Label Studio writes")
+    return moment
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 PositiveId = Annotated[int, Field(ge=1, le=INT64_MAX)]
 
@@ -60,9 +82,9 @@ class Annotation(BaseModel):
     completed_by: int | None
     was_cancelled: bool | None
     ground_truth: bool | None
-    created_at: datetime
-    updated_at: datetime
-    draft_created_at: datetime | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    draft_created_at: Timestamp | None
     lead_time: float | None
     import_id: Int64 | None
     last_action: LastAction | None
@@ -81,9 +103,6 @@ class ExpandedAnnotation(Annotation):
     """The body for ``?expand=completed_by``: ``completed_by`` is an object."""
 
     completed_by: CompletedByUser | None  # type: ignore[assignment]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def epoch_micros(moment: datetime) -> int:

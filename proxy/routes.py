@@ -29,7 +29,6 @@ from proxy.errors import (
     ProxyError,
     PurgeDisabled,
     ServiceUnavailable,
-    UpstreamAuthRejected,
     UpstreamError,
 )
 from proxy.freshness import if_none_match
@@ -39,11 +38,10 @@ from proxy.keys import (
     CLIENT_KEYS,
     CLOCK,
     METRICS,
+    READINESS,
     REQUEST_ID,
     SERVICE,
     SETTINGS,
-    STORE,
-    UPSTREAM,
 )
 from proxy.models import INT64_MAX, from_epoch_micros
 from proxy.service import Served, cache_status
@@ -58,7 +56,6 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ANNOTATION_ID = re.compile(r"[0-9]+")
-READINESS_TIMEOUT = 5.0
 ANNOTATION_ROUTE = "/api/annotations/{id:[^/]+}{slash:/?}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -190,7 +187,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def id_from_path(request: web.Request) -> int:
     """The id segment (``/api/annotations/<id>/``, ``/cache/annotations/<id>``) as the caller sent it."""
-    return parse_annotation_id(request.raw_path.partition("?")[0].split("/")[3])
+    # The raw path, not match_info: aiohttp decodes %-escapes there ("%31" would become "1", "%2F" a "/").
+    # rel_url, so that an absolute-form request line ("GET http://host/api/...") parses the same.
+    return parse_annotation_id(request.rel_url.raw_path.split("/")[3])
 
 
 async def get_annotation(request: web.Request) -> web.Response:
@@ -265,43 +264,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the cache answers (when it is Redis) and Label Studio accepts the proxy's credentials."""
-    store = request.app[STORE]
-    upstream = request.app[UPSTREAM]
-    request_id = request[REQUEST_ID]
-
-    async def cache_check() -> str:
-        await store.ping()
-        return "ok"
-
-    async def upstream_check() -> str:
-        await upstream.check_credentials(request_id)
-        return "ok"
-
-    names = ("cache", "label_studio")
-    results = await asyncio.gather(
-        asyncio.wait_for(cache_check(), READINESS_TIMEOUT),
-        asyncio.wait_for(upstream_check(), READINESS_TIMEOUT),
-        return_exceptions=True,
-    )
-    checks: dict[str, dict[str, str]] = {}
-    for name, result in zip(names, results, strict=True):
-        checks[name] = {"status": "ok"} if result == "ok" else {"status": "failing", "error": _why(result)}
-    checks["cache"]["backend"] = store.name
-    ready = all(check["status"] == "ok" for check in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
-    )
-
-
-def _why(result: object) -> str:
-    if isinstance(result, UpstreamAuthRejected):
-        return "Label Studio rejected the proxy's credentials (check LABEL_STUDIO_API_KEY)"
-    if isinstance(result, ProxyError):
-        return result.detail
-    if isinstance(result, TimeoutError):
-        return f"no answer within {READINESS_TIMEOUT:g} s"
-    return str(result) or type(result).__name__
+    report = await request.app[READINESS].report(request[REQUEST_ID])
+    return web.json_response(report.body(), status=200 if report.ready else 503)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -310,8 +274,7 @@ def setup_routes(app: web.Application) -> None:
     resource = app.router.add_resource(ANNOTATION_ROUTE, name="annotation")
     resource.add_route(hdrs.METH_GET, get_annotation)
     resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
-    for method in (hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE):
-        resource.add_route(method, not_allowed)
+    resource.add_route(hdrs.METH_ANY, not_allowed)  # every other method, writes first of all
     purge = app.router.add_resource("/cache/annotations/{id:[^/]+}{slash:/?}", name="purge")
     purge.add_route(hdrs.METH_DELETE, purge_annotation)
     if app[SETTINGS].proxy_webhook_secret is not None:

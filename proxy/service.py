@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
+from proxy.cache.keyspace import FENCE
 from proxy.created_ago import find_created_ago
 from proxy.errors import CacheError, InvalidUpstreamBody, ProxyError
 from proxy.freshness import Freshness, entity_tag, freshness
@@ -128,8 +129,12 @@ class AnnotationService:
         if served is None and isinstance(cached, CachedAnnotation) and self._is_stale(cached):
             self._revalidate(key, cached, request_id)
             served = Served(cached, "stale")
-        if served is None:
-            served = await self._join_or_load(key, request_id)
+        try:
+            if served is None:
+                served = await self._join_or_load(key, request_id)
+        except ProxyError:  # the cache missed, and so did Label Studio
+            self._metrics.cache_requests.labels(result="miss").inc()
+            raise
         self._metrics.cache_requests.labels(result=served.result).inc()
         return served
 
@@ -149,7 +154,7 @@ class AnnotationService:
     async def annotation_deleted(self, annotation_id: int) -> None:
         """Answer 404 from now on, and let no fetch that started earlier store the annotation again."""
         with self._counting_cache_errors("invalidate"):
-            await self._store.put_missing(annotation_id, self._policy.retention, fence=True)
+            await self._store.put_missing(annotation_id, self._policy.retention, since=FENCE)
 
     async def task_deleted(self, task_id: int) -> int:
         """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
@@ -182,12 +187,8 @@ class AnnotationService:
             task = self._start_load(key, request_id, check_cache=True)
         else:
             self._metrics.coalesced_requests.inc()
-        try:
-            # Shielded: a caller that goes away does not cancel the load others are waiting for.
-            served = await asyncio.shield(task)
-        except ProxyError:
-            self._metrics.cache_requests.labels(result="miss").inc()
-            raise
+        # Shielded: a caller that goes away does not cancel the load others are waiting for.
+        served = await asyncio.shield(task)
         # A request that waited for another's fetch says so.
         return replace(served, collapsed=True) if joined and served.result == "miss" else served
 
@@ -248,9 +249,10 @@ class AnnotationService:
                 return served
         expand = key.variant is Variant.EXPANDED
         try:
+            started = self._clock()  # what Label Studio answers is at least this recent
             reply = await self._source.fetch_annotation(key.annotation_id, expand=expand, request_id=request_id)
             if reply.status == 404:
-                stored = await self._remember_missing(key.annotation_id)
+                stored = await self._remember_missing(key.annotation_id, since=round(started * 1_000_000))
                 return Served(None, "miss", stored=stored)
             annotation = validate_annotation(reply.body, annotation_id=key.annotation_id, expand=expand)
         except InvalidUpstreamBody as exc:  # from validation, or a body past PROXY_MAX_BODY_BYTES
@@ -264,7 +266,7 @@ class AnnotationService:
         entry = CachedAnnotation(
             annotation_id=key.annotation_id,
             version=epoch_micros(annotation.updated_at),
-            stored_at=self._clock(),
+            stored_at=started,
             body=reply.body,
             project=annotation.project,
             task=annotation.task,
@@ -306,9 +308,9 @@ class AnnotationService:
             self._cache_failed("put", exc)
             return False
 
-    async def _remember_missing(self, annotation_id: int) -> bool:
+    async def _remember_missing(self, annotation_id: int, *, since: int) -> bool:
         try:
-            await self._store.put_missing(annotation_id, self._policy.negative_ttl)
+            await self._store.put_missing(annotation_id, self._policy.negative_ttl, since=since)
         except CacheError as exc:
             self._cache_failed("put_missing", exc)
             return False

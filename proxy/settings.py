@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
@@ -89,8 +90,8 @@ class Settings(BaseSettings):
         value = key.get_secret_value().strip()
         if not value:
             raise ValueError("must not be empty")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain whitespace")
+        if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+            raise ValueError("must be printable ASCII without whitespace")
         if is_personal_access_token(value):
             exp = jwt_expiry(value)
             if exp is not None and exp <= time.time():
@@ -165,7 +166,7 @@ class Settings(BaseSettings):
         return {
             "label_studio_url": str(self.label_studio_url),
             "label_studio_api_key": "<personal access token>" if self.uses_personal_access_token else "<legacy token>",
-            "redis_url": _mask_url_password(self.redis_url.get_secret_value()) if self.redis_url else None,
+            "redis_url": describe_redis_url(self.redis_url.get_secret_value()) if self.redis_url else None,
             "cache": "redis" if self.redis_url else "memory",
             "proxy_host": self.proxy_host,
             "proxy_port": self.proxy_port,
@@ -185,13 +186,14 @@ class Settings(BaseSettings):
         }
 
 
-def _mask_url_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{hostpart}"
+def describe_redis_url(url: str) -> str:
+    """Where the cache is, for logs: scheme, host, port and path only. Credentials may hide in the user info
+    *and* in the query (redis-py reads ``?password=``), so neither is ever shown."""
+    parsed = URL(url)
+    if parsed.scheme == "unix":
+        return f"unix://{parsed.path}"
+    port = f":{parsed.explicit_port}" if parsed.explicit_port else ""
+    return f"{parsed.scheme}://{parsed.host or ''}{port}{parsed.path}"
 
 
 def _describe(error: dict[str, object]) -> str:

@@ -11,6 +11,7 @@ aiohttp's exceptions are translated into :mod:`proxy.errors` here, once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ TOKEN_REFRESH_PATH = "api/token/refresh/"  # noqa: S105 - a path, not a secret
 # Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
 # 404 proves they are accepted, with no other endpoint involved.
 PROBE_ANNOTATION_ID = 0
+NOT_FOUND_BODY_LIMIT = 64 * 1024
 
 
 class Credentials(Protocol):
@@ -161,7 +163,7 @@ class PersonalAccessToken:
 
         access = payload.get("access") if isinstance(payload, dict) else None
         claims = jwt_claims(access) if isinstance(access, str) else None
-        if not isinstance(access, str) or claims is None:
+        if not isinstance(access, str) or claims is None or not _usable_header_value(access):
             raise UpstreamBadStatus("Label Studio's token refresh returned no access token.")
         exp = claims.get("exp")
         lifetime = float(exp) - now if isinstance(exp, int | float) else 60.0
@@ -239,11 +241,17 @@ class LabelStudioClient:
             hdrs.USER_AGENT: self._user_agent,
             "X-Request-ID": request_id,
         }
-        outcome = "ok"
+        outcome = "connection_error"
         started = time.perf_counter()
         try:
             async with self._session.get(url, headers=headers, allow_redirects=False) as response:
                 outcome = _outcome_of(response.status)
+                if response.status == 404 and not await _is_label_studio_404(response):
+                    outcome = "bad_status"
+                    raise UpstreamBadStatus(
+                        "Something other than Label Studio's API answered 404; operators: check LABEL_STUDIO_URL.",
+                        upstream_status=404,
+                    )
                 if response.status != 200:
                     return UpstreamReply(response.status)
                 return UpstreamReply(200, await self._read_body(response))
@@ -256,6 +264,9 @@ class LabelStudioClient:
         except aiohttp.ClientError as exc:  # the connection broke after it was made
             outcome = "connection_error"
             raise UpstreamUnavailable("The connection to Label Studio failed during the response.") from exc
+        except ValueError as exc:  # aiohttp refuses to send a header it cannot encode (an unusable token)
+            outcome = "connection_error"
+            raise UpstreamUnavailable("The request to Label Studio could not be sent.") from exc
         except InvalidUpstreamBody:
             outcome = "too_large"
             raise
@@ -265,19 +276,42 @@ class LabelStudioClient:
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes
-        too_large = InvalidUpstreamBody(
-            f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
-        )
-        if response.content_length is not None and response.content_length > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+        body = await _read_at_most(response, limit)
+        if body is None:
+            raise InvalidUpstreamBody(
+                f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
+            )
+        return body
+
+
+def _usable_header_value(token: str) -> bool:
+    return token.isascii() and token.isprintable() and not any(c.isspace() for c in token)
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it proves longer than ``limit`` bytes (never buffered past it)."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _is_label_studio_404(response: aiohttp.ClientResponse) -> bool:
+    """Label Studio's "not found" is its JSON error shape; a proxy's or web server's HTML 404 is not one."""
+    if response.content_type != "application/json":
+        return False
+    body = await _read_at_most(response, NOT_FOUND_BODY_LIMIT)
+    try:
+        error = json.loads(body) if body is not None else None
+    except ValueError:
+        return False
+    return isinstance(error, dict) and error.get("status_code") == 404 and "detail" in error
 
 
 def _outcome_of(status: int) -> str:

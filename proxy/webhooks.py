@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import datetime
 from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from proxy.errors import CacheError, ProxyError
+from proxy.errors import BadWebhook, CacheError, ServiceUnavailable, WrongWebhookSecret
 from proxy.keys import METRICS, REQUEST_ID, SERVICE, SETTINGS
-from proxy.models import PositiveId, epoch_micros
+from proxy.models import PositiveId, Timestamp, epoch_micros
 
 log = logging.getLogger("proxy.webhooks")
 
@@ -30,28 +29,13 @@ HANDLED_ACTIONS = frozenset(
 )
 
 
-class BadWebhook(ProxyError):
-    status = 400
-    detail = "Malformed webhook body."
-
-
-class WrongSecret(ProxyError):
-    status = 401
-    detail = "Missing or wrong X-Webhook-Secret."
-
-
-class CacheUnavailable(ProxyError):
-    status = 503
-    detail = "The cache could not apply the event; cached copies may be stale until their TTL."
-
-
 class _Event(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class EventAnnotation(_Event):
     id: PositiveId
-    updated_at: datetime
+    updated_at: Timestamp
 
 
 class Ref(_Event):
@@ -120,7 +104,7 @@ async def label_studio_webhook(request: web.Request) -> web.Response:
     presented = request.headers.get(SECRET_HEADER, "")
     if not hmac.compare_digest(_digest(presented), _digest(secret.get_secret_value())):
         metrics.webhook_events.labels(action="other", outcome="unauthorized").inc()
-        raise WrongSecret()
+        raise WrongWebhookSecret()
 
     body = await request.read()  # bounded by the application's client_max_size (PROXY_WEBHOOK_MAX_BYTES)
     try:
@@ -138,7 +122,9 @@ async def label_studio_webhook(request: web.Request) -> web.Response:
     except CacheError:
         metrics.webhook_events.labels(action=label, outcome="cache_error").inc()
         log.warning("webhook not applied: cache unavailable", extra={"action": label})
-        raise CacheUnavailable() from None
+        raise ServiceUnavailable(
+            "The cache could not apply the event; cached copies may be stale until their TTL."
+        ) from None
     metrics.webhook_events.labels(action=label, outcome="applied").inc()
     log.info("webhook applied", extra={"action": label, "annotations": affected})
     return web.json_response({"status": "applied", "action": action, "annotations": affected})

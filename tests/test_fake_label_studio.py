@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +12,10 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from label_studio_sdk.client import LabelStudio
 
+from tests.conftest import ClientFactory, Clock, ServerFactory
 from tests.django_oracle import timesince
 from tests.fakes.label_studio import (
     LEGACY_DISABLED,
@@ -29,23 +29,10 @@ from tests.samples import SAMPLE_BODY
 ERROR_KEYS = ["id", "status_code", "version", "detail", "exc_info"]
 START = datetime(2026, 11, 28, 12, 27, 33, 279095, tzinfo=UTC).timestamp()
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import pytest
+from aiohttp.test_utils import TestServer
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,6 +58,24 @@ async def test_not_ready_when_label_studio_is_unreachable(make_proxy: ProxyFacto
         "status": "failing",
         "error": "Label Studio could not be reached.",
     }
+
+
+async def test_not_ready_when_the_url_does_not_lead_to_label_studios_api(
+    make_proxy: ProxyFactory, upstream: TestServer
+) -> None:
+    proxy = await make_proxy(label_studio_url=str(upstream.make_url("/wrong-prefix/")))
+    response = await proxy.client.get("/readyz")
+    assert response.status == 503
+    assert "LABEL_STUDIO_URL" in (await response.json())["checks"]["label_studio"]["error"]
+
+
+async def test_readiness_probes_are_shared_and_reused(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    responses = await asyncio.gather(*(proxy.client.get("/readyz") for _ in range(20)))
+    assert {r.status for r in responses} == {200}
+    for _ in range(5):
+        assert (await proxy.client.get("/readyz")).status == 200
+    assert len(proxy.fake.annotation_gets()) == 1  # one probe of Label Studio for 25 readiness requests
 
 
 async def test_not_ready_when_redis_is_down(make_proxy: ProxyFactory) -> None:

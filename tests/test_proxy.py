@@ -122,6 +122,8 @@ class TestCaching:
         proxy = await make_proxy(redis_url=redis_url, proxy_negative_ttl=0.05)
         await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         proxy.fake.add_annotation()
+        remembered = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert remembered.headers["Cache-Status"] == "annotation-proxy; hit; detail=negative"
         # Wait out the 50 ms negative TTL in Redis's own clock (a condition, not a timing assertion).
         for _ in range(200):
             response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
@@ -278,6 +280,34 @@ class TestUpstreamFailures:
         assert "redirect" in (await error_of(response))["detail"]
         assert len(proxy.fake.requests) == 1
 
+    async def test_a_404_that_is_not_label_studios_is_502_and_not_remembered(self, proxy: Proxy) -> None:
+        proxy.fake.add_annotation()
+        proxy.fake.respond_raw_next(b"<html><h1>404 Not Found</h1></html>", status=404, content_type="text/html")
+        response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert response.status == 502
+        assert "LABEL_STUDIO_URL" in (await error_of(response))["detail"]
+        assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+
+    async def test_a_hanging_redis_is_left_alone_after_a_few_timeouts(self, make_proxy: ProxyFactory) -> None:
+        connections = 0
+
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            await reader.read()  # until the proxy gives up and closes
+            writer.close()
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            proxy = await make_proxy(redis_url=f"redis://127.0.0.1:{port}/0", proxy_redis_timeout=0.1)
+            proxy.fake.add_annotation()
+            for _ in range(10):
+                response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+                assert response.status == 200
+        assert 1 <= connections <= 3  # the circuit breaker opened: nine requests never waited on Redis
+        assert len(proxy.fake.annotation_gets(1)) == 10
+
     async def test_redis_down_serves_from_label_studio(self, make_proxy: ProxyFactory) -> None:
         proxy = await make_proxy(redis_url=f"redis://127.0.0.1:{free_port()}/0", proxy_redis_timeout=0.2)
         proxy.fake.add_annotation()
@@ -313,7 +343,7 @@ class TestCallers:
         response = await proxy.client.get("/api/annotations/1/")
         assert response.status == 200
 
-    @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+    @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"])
     async def test_writes_are_405_and_never_reach_label_studio(self, proxy: Proxy, method: str) -> None:
         proxy.fake.add_annotation()
         for path in ("/api/annotations/1/", "/api/annotations/1"):
@@ -322,6 +352,18 @@ class TestCallers:
             assert response.headers["Allow"] == "GET, HEAD"
             assert (await error_of(response))["detail"] == f'Method "{method}" not allowed.'
         assert proxy.fake.requests == []
+
+    async def test_absolute_form_request_line_is_served(self, proxy: Proxy) -> None:
+        proxy.fake.add_annotation()
+        host, port = proxy.client.host, proxy.client.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"GET http://{host}:{port}/api/annotations/1/ HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Token {CLIENT_KEY}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK")
 
     @pytest.mark.parametrize(
         "path",

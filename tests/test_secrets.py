@@ -11,6 +11,10 @@ from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import free_port
 from tests.samples import encode, sample
+from tests.webhooks import annotations_deleted
+
+WEBHOOK_SECRET = "webhook-secret-for-the-leak-test"
+ADMIN_KEY = "admin-key-for-the-leak-test-0123"
 
 
 async def exercise_every_path(proxy: Proxy) -> list[bytes]:
@@ -46,6 +50,12 @@ async def exercise_every_path(proxy: Proxy) -> list[bytes]:
     await call("GET", "/api/annotations/3/")  # credentials rejected
     fake.delay_next(30)
     await call("GET", "/api/annotations/3/")  # timeout
+    for headers in ({"X-Webhook-Secret": WEBHOOK_SECRET}, {"X-Webhook-Secret": "wrong-secret-0123456789"}):
+        response = await proxy.client.post("/webhooks/label-studio", json=annotations_deleted(3), headers=headers)
+        seen.append(repr(dict(response.headers)).encode() + await response.read())
+    for key in (ADMIN_KEY, "not-the-admin-key-0123"):
+        response = await proxy.client.delete("/cache/annotations/1", headers={"Authorization": f"Token {key}"})
+        seen.append(repr(dict(response.headers)).encode() + await response.read())
     await call("GET", "/readyz")
     await call("GET", "/healthz")
     await call("GET", "/metrics")
@@ -69,16 +79,33 @@ async def test_token_never_appears_in_responses_or_logs(
     pat = fake_ls.issue_personal_access_token()
     key = pat if kind == "personal-access-token" else fake_ls.legacy_token
     with caplog.at_level(logging.DEBUG):
-        proxy = await make_proxy(label_studio_api_key=key, proxy_upstream_timeout=0.3)
+        proxy = await make_proxy(
+            label_studio_api_key=key,
+            proxy_upstream_timeout=0.3,
+            proxy_webhook_secret=WEBHOOK_SECRET,
+            proxy_admin_keys=(ADMIN_KEY,),
+        )
         responses = await exercise_every_path(proxy)
         # And once where Label Studio cannot be reached at all.
         unreachable = await make_proxy(label_studio_api_key=key, label_studio_url=f"http://127.0.0.1:{free_port()}")
         response = await unreachable.client.get("/api/annotations/1/", headers=unreachable.auth())
         responses.append(await response.read())
         responses.append(await (await unreachable.client.get("/readyz")).read())
+        # And with the cache down, and (for a PAT) with the refresh refused.
+        no_cache = await make_proxy(label_studio_api_key=key, redis_url=f"redis://:{key}@127.0.0.1:{free_port()}/0")
+        responses.append(await (await no_cache.client.get("/api/annotations/1/", headers=no_cache.auth())).read())
+        responses.append(await (await no_cache.client.get("/readyz")).read())
+        if kind == "personal-access-token":
+            fake_ls.revoke_access_tokens()
+            fake_ls.revoke_refresh_token(pat)
+            refused = await make_proxy(label_studio_api_key=pat)
+            response = await refused.client.get("/api/annotations/2/", headers=refused.auth())
+            assert response.status == 502
+            responses.append(await response.read())
 
     tokens = secrets_of(fake_ls, pat)
-    assert len(tokens) >= 2  # the credential, and for a PAT the access tokens too
+    if kind == "personal-access-token":  # the access tokens Label Studio handed out are secrets too
+        assert any(token not in (pat, fake_ls.legacy_token) for token in tokens)
     formatter = JsonFormatter()
     log_text = "\n".join(formatter.format(record) for record in caplog.records)
     assert "upstream failure" in log_text  # the error paths were logged, so this test can fail
@@ -87,4 +114,6 @@ async def test_token_never_appears_in_responses_or_logs(
         assert token not in log_text
         for body in responses:
             assert token.encode() not in body
-    assert CLIENT_KEY not in log_text
+    for secret in (CLIENT_KEY, WEBHOOK_SECRET, ADMIN_KEY):
+        assert secret not in log_text
+        assert all(secret.encode() not in body for body in responses)

@@ -35,7 +35,7 @@ class BrokenStore(MemoryStore):
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
         raise CacheError("down")
 
-    async def put_missing(self, annotation_id: int, ttl: float) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
         raise CacheError("down")
 
 
@@ -203,3 +203,32 @@ async def test_close_cancels_loads_in_flight(service: AnnotationService, source:
     await service.close()
     with pytest.raises(asyncio.CancelledError):
         await lookup
+
+
+class TickingClock:
+    """Wall-clock seconds that move on by a millisecond at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+async def test_a_200_fetched_before_a_404_does_not_bring_the_annotation_back(
+    store: AnnotationStore, source: ScriptedSource, metrics: Metrics
+) -> None:
+    service = AnnotationService(store, source, metrics, POLICY, clock=TickingClock())
+    source.script(1, ok())  # leaves first, answers last: from before the deletion
+    source.script(1, UpstreamReply(404), expand=True)  # leaves later, sees the deletion
+    source.script(1, UpstreamReply(404))
+    plain_gate = source.close_gate(1)
+    plain = asyncio.create_task(service.lookup(1, expand=False, request_id="r"))
+    await source.arrived.wait()
+    assert (await service.lookup(1, expand=True, request_id="r")).entry is None
+    plain_gate.set()
+    late = await plain
+    assert late.entry is not None  # that caller asked before the deletion
+    assert not late.stored
+    assert (await service.lookup(1, expand=False, request_id="r")).result == "negative_hit"

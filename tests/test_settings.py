@@ -75,6 +75,11 @@ def test_missing_settings_are_named_in_one_line() -> None:
         ("PROXY_KEY_PREFIX", "ap{x}:", "PROXY_KEY_PREFIX"),
         ("PROXY_CLIENT_KEYS", "short", "PROXY_CLIENT_KEYS"),
         ("PROXY_ALLOW_ANONYMOUS", "perhaps", "PROXY_ALLOW_ANONYMOUS"),
+        ("LABEL_STUDIO_API_KEY", "tok\x01en", "LABEL_STUDIO_API_KEY"),
+        ("LABEL_STUDIO_API_KEY", "t\u00f6ken", "LABEL_STUDIO_API_KEY"),
+        ("PROXY_STALE_TTL", "-5", "PROXY_STALE_TTL"),
+        ("PROXY_WEBHOOK_SECRET", "short", "PROXY_WEBHOOK_SECRET"),
+        ("PROXY_ADMIN_KEYS", "short", "PROXY_ADMIN_KEYS"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -143,13 +148,13 @@ def test_redacted_configuration_masks_every_secret() -> None:
     settings = Settings(
         label_studio_url="http://ls:8080",  # type: ignore[arg-type]
         label_studio_api_key=LEGACY,  # type: ignore[arg-type]
-        redis_url="redis://:hunter2@redis:6379/0",  # type: ignore[arg-type]
+        redis_url="redis://:hunter2@redis:6379/0?password=hunter3",  # type: ignore[arg-type]
         proxy_client_keys=(CLIENT_KEY,),  # type: ignore[arg-type]
     )
     shown = repr(settings.redacted()) + repr(settings)
-    for secret in (LEGACY, "hunter2", CLIENT_KEY):
+    for secret in (LEGACY, "hunter2", "hunter3", CLIENT_KEY):
         assert secret not in shown
-    assert settings.redacted()["redis_url"] == "redis://:***@redis:6379/0"
+    assert settings.redacted()["redis_url"] == "redis://redis:6379/0"
 
 
 def test_start_without_configuration_exits_with_one_line() -> None:

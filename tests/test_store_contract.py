@@ -20,6 +20,7 @@ from proxy.cache import (
     RedisStore,
     Variant,
 )
+from proxy.cache.keyspace import FENCE
 from proxy.errors import CacheError
 from tests.redis_server import RedisServer, free_port
 
@@ -121,28 +122,28 @@ class TestStoreContract:
         assert await store.get(PLAIN) == entry(version=9_000)
 
     async def test_remembered_404(self, store: AnnotationStore) -> None:
-        await store.put_missing(7, TTL)
+        await store.put_missing(7, TTL, since=0)
         assert await store.get(PLAIN) is MISSING
         assert await store.get(EXPANDED) is MISSING
 
     async def test_404_drops_cached_versions(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
-        await store.put_missing(7, TTL)
+        await store.put_missing(7, TTL, since=0)
         assert await store.get(PLAIN) is MISSING
 
     async def test_zero_negative_ttl_drops_versions_but_remembers_nothing(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
-        await store.put_missing(7, 0)
+        await store.put_missing(7, 0, since=0)
         assert await store.get(PLAIN) is None
 
     async def test_stored_entry_clears_remembered_404(self, store: AnnotationStore) -> None:
-        await store.put_missing(7, TTL)
+        await store.put_missing(7, TTL, since=0)
         await store.put(PLAIN, entry(), TTL)
         assert await store.get(PLAIN) == entry()
 
     async def test_annotations_do_not_share_entries(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(annotation_id=7), TTL)
-        await store.put_missing(8, TTL)
+        await store.put_missing(8, TTL, since=0)
         assert await store.get(AnnotationKey(8, Variant.PLAIN)) is MISSING
         assert await store.get(PLAIN) == entry(annotation_id=7)
 
@@ -173,13 +174,23 @@ class TestStoreContract:
         assert await store.get(PLAIN) == entry(version=2_000)
 
     async def test_invalidating_drops_a_remembered_404(self, store: AnnotationStore) -> None:
-        await store.put_missing(7, TTL)
+        await store.put_missing(7, TTL, since=0)
         await store.invalidate(7, 1_000, TTL)
         assert await store.get(PLAIN) is None
 
+    async def test_a_200_from_a_fetch_older_than_a_remembered_404_is_refused(self, store: AnnotationStore) -> None:
+        # The 200's fetch began (stored_at) before the fetch that saw the 404: it may predate a deletion.
+        began_404_fetch = round(entry().stored_at * 1_000_000) + 1
+        await store.put_missing(7, TTL, since=began_404_fetch)
+        assert await store.put(PLAIN, entry(), TTL) is False
+        assert await store.get(PLAIN) is MISSING
+        later = CachedAnnotation(annotation_id=7, version=1_000, stored_at=entry().stored_at + 1, body=b"{}")
+        assert await store.put(PLAIN, later, TTL) is True  # began after the 404: created since
+        assert await store.get(PLAIN) == later
+
     async def test_a_fenced_404_refuses_every_later_write(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(version=1_000), TTL)
-        await store.put_missing(7, TTL, fence=True)
+        await store.put_missing(7, TTL, since=FENCE)
         assert await store.put(PLAIN, entry(version=1_000), TTL) is False
         assert await store.put(PLAIN, entry(version=2**62), TTL) is False
         assert await store.get(PLAIN) is MISSING
@@ -188,7 +199,7 @@ class TestStoreContract:
         await store.put(PLAIN, entry(version=2_000), TTL)
         await store.drop(7)
         assert await store.get(PLAIN) is None
-        await store.put_missing(7, TTL)
+        await store.put_missing(7, TTL, since=0)
         await store.drop(7)
         assert await store.get(PLAIN) is None
         assert await store.put(PLAIN, entry(version=1_000), TTL) is True
@@ -231,7 +242,7 @@ class TestRedisKeys:
         store = RedisStore(client, KeyScheme(PREFIX))
         await store.put(PLAIN, entry(), TTL)
         await store.put(EXPANDED, entry(), TTL)
-        await store.put_missing(8, 30)
+        await store.put_missing(8, 30, since=0)
         keys = sorted(k.decode() for k in await client.keys("*"))
         assert keys == [
             "test-proxy:{a:7}:latest",
@@ -286,7 +297,7 @@ class TestMemoryStore:
         clock = ManualClock()
         store = MemoryStore(1024 * 1024, clock=clock)
         await store.put(PLAIN, entry(), 10)
-        await store.put_missing(8, 5)
+        await store.put_missing(8, 5, since=0)
         clock.now += 5
         assert await store.get(AnnotationKey(8, Variant.PLAIN)) is None
         assert await store.get(PLAIN) == entry()
@@ -305,7 +316,7 @@ class TestMemoryStore:
     async def test_remembered_404s_are_bounded_too(self) -> None:
         store = MemoryStore(64 * 1024)
         for annotation_id in range(1, 10_000):
-            await store.put_missing(annotation_id, TTL)
+            await store.put_missing(annotation_id, TTL, since=0)
         assert store.size_bytes <= 64 * 1024
 
     async def test_an_entry_larger_than_the_whole_cache_is_not_stored(self) -> None:

@@ -9,7 +9,7 @@ from proxy.cache.base import (
     Missing,
     Variant,
 )
-from proxy.cache.keys import KeyScheme
+from proxy.cache.keyspace import KeyScheme
 from proxy.cache.memory import MemoryStore
 from proxy.cache.redis_store import RedisStore
 

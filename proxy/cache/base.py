@@ -44,7 +44,7 @@ class CachedAnnotation:
 
     annotation_id: int
     version: int  # updated_at, integer microseconds since the epoch
-    stored_at: float  # wall-clock seconds since the epoch when the proxy fetched it
+    stored_at: float  # wall-clock seconds since the epoch when the proxy asked Label Studio for it
     body: bytes
     project: int | None = None
     task: int | None = None
@@ -70,15 +70,17 @@ class AnnotationStore(Protocol):
 
         Atomic: of two racing writes the newer version wins, whatever their order. An entry with the same
         version replaces the cached one (Label Studio changes some fields without touching ``updated_at``).
-        Clears a remembered 404. Returns whether the entry was stored.
+        Refused when a 404 is remembered that was fetched after this entry's fetch began (``stored_at``): the
+        entry may predate a deletion. Otherwise clears a remembered 404. Returns whether the entry was stored.
         """
         ...
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
         """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation.
 
-        With ``fence`` (the annotation was deleted, not merely not found) no version can be stored for it
-        until ``ttl`` has passed, so a fetch that started before the deletion cannot bring it back.
+        ``since`` (microseconds since the epoch) is when the fetch that saw the 404 began: an entry from a fetch
+        that began earlier is refused while the 404 is remembered. :data:`proxy.cache.keyspace.FENCE` (a deletion
+        Label Studio announced) refuses every entry until ``ttl`` has passed.
         """
         ...
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, Variant
-from proxy.cache.keys import FENCE
 
 # Rough per-record overhead (dict slot, tuple key, dataclass), so the byte bound holds for small bodies too.
 RECORD_OVERHEAD = 200
@@ -54,6 +53,9 @@ class MemoryStore:
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > entry.version:
             return False
+        missing_since = self._live(("missing", annotation_id))
+        if isinstance(missing_since, int) and missing_since > round(entry.stored_at * 1_000_000):
+            return False
         size = len(entry.body) + RECORD_OVERHEAD
         if size + RECORD_OVERHEAD > self.max_bytes:
             return False
@@ -66,13 +68,10 @@ class MemoryStore:
             self._set(("task", entry.task), ids, RECORD_OVERHEAD + 16 * len(ids), ttl)
         return True
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
-        if fence and ttl > 0:
-            self._set(("latest", annotation_id), FENCE, RECORD_OVERHEAD, ttl)
-        else:
-            self._delete(("latest", annotation_id))
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+        self._delete(("latest", annotation_id))
         if ttl > 0:
-            self._set(("missing", annotation_id), True, RECORD_OVERHEAD, ttl)
+            self._set(("missing", annotation_id), since, RECORD_OVERHEAD, ttl)
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         current = self._live(("latest", annotation_id))

@@ -25,7 +25,7 @@ from proxy.cache.base import (
     decode_entry,
     encode_entry,
 )
-from proxy.cache.keys import FENCE, KeyScheme, version_token
+from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.errors import CacheError
 
 # KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>".
@@ -37,12 +37,14 @@ if not version then return false end
 return redis.call('GET', ARGV[1] .. version .. ARGV[2])
 """
 
-# KEYS: pointer, version key, missing marker. ARGV: version token, entry bytes, ttl in ms.
-# Versions are fixed-width digit strings, so string comparison is version order.
-# Returns 1 when stored, 0 when a newer version is already known.
+# KEYS: pointer, version key, missing marker. ARGV: version token, entry bytes, ttl in ms, fetch start token.
+# Versions and times are fixed-width digit strings, so string comparison is numeric order.
+# Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
 WRITE_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
+local missing_since = redis.call('GET', KEYS[3])
+if missing_since and missing_since > ARGV[4] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
@@ -67,12 +69,16 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _micros_token(seconds: float) -> str:
+    return version_token(round(seconds * 1_000_000))
+
+
 @contextmanager
 def _translated(operation: str) -> Iterator[None]:
     """Redis's exceptions become :class:`CacheError`, naming the exception type but never its text."""
     try:
         yield
-    except REDIS_FAILURES as exc:
+    except (*REDIS_FAILURES, ValueError) as exc:  # ValueError: a value that cannot be encoded as a key
         raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
 
@@ -126,7 +132,7 @@ class RedisStore:
                     self._keys.version(annotation_id, entry.version, variant),
                     self._keys.missing(annotation_id),
                 ],
-                args=[version_token(entry.version), encode_entry(entry), ttl_ms],
+                args=[version_token(entry.version), encode_entry(entry), ttl_ms, _micros_token(entry.stored_at)],
             )
             if stored and entry.task is not None:
                 # Another hash slot, so not part of the script; an index entry without a cached version
@@ -138,15 +144,12 @@ class RedisStore:
                     await pipe.execute()
         return bool(stored)
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, fence: bool = False) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
         with _translated("write"):
             async with self._client.pipeline(transaction=True) as pipe:
-                if fence:
-                    pipe.set(self._keys.pointer(annotation_id), version_token(FENCE), px=_ms(ttl))
-                else:
-                    pipe.delete(self._keys.pointer(annotation_id))
+                pipe.delete(self._keys.pointer(annotation_id))
                 if ttl > 0:
-                    pipe.set(self._keys.missing(annotation_id), b"1", px=_ms(ttl))
+                    pipe.set(self._keys.missing(annotation_id), version_token(since), px=_ms(ttl))
                 await pipe.execute()
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:

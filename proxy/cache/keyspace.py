@@ -6,11 +6,11 @@ scripts that touch several of them stay valid on a cluster::
     <prefix>{a:42}:latest                 newest known version (zero-padded microseconds) of annotation 42
     <prefix>{a:42}:v:<version>:plain      that version's body, as Label Studio renders it
     <prefix>{a:42}:v:<version>:expand     the same version with ?expand=completed_by
-    <prefix>{a:42}:missing                Label Studio answered 404 (negative cache)
+    <prefix>{a:42}:missing                Label Studio answered 404: when the fetch that saw it began
     <prefix>{t:7}:annotations             set of cached annotation ids of task 7 (for TASKS_DELETED)
 
-A deleted annotation's pointer is set to :data:`FENCE`, a version no real one reaches, so no write succeeds
-for it until the pointer expires.
+A deleted annotation's 404 marker holds :data:`FENCE`, a time no fetch reaches, so no write succeeds for it
+until the marker expires.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from proxy.cache.base import Variant
 
 VERSION_WIDTH = 20  # digits: versions compare as strings inside Lua, where numbers are doubles
-FENCE = 10**VERSION_WIDTH - 1  # greater than any updated_at in microseconds
+FENCE = 10**VERSION_WIDTH - 1  # later than any time or updated_at in microseconds
 
 
 def version_token(version: int) -> str:

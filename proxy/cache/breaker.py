@@ -1,0 +1,79 @@
+"""A circuit breaker around a store: a dead or hanging Redis costs a few timeouts, not one per request.
+
+After ``threshold`` consecutive failures the breaker *opens*: for ``cooldown`` seconds every operation fails at
+once with :class:`CacheError` (which the service treats as a miss, so requests go to Label Studio). Then it lets
+operations through again; the first success closes it, a failure opens it for another ``cooldown``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup
+from proxy.errors import CacheError
+
+T = TypeVar("T")
+
+
+class CircuitBreakingStore:
+    def __init__(
+        self,
+        store: AnnotationStore,
+        *,
+        threshold: int = 3,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = store.name
+        self._store = store
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._clock() < self._open_until
+
+    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if self.is_open:
+            raise CacheError("cache circuit open: recent operations failed")
+        try:
+            result = await operation()
+        except CacheError:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                self._open_until = self._clock() + self._cooldown
+            raise
+        self._failures = 0
+        return result
+
+    async def get(self, key: AnnotationKey) -> Lookup:
+        return await self._guarded(lambda: self._store.get(key))
+
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+        return await self._guarded(lambda: self._store.put(key, entry, ttl))
+
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+        await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since))
+
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        await self._guarded(lambda: self._store.invalidate(annotation_id, version, ttl))
+
+    async def drop(self, annotation_id: int) -> None:
+        await self._guarded(lambda: self._store.drop(annotation_id))
+
+    async def annotations_of_task(self, task_id: int) -> set[int]:
+        return await self._guarded(lambda: self._store.annotations_of_task(task_id))
+
+    async def forget_task(self, task_id: int) -> None:
+        await self._guarded(lambda: self._store.forget_task(task_id))
+
+    async def ping(self) -> None:
+        await self._guarded(self._store.ping)
+
+    async def close(self) -> None:
+        await self._store.close()
