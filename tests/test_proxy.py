@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from redis import Redis
 from yarl import URL
 
 from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory, wait_until
@@ -118,19 +119,20 @@ class TestCaching:
         assert len(proxy.fake.annotation_gets(77)) == 1
         assert proxy.metric("cache_requests_total", result="negative_hit") == 1
 
-    async def test_negative_entry_expires(self, make_proxy: ProxyFactory, redis_url: str) -> None:
-        proxy = await make_proxy(redis_url=redis_url, proxy_negative_ttl=0.05)
-        await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    async def test_a_remembered_404_lives_for_the_negative_ttl_and_versions_for_ttl_plus_stale(
+        self, make_proxy: ProxyFactory, redis_url: str
+    ) -> None:
+        # Redis expires keys by its own clock, so this reads the TTLs Redis holds instead of waiting them out.
+        proxy = await make_proxy(redis_url=redis_url, proxy_negative_ttl=30, proxy_cache_ttl=300, proxy_stale_ttl=60)
         proxy.fake.add_annotation()
-        remembered = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
+        remembered = await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
         assert remembered.headers["Cache-Status"] == "annotation-proxy; hit; detail=negative"
-        # Wait out the 50 ms negative TTL in Redis's own clock (a condition, not a timing assertion).
-        for _ in range(200):
-            response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
-            if response.status == 200:
-                break
-            await asyncio.sleep(0.01)
-        assert response.status == 200
+        with Redis.from_url(redis_url) as redis:
+            assert 29_000 < redis.pttl("annotation-proxy:{a:2}:missing") <= 30_000
+            for key in redis.keys("annotation-proxy:{a:1}:*"):
+                assert 359_000 < redis.pttl(key) <= 360_000, key
 
 
 class TestCoalescing:
