@@ -15,8 +15,6 @@ from proxy.settings import load_settings
 
 log = logging.getLogger("proxy")
 
-SHUTDOWN_TIMEOUT = 10.0
-
 
 def main() -> int:
     try:
@@ -33,7 +31,7 @@ def main() -> int:
             port=settings.proxy_port,
             access_log=None,  # proxy.routes.observe writes the access log
             print=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            shutdown_timeout=settings.proxy_shutdown_timeout,
         )
     except OSError as exc:
         log.exception(
@@ -41,6 +39,7 @@ def main() -> int:
             extra={"host": settings.proxy_host, "port": settings.proxy_port, "error": str(exc)},
         )
         return 1
+    log.info("stopped")
     return 0
 
 

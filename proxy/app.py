@@ -17,20 +17,26 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.auth import ClientKeys
+from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
-from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, READINESS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, MONOTONIC, READINESS, SERVICE, SETTINGS, STORE, UPSTREAM
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
 from proxy.routes import errors, observe, setup_routes
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
-from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken
+from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken, UpstreamPolicy
 
 log = logging.getLogger("proxy.app")
 
 USER_AGENT = f"annotation-proxy/{__version__}"
-UPSTREAM_CONNECTIONS = 100
+# After this many Redis failures in a row, leave Redis alone this many seconds, then probe it.
+CACHE_BREAKER_THRESHOLD = 3
+CACHE_BREAKER_COOLDOWN = 5.0
+# After this many failed requests to Label Studio in a row (no answer, or a 5xx), stop for this many seconds.
+UPSTREAM_BREAKER_THRESHOLD = 5
+UPSTREAM_BREAKER_COOLDOWN = 5.0
 
 
 def create_app(
@@ -39,8 +45,13 @@ def create_app(
     registry: CollectorRegistry | None = None,
     store: AnnotationStore | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """Build the proxy. ``registry``, ``store`` and ``clock`` replace the defaults (tests pass their own)."""
+    """Build the proxy. ``registry``, ``store`` and the clocks replace the defaults (tests pass their own).
+
+    ``clock`` is wall-clock time (cache ages, token expiry); ``monotonic`` measures intervals (circuit breakers,
+    readiness reuse).
+    """
     # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
     app = web.Application(middlewares=[observe, errors], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings
@@ -48,20 +59,22 @@ def create_app(
     app[CLIENT_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_client_keys)
     app[ADMIN_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
+    app[MONOTONIC] = monotonic
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE] = store if store is not None else open_store(settings)
+        app[STORE] = store if store is not None else open_store(settings, app[METRICS], app[MONOTONIC])
         yield
         await app[STORE].close()
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(service_ctx)
+    app.on_shutdown.append(stop_being_ready)
     setup_routes(app)
     return app
 
 
-def open_store(settings: Settings) -> AnnotationStore:
+def open_store(settings: Settings, metrics: Metrics, monotonic: Callable[[], float]) -> AnnotationStore:
     if settings.redis_url is None:
         log.info(
             "no REDIS_URL: caching in process memory",
@@ -73,7 +86,13 @@ def open_store(settings: Settings) -> AnnotationStore:
         KeyScheme(settings.proxy_key_prefix),
         timeout=settings.proxy_redis_timeout,
     )
-    return CircuitBreakingStore(redis)
+    breaker = CircuitBreaker(
+        threshold=CACHE_BREAKER_THRESHOLD,
+        cooldown=CACHE_BREAKER_COOLDOWN,
+        clock=monotonic,
+        on_change=lambda state: metrics.cache_available.set(1 if state is State.CLOSED else 0),
+    )
+    return CircuitBreakingStore(redis, breaker)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,7 +103,8 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     async with aiohttp.ClientSession(
         timeout=timeout,
-        connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, ttl_dns_cache=60),
+        # One more than the client's own bound, for the token refresh that may run beside a full house.
+        connector=aiohttp.TCPConnector(limit=settings.proxy_upstream_max_connections + 1, ttl_dns_cache=60),
         cookie_jar=aiohttp.DummyCookieJar(),  # Label Studio's session cookie must never be replayed
         headers={aiohttp.hdrs.USER_AGENT: USER_AGENT},
         raise_for_status=False,
@@ -103,15 +123,38 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         else:
             credentials = LegacyToken(settings.label_studio_api_key)
+        metrics = app[METRICS]
+
+        def show_state(state: State) -> None:
+            for each in State:
+                metrics.upstream_circuit_state.labels(state=each.value).set(1 if each is state else 0)
+
         app[UPSTREAM] = LabelStudioClient(
             session,
             base_url,
             credentials,
-            metrics=app[METRICS],
+            policy=UpstreamPolicy(
+                timeout=settings.proxy_upstream_timeout,
+                max_connections=settings.proxy_upstream_max_connections,
+            ),
+            breaker=CircuitBreaker(
+                threshold=UPSTREAM_BREAKER_THRESHOLD,
+                cooldown=UPSTREAM_BREAKER_COOLDOWN,
+                clock=app[MONOTONIC],
+                on_change=show_state,
+            ),
+            metrics=metrics,
             max_body_bytes=settings.proxy_max_body_bytes,
             user_agent=USER_AGENT,
         )
         yield
+
+
+async def stop_being_ready(app: web.Application) -> None:
+    """On SIGTERM aiohttp stops listening, runs this, lets requests in flight finish (PROXY_SHUTDOWN_TIMEOUT),
+    then closes the cleanup contexts: background loads are cancelled, sessions and pools closed."""
+    log.info("shutting down: finishing requests in flight", extra={"timeout_s": app[SETTINGS].proxy_shutdown_timeout})
+    app[READINESS].shutting_down()
 
 
 async def service_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -120,9 +163,10 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         ttl=settings.proxy_cache_ttl,
         stale_ttl=settings.proxy_stale_ttl,
         negative_ttl=settings.proxy_negative_ttl,
+        stale_if_error_ttl=settings.proxy_stale_if_error_ttl,
     )
     service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK])
     app[SERVICE] = service
-    app[READINESS] = Readiness(app[STORE], app[UPSTREAM], app[METRICS])
+    app[READINESS] = Readiness(app[STORE], app[UPSTREAM], app[METRICS], clock=app[MONOTONIC])
     yield
     await service.close()

@@ -90,6 +90,14 @@ class UpstreamUnavailable(UpstreamError):
     outcome = "connection_error"
 
 
+class UpstreamCircuitOpen(UpstreamUnavailable):
+    """Label Studio kept failing: the proxy is not calling it for a few seconds (its circuit breaker is open)."""
+
+    status = 503
+    detail = "Label Studio is failing; the proxy has stopped calling it for a few seconds."
+    outcome = "circuit_open"
+
+
 class UpstreamAuthRejected(UpstreamError):
     """Label Studio refused the proxy's own credentials: an operator must fix the configuration."""
 

@@ -24,6 +24,7 @@ READINESS = web.AppKey("readiness", Readiness)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
+MONOTONIC = web.AppKey[Callable[[], float]]("monotonic")  # for intervals; tests move it by hand too
 
 # Per request: the id that ties the access log, the upstream request and the caller's logs together.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -37,6 +38,7 @@ __all__ = [
     "CLIENT_KEYS",
     "CLOCK",
     "METRICS",
+    "MONOTONIC",
     "READINESS",
     "REQUEST_ID",
     "SERVICE",

@@ -77,6 +77,10 @@ class Metrics:
     cache_errors: Counter
     revalidations: Counter
     webhook_events: Counter
+    cache_available: Gauge
+    upstream_circuit_state: Gauge
+    upstream_retries: Counter
+    upstream_waiting: Gauge
     build_info: Gauge
 
     @classmethod
@@ -151,6 +155,27 @@ class Metrics:
                 ["action", "outcome"],
                 registry=registry,
             ),
+            cache_available=Gauge(
+                f"{PREFIX}_cache_available",
+                "1 while the cache is used; 0 while its circuit breaker is open (requests go to Label Studio).",
+                registry=registry,
+            ),
+            upstream_circuit_state=Gauge(
+                f"{PREFIX}_upstream_circuit_state",
+                "1 for the current state of the circuit breaker in front of Label Studio, 0 for the others.",
+                ["state"],
+                registry=registry,
+            ),
+            upstream_retries=Counter(
+                f"{PREFIX}_upstream_retries",
+                "Upstream requests sent again after a connection error or a 502/503/504.",
+                registry=registry,
+            ),
+            upstream_waiting=Gauge(
+                f"{PREFIX}_upstream_waiting",
+                "Requests waiting for one of the PROXY_UPSTREAM_MAX_CONNECTIONS slots to Label Studio.",
+                registry=registry,
+            ),
             build_info=Gauge(
                 f"{PREFIX}_build_info",
                 "Always 1; the proxy's version as a label.",
@@ -159,6 +184,7 @@ class Metrics:
             ),
         )
         metrics.build_info.labels(version=version).set(1)
+        metrics.cache_available.set(1)
         for result in CACHE_RESULTS:
             metrics.cache_requests.labels(result=result)
         for outcome in UPSTREAM_OUTCOMES:

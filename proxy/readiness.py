@@ -1,4 +1,8 @@
-"""Readiness for ``/readyz``: does the cache answer, and does Label Studio accept the proxy's credentials?
+"""Readiness for ``/readyz``: does Label Studio accept the proxy's credentials, and does the cache answer?
+
+Ready means the proxy can answer: Label Studio must answer. The cache only makes answers cheaper: when it fails
+the proxy is *degraded* (still ready: it serves from Label Studio, and a failing Redis must not take every replica
+out of service at once). While shutting down the proxy is not ready, so load balancers stop sending requests.
 
 ``/readyz`` needs no key, so anyone who reaches the port may call it as often as they like. The checks are
 therefore shared: one runs at a time, and its report is reused for ``interval`` seconds, so probes cost Label
@@ -27,11 +31,15 @@ class CredentialCheck(Protocol):
 
 @dataclass(frozen=True)
 class Report:
-    ready: bool
+    status: str  # "ready", "degraded" (ready, but the cache fails), "not ready" or "shutting down"
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
 
+    @property
+    def ready(self) -> bool:
+        return self.status in ("ready", "degraded")
+
     def body(self) -> dict[str, Any]:
-        return {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+        return {"status": self.status, "checks": self.checks}
 
 
 def _why(error: BaseException) -> str:
@@ -61,8 +69,15 @@ class Readiness:
         self._clock = clock
         self._last: tuple[float, Report] | None = None
         self._running: asyncio.Task[Report] | None = None
+        self._shutting_down = False
+
+    def shutting_down(self) -> None:
+        """From now on, not ready: the process is stopping."""
+        self._shutting_down = True
 
     async def report(self, request_id: str) -> Report:
+        if self._shutting_down:
+            return Report("shutting down")
         if self._last is not None and self._clock() - self._last[0] < self._interval:
             return self._last[1]
         if self._running is None or self._running.done():
@@ -89,6 +104,12 @@ class Readiness:
             else:
                 checks[name] = {"status": "ok"}
         checks["cache"]["backend"] = self._store.name
-        report = Report(all(c["status"] == "ok" for c in checks.values()), checks)
+        if checks["label_studio"]["status"] != "ok":
+            status = "not ready"
+        elif checks["cache"]["status"] != "ok":
+            status = "degraded"
+        else:
+            status = "ready"
+        report = Report(status, checks)
         self._last = (self._clock(), report)
         return report

@@ -18,13 +18,25 @@ from typing import Literal, Protocol
 from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.keyspace import FENCE
 from proxy.created_ago import find_created_ago
-from proxy.errors import CacheError, InvalidUpstreamBody, ProxyError
+from proxy.errors import (
+    CacheError,
+    InvalidUpstreamBody,
+    ProxyError,
+    UpstreamBadStatus,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.freshness import Freshness, entity_tag, freshness
 from proxy.metrics import Metrics
 from proxy.models import epoch_micros, validate_annotation
 from proxy.upstream import UpstreamReply
 
 log = logging.getLogger("proxy.service")
+
+# Label Studio failures that a cached version may hide (stale-if-error). A 404, an invalid body or rejected
+# credentials are answers, not failures: they are never hidden.
+UNAVAILABLE = (UpstreamTimeout, UpstreamUnavailable, UpstreamBadStatus)
 
 CacheResult = Literal["hit", "miss", "stale", "negative_hit"]
 
@@ -73,6 +85,7 @@ class Served:
     result: CacheResult
     stored: bool = False  # a miss whose answer the cache now holds
     collapsed: bool = False  # this request waited for another request's fetch
+    because_of_error: bool = False  # a stale version served because Label Studio failed (stale-if-error)
 
     @property
     def cache_status(self) -> str:
@@ -81,7 +94,7 @@ class Served:
         if self.result == "negative_hit":
             return cache_status(hit=True, detail="negative")
         if self.result == "stale":
-            return cache_status(hit=True, detail="stale")
+            return cache_status(hit=True, detail="stale-if-error" if self.because_of_error else "stale")
         return cache_status(
             fwd_status=404 if self.entry is None else 200,
             stored=self.stored,
@@ -96,11 +109,12 @@ class CachePolicy:
     ttl: float  # a version is fresh this long after it was fetched
     stale_ttl: float  # then served stale (while one background fetch revalidates it) this much longer
     negative_ttl: float  # a Label Studio 404 is remembered this long
+    stale_if_error_ttl: float = 0.0  # while Label Studio fails, a version this young is served instead of an error
 
     @property
     def retention(self) -> float:
         """How long the store keeps a version (and a deleted annotation's tombstone)."""
-        return self.ttl + self.stale_ttl
+        return max(self.ttl + self.stale_ttl, self.stale_if_error_ttl)
 
 
 class AnnotationService:
@@ -132,6 +146,11 @@ class AnnotationService:
         try:
             if served is None:
                 served = await self._join_or_load(key, request_id)
+        except UNAVAILABLE as exc:
+            served = self._stale_if_error(cached, exc)
+            if served is None:
+                self._metrics.cache_requests.labels(result="miss").inc()
+                raise
         except ProxyError:  # the cache missed, and so did Label Studio
             self._metrics.cache_requests.labels(result="miss").inc()
             raise
@@ -276,6 +295,22 @@ class AnnotationService:
         )
         stored = await self._remember(key, entry)
         return Served(entry, "miss", stored=stored)
+
+    def _stale_if_error(self, cached: Lookup, error: UpstreamError) -> Served | None:
+        """The last validated version, in place of an error, if it is young enough."""
+        if not isinstance(cached, CachedAnnotation):
+            return None
+        if self._clock() - cached.stored_at >= self._policy.stale_if_error_ttl:
+            return None
+        log.warning(
+            "Label Studio failed: serving the cached version",
+            extra={
+                "annotation_id": cached.annotation_id,
+                "error": error.detail,
+                "age_s": self._clock() - cached.stored_at,
+            },
+        )
+        return Served(cached, "stale", because_of_error=True)
 
     def _fresh(self, cached: Lookup) -> Served | None:
         """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""

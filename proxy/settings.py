@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     Field,
+    FilePath,
     HttpUrl,
     SecretStr,
     ValidationError,
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     label_studio_url: HttpUrl
     label_studio_api_key: SecretStr
     proxy_upstream_timeout: float = Field(default=10.0, gt=0, le=300)
+    proxy_upstream_max_connections: int = Field(default=32, ge=1, le=1000)
     proxy_max_body_bytes: int = Field(default=10 * MiB, ge=1024)
 
     # Cache
@@ -63,13 +65,16 @@ class Settings(BaseSettings):
     proxy_cache_ttl: float = Field(default=300.0, gt=0)
     proxy_stale_ttl: float = Field(default=3600.0, ge=0)
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
+    proxy_stale_if_error_ttl: float = Field(default=86400.0, ge=0)
     proxy_key_prefix: str = Field(default="annotation-proxy:", max_length=64)
 
     # Server
     proxy_host: str = "127.0.0.1"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
     proxy_client_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    proxy_client_keys_file: FilePath | None = None
     proxy_allow_anonymous: bool = False
+    proxy_shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
     proxy_admin_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     proxy_webhook_secret: SecretStr | None = None
     proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
@@ -172,6 +177,10 @@ class Settings(BaseSettings):
             "proxy_port": self.proxy_port,
             "proxy_cache_ttl": self.proxy_cache_ttl,
             "proxy_stale_ttl": self.proxy_stale_ttl,
+            "proxy_stale_if_error_ttl": self.proxy_stale_if_error_ttl,
+            "proxy_upstream_max_connections": self.proxy_upstream_max_connections,
+            "proxy_shutdown_timeout": self.proxy_shutdown_timeout,
+            "proxy_client_keys_file": str(self.proxy_client_keys_file) if self.proxy_client_keys_file else None,
             "proxy_negative_ttl": self.proxy_negative_ttl,
             "proxy_upstream_timeout": self.proxy_upstream_timeout,
             "proxy_max_body_bytes": self.proxy_max_body_bytes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from aiohttp import hdrs
 from pydantic import SecretStr
 from yarl import URL
 
+from proxy.breaker import CircuitBreaker
 from proxy.errors import (
     InvalidUpstreamBody,
     UpstreamAuthRejected,
     UpstreamBadStatus,
+    UpstreamCircuitOpen,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -180,8 +183,27 @@ class UpstreamReply:
     body: bytes = b""
 
 
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    """How hard the proxy leans on Label Studio."""
+
+    timeout: float  # seconds for a whole lookup: queueing, every attempt and the pauses between them
+    max_connections: int  # requests in flight at once; more wait their turn (within the timeout)
+    retries: int = 2  # after a connection error or a 502/503/504
+    backoff: float = 0.05  # first pause before a retry, doubling, with full jitter
+    max_backoff: float = 1.0
+
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
 class LabelStudioClient:
-    """Fetches annotations from Label Studio over one shared ``ClientSession``."""
+    """Fetches annotations from Label Studio over one shared ``ClientSession``.
+
+    Protects Label Studio and the proxy alike: at most ``max_connections`` requests in flight, a few jittered
+    retries of what may pass (a refused connection, a 502/503/504) within the lookup's deadline, and a circuit
+    breaker that stops calling a Label Studio that keeps failing, letting single probes through.
+    """
 
     def __init__(
         self,
@@ -189,6 +211,8 @@ class LabelStudioClient:
         base_url: URL,
         credentials: Credentials,
         *,
+        policy: UpstreamPolicy,
+        breaker: CircuitBreaker,
         metrics: Metrics,
         max_body_bytes: int,
         user_agent: str,
@@ -196,6 +220,9 @@ class LabelStudioClient:
         self._session = session
         self._base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
         self._credentials = credentials
+        self._policy = policy
+        self._breaker = breaker
+        self._slots = asyncio.Semaphore(policy.max_connections)
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
         self._user_agent = user_agent
@@ -207,32 +234,87 @@ class LabelStudioClient:
     async def fetch_annotation(self, annotation_id: int, *, expand: bool, request_id: str) -> UpstreamReply:
         """Label Studio's answer for one annotation: 200 with the body, or 404.
 
-        Raises an :class:`UpstreamError` for everything else, after one retry with fresh credentials when a
-        personal access token was rejected.
+        Raises an :class:`UpstreamError` for everything else: after the retries the policy allows, and after one
+        retry with fresh credentials when a personal access token was rejected.
         """
         url = self.annotation_url(annotation_id, expand=expand)
-        for attempt in (1, 2):
-            authorization = await self._credentials.authorization()
-            reply = await self._get(url, authorization, request_id)
-            if reply.status in (401, 403):
-                if attempt == 1 and self._credentials.invalidate(authorization):
-                    continue
-                raise UpstreamAuthRejected(upstream_status=reply.status)
-            break
-        if reply.status in (200, 404):
-            return reply
-        if 300 <= reply.status < 400:
-            raise UpstreamBadStatus(
-                f"Label Studio answered with a redirect (HTTP {reply.status}); operators: check LABEL_STUDIO_URL.",
-                upstream_status=reply.status,
-            )
-        raise UpstreamBadStatus(f"Label Studio answered HTTP {reply.status}.", upstream_status=reply.status)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._policy.timeout
+        retries = 0
+        credentials_renewed = False
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply, authorization = await self._attempt(url, request_id)
+            except TimeoutError as exc:  # the deadline passed while waiting for a slot or an answer
+                self._breaker.failed()
+                raise UpstreamTimeout() from exc
+            except UpstreamUnavailable as exc:
+                if not self._retry_allowed(retries, deadline, exc):
+                    raise
+            else:
+                if reply.status in (401, 403):
+                    if not credentials_renewed and self._credentials.invalidate(authorization):
+                        credentials_renewed = True
+                        continue
+                    raise UpstreamAuthRejected(upstream_status=reply.status)
+                if reply.status in (200, 404):
+                    return reply
+                error = _status_error(reply.status)
+                if reply.status not in RETRYABLE_STATUSES or not self._retry_allowed(retries, deadline, error):
+                    raise error
+            retries += 1
+            self._metrics.upstream_retries.inc()
+            await asyncio.sleep(self._pause(retries))
 
     async def check_credentials(self, request_id: str) -> None:
         """Raise unless Label Studio answers and accepts the proxy's credentials (used by /readyz)."""
         reply = await self.fetch_annotation(PROBE_ANNOTATION_ID, expand=False, request_id=request_id)
         if reply.status != 404:
             raise UpstreamBadStatus(f"Label Studio answered HTTP {reply.status} to the probe.")
+
+    async def _attempt(self, url: URL, request_id: str) -> tuple[UpstreamReply, str]:
+        """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
+
+        The breaker hears how it went: no answer or a 5xx is a failure, any other answer a success.
+        """
+        if not self._breaker.allow():
+            raise UpstreamCircuitOpen()
+        try:
+            with self._metrics.upstream_waiting.track_inprogress():
+                await self._slots.acquire()
+            try:
+                authorization = await self._credentials.authorization()
+                reply = await self._get(url, authorization, request_id)
+            finally:
+                self._slots.release()
+        except (UpstreamUnavailable, UpstreamTimeout):
+            self._breaker.failed()
+            raise
+        except UpstreamError:  # Label Studio answered, if not usefully (a body too large, a foreign 404)
+            self._breaker.succeeded()
+            raise
+        except BaseException:  # cancelled: by the caller, or by the deadline (then counted as a failure above)
+            self._breaker.abandoned()
+            raise
+        if reply.status >= 500:
+            self._breaker.failed()
+        else:
+            self._breaker.succeeded()
+        return reply, authorization
+
+    def _retry_allowed(self, retries: int, deadline: float, error: UpstreamError) -> bool:
+        if isinstance(error, UpstreamCircuitOpen) or retries >= self._policy.retries:
+            return False
+        remaining = deadline - asyncio.get_running_loop().time()
+        return remaining > self._pause_cap(retries + 1)
+
+    def _pause_cap(self, retry: int) -> float:
+        return min(self._policy.max_backoff, self._policy.backoff * 2.0 ** (retry - 1))
+
+    def _pause(self, retry: int) -> float:
+        pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
+        return pause
 
     async def _get(self, url: URL, authorization: str, request_id: str) -> UpstreamReply:
         headers = {
@@ -241,7 +323,7 @@ class LabelStudioClient:
             hdrs.USER_AGENT: self._user_agent,
             "X-Request-ID": request_id,
         }
-        outcome = "connection_error"
+        outcome = "timeout"  # unless classified below: interrupted by the lookup's deadline
         started = time.perf_counter()
         try:
             async with self._session.get(url, headers=headers, allow_redirects=False) as response:
@@ -332,3 +414,12 @@ __all__ = [
     "UpstreamError",
     "UpstreamReply",
 ]
+
+
+def _status_error(status: int) -> UpstreamBadStatus:
+    if 300 <= status < 400:
+        return UpstreamBadStatus(
+            f"Label Studio answered with a redirect (HTTP {status}); operators: check LABEL_STUDIO_URL.",
+            upstream_status=status,
+        )
+    return UpstreamBadStatus(f"Label Studio answered HTTP {status}.", upstream_status=status)

@@ -64,6 +64,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def steady() -> Clock:
+    """The proxy's monotonic clock (circuit breakers, readiness reuse), moved by hand."""
+    return Clock(1_000.0)
+
+
+@pytest.fixture
 def fake_ls(clock: Clock) -> FakeLabelStudio:
     return FakeLabelStudio(clock=clock)
 
@@ -96,7 +102,7 @@ ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 @pytest.fixture
 def make_proxy(
-    aiohttp_client: ClientFactory, upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock
+    aiohttp_client: ClientFactory, upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
 ) -> ProxyFactory:
     """Start a proxy in front of the fake. Keyword arguments are Settings fields that replace the defaults."""
 
@@ -110,7 +116,7 @@ def make_proxy(
         fields.update(overrides)
         settings = Settings(**fields)
         registry = CollectorRegistry()
-        client = await aiohttp_client(create_app(settings, registry=registry, clock=clock))
+        client = await aiohttp_client(create_app(settings, registry=registry, clock=clock, monotonic=steady))
         return Proxy(client, registry, fake_ls, settings, upstream)
 
     return start

@@ -54,12 +54,13 @@ def _wait_until_answering(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_redis(*extra_args: str) -> Iterator[RedisServer]:
+def running_redis(*extra_args: str, port: int | None = None) -> Iterator[RedisServer]:
+    """A fresh redis-server (on ``port``, or a free one), stopped when the block ends."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (.ci/run does)")
     with tempfile.TemporaryDirectory(prefix="annotation-proxy-redis-") as workdir:
-        port = free_port()
+        port = port or free_port()
         process = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
             [
                 binary,

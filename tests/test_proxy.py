@@ -119,11 +119,18 @@ class TestCaching:
         assert len(proxy.fake.annotation_gets(77)) == 1
         assert proxy.metric("cache_requests_total", result="negative_hit") == 1
 
-    async def test_a_remembered_404_lives_for_the_negative_ttl_and_versions_for_ttl_plus_stale(
-        self, make_proxy: ProxyFactory, redis_url: str
+    @pytest.mark.parametrize(("stale_if_error_ttl", "retention_s"), [(0, 360), (86400, 86400)])
+    async def test_a_remembered_404_lives_for_the_negative_ttl_and_versions_as_long_as_they_may_serve(
+        self, make_proxy: ProxyFactory, redis_url: str, stale_if_error_ttl: int, retention_s: int
     ) -> None:
         # Redis expires keys by its own clock, so this reads the TTLs Redis holds instead of waiting them out.
-        proxy = await make_proxy(redis_url=redis_url, proxy_negative_ttl=30, proxy_cache_ttl=300, proxy_stale_ttl=60)
+        proxy = await make_proxy(
+            redis_url=redis_url,
+            proxy_negative_ttl=30,
+            proxy_cache_ttl=300,
+            proxy_stale_ttl=60,
+            proxy_stale_if_error_ttl=stale_if_error_ttl,
+        )
         proxy.fake.add_annotation()
         await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
@@ -132,7 +139,7 @@ class TestCaching:
         with Redis.from_url(redis_url) as redis:
             assert 29_000 < redis.pttl("annotation-proxy:{a:2}:missing") <= 30_000
             for key in redis.keys("annotation-proxy:{a:1}:*"):
-                assert 359_000 < redis.pttl(key) <= 360_000, key
+                assert (retention_s - 1) * 1000 < redis.pttl(key) <= retention_s * 1000, key
 
 
 class TestCoalescing:
@@ -216,12 +223,30 @@ class TestUpstreamBodies:
 class TestUpstreamFailures:
     async def test_server_error_is_502(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
-        proxy.fake.fail_next(status=503)
+        proxy.fake.fail_next(status=500)
+        response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert response.status == 502
+        assert (await error_of(response))["detail"] == "Label Studio answered HTTP 500."
+        assert response.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status"
+        assert proxy.metric("upstream_requests_total", outcome="bad_status") == 1
+        assert proxy.metric("upstream_retries_total") == 0  # a 500 is not retried: it will not pass
+
+    @pytest.mark.parametrize("status", [502, 503, 504])
+    async def test_a_passing_gateway_error_is_retried(self, proxy: Proxy, status: int) -> None:
+        proxy.fake.add_annotation()
+        proxy.fake.fail_next(2, status=status)
+        response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert response.status == 200
+        assert proxy.metric("upstream_retries_total") == 2
+        assert len(proxy.fake.annotation_gets(1)) == 3
+
+    async def test_a_lasting_gateway_error_is_502_after_two_retries(self, proxy: Proxy) -> None:
+        proxy.fake.add_annotation()
+        proxy.fake.fail_next(3, status=503)
         response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert response.status == 502
         assert (await error_of(response))["detail"] == "Label Studio answered HTTP 503."
-        assert response.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=503; detail=bad_status"
-        assert proxy.metric("upstream_requests_total", outcome="bad_status") == 1
+        assert len(proxy.fake.annotation_gets(1)) == 3
 
     async def test_timeout_is_504(self, make_proxy: ProxyFactory) -> None:
         proxy = await make_proxy(proxy_upstream_timeout=0.2)
@@ -237,7 +262,7 @@ class TestUpstreamFailures:
         response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert response.status == 502
         assert (await error_of(response))["detail"] == "Label Studio could not be reached."
-        assert proxy.metric("upstream_requests_total", outcome="connection_error") == 1
+        assert proxy.metric("upstream_requests_total", outcome="connection_error") == 3  # two retries
 
     async def test_connection_closed_mid_body_is_502_and_nothing_cached(
         self, make_proxy: ProxyFactory, aiohttp_server: ServerFactory
@@ -255,11 +280,12 @@ class TestUpstreamFailures:
         app.router.add_get("/api/annotations/1/", truncated)
         broken = await aiohttp_server(app)
         proxy = await make_proxy(label_studio_url=str(broken.make_url("/")))
-        for _ in range(2):  # the second one is not a cache hit of a partial body
-            response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
-            assert response.status == 502
-            assert (await error_of(response))["detail"] == "The connection to Label Studio failed during the response."
-        assert proxy.metric("upstream_requests_total", outcome="connection_error") == 2
+        response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert response.status == 502
+        assert (await error_of(response))["detail"] == "The connection to Label Studio failed during the response."
+        assert proxy.metric("upstream_requests_total", outcome="connection_error") == 3  # retried twice
+        again = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert again.status != 200  # not a cache hit of a partial body
 
     async def test_rejected_proxy_credentials_say_misconfigured_and_reveal_nothing(
         self, make_proxy: ProxyFactory

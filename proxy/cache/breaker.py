@@ -1,16 +1,16 @@
-"""A circuit breaker around a store: a dead or hanging Redis costs a few timeouts, not one per request.
+"""A store behind a circuit breaker: a dead or hanging Redis costs a few timeouts, not one per request.
 
-After ``threshold`` consecutive failures the breaker *opens*: for ``cooldown`` seconds every operation fails at
-once with :class:`CacheError` (which the service treats as a miss, so requests go to Label Studio). Then it lets
-operations through again; the first success closes it, a failure opens it for another ``cooldown``.
+After ``threshold`` consecutive failures every operation fails at once with :class:`CacheError` (which the service
+treats as a miss, so requests go to Label Studio) for ``cooldown`` seconds; then one operation probes Redis, and
+its success resumes caching by itself.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from proxy.breaker import CircuitBreaker
 from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup
 from proxy.errors import CacheError
 
@@ -18,37 +18,23 @@ T = TypeVar("T")
 
 
 class CircuitBreakingStore:
-    def __init__(
-        self,
-        store: AnnotationStore,
-        *,
-        threshold: int = 3,
-        cooldown: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, store: AnnotationStore, breaker: CircuitBreaker) -> None:
         self.name = store.name
         self._store = store
-        self._threshold = threshold
-        self._cooldown = cooldown
-        self._clock = clock
-        self._failures = 0
-        self._open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return self._clock() < self._open_until
+        self._breaker = breaker
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        if self.is_open:
+        if not self._breaker.allow():
             raise CacheError("cache circuit open: recent operations failed")
         try:
             result = await operation()
         except CacheError:
-            self._failures += 1
-            if self._failures >= self._threshold:
-                self._open_until = self._clock() + self._cooldown
+            self._breaker.failed()
             raise
-        self._failures = 0
+        except BaseException:
+            self._breaker.abandoned()
+            raise
+        self._breaker.succeeded()
         return result
 
     async def get(self, key: AnnotationKey) -> Lookup:

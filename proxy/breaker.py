@@ -1,0 +1,82 @@
+"""A circuit breaker: stop calling a dependency that keeps failing, then probe it, one call at a time.
+
+*Closed*: calls go through; ``threshold`` failures in a row open it. *Open*: calls are refused at once for
+``cooldown`` seconds. *Half-open*: then one call (the probe) goes through while the others are still refused;
+its success closes the breaker, its failure opens it for another ``cooldown``.
+
+Used for Redis (:class:`proxy.cache.breaker.CircuitBreakingStore`) and for Label Studio
+(:class:`proxy.upstream.LabelStudioClient`). Single event loop, no locks needed.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        *,
+        threshold: int,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[State], None] | None = None,
+    ) -> None:
+        if threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._on_change = on_change
+        self._state = State.CLOSED
+        self._failures = 0
+        self._open_until = 0.0
+        self._probing = False
+        if on_change is not None:
+            on_change(State.CLOSED)
+
+    @property
+    def state(self) -> State:
+        if self._state is State.OPEN and self._clock() >= self._open_until:
+            self._set(State.HALF_OPEN)
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open state only one (the probe) may, until it reports back."""
+        state = self.state
+        if state is State.CLOSED:
+            return True
+        if state is State.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._probing = False
+        if self._state is not State.CLOSED:
+            self._set(State.CLOSED)
+
+    def failed(self) -> None:
+        self._failures += 1
+        self._probing = False
+        if self._state is State.HALF_OPEN or self._failures >= self._threshold:
+            self._open_until = self._clock() + self._cooldown
+            self._set(State.OPEN)
+
+    def abandoned(self) -> None:
+        """A call that was let through ended without a verdict (it was cancelled): let another one probe."""
+        self._probing = False
+
+    def _set(self, state: State) -> None:
+        self._state = state
+        if self._on_change is not None:
+            self._on_change(state)

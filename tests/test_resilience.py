@@ -1,0 +1,214 @@
+"""Resilience: stale-if-error, the upstream bound, retries and circuit breaker, Redis failing open, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
+from tests.fakes.label_studio import FakeLabelStudio
+from tests.redis_server import free_port, running_redis
+from tests.samples import encode, sample
+from tests.test_process import wait_until_healthy
+
+TTL = 300.0
+STALE_TTL = 60.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def proxy(request: pytest.FixtureRequest, make_proxy: ProxyFactory) -> Proxy:
+    settings: dict[str, Any] = {"proxy_cache_ttl": TTL, "proxy_stale_ttl": STALE_TTL}
+    if request.param == "redis":
+        settings["redis_url"] = request.getfixturevalue("redis_url")
+    return await make_proxy(**settings)
+
+
+async def get(proxy: Proxy, annotation_id: int = 1) -> aiohttp.ClientResponse:
+    return await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+
+
+async def cached_then_expired(proxy: Proxy, clock: Clock) -> bytes:
+    """Cache annotation 1, then move past its TTL and stale window: the next request must ask Label Studio."""
+    proxy.fake.add_annotation()
+    body = await (await get(proxy)).read()
+    clock.now += TTL + STALE_TTL + 1
+    return body
+
+
+class TestStaleIfError:
+    @pytest.mark.parametrize("fault", ["500", "timeout", "garbage-status"])
+    async def test_label_studio_failing_serves_the_last_validated_version(
+        self, make_proxy: ProxyFactory, clock: Clock, fault: str
+    ) -> None:
+        proxy = await make_proxy(proxy_cache_ttl=TTL, proxy_stale_ttl=STALE_TTL, proxy_upstream_timeout=0.3)
+        body = await cached_then_expired(proxy, clock)
+        if fault == "500":
+            proxy.fake.fail_next(status=500)
+        elif fault == "timeout":
+            proxy.fake.delay_next(30)
+        else:
+            proxy.fake.fail_next(3, status=503)
+        response = await get(proxy)
+        assert response.status == 200
+        assert response.headers["Cache-Status"] == "annotation-proxy; hit; detail=stale-if-error"
+        served = json.loads(await response.read())
+        assert {k: v for k, v in served.items() if k != "created_ago"} == {
+            k: v for k, v in json.loads(body).items() if k != "created_ago"
+        }
+        assert proxy.metric("cache_requests_total", result="stale") == 1
+
+    async def test_label_studio_down_serves_the_cached_copy_and_without_one_a_clear_502(
+        self, proxy: Proxy, clock: Clock, upstream: TestServer
+    ) -> None:
+        await cached_then_expired(proxy, clock)
+        await upstream.close()  # connections are now refused
+        response = await get(proxy)
+        assert response.status == 200
+        assert response.headers["Cache-Status"] == "annotation-proxy; hit; detail=stale-if-error"
+        cold = await get(proxy, 2)
+        assert cold.status in (502, 503)
+        assert json.loads(await cold.read())["detail"] in (
+            "Label Studio could not be reached.",
+            "Label Studio is failing; the proxy has stopped calling it for a few seconds.",
+        )
+
+    async def test_a_copy_older_than_the_stale_if_error_ttl_is_not_served(
+        self, make_proxy: ProxyFactory, clock: Clock
+    ) -> None:
+        proxy = await make_proxy(proxy_cache_ttl=TTL, proxy_stale_ttl=STALE_TTL, proxy_stale_if_error_ttl=600)
+        await cached_then_expired(proxy, clock)
+        clock.now += 600
+        proxy.fake.fail_next(status=500)
+        assert (await get(proxy)).status == 502
+
+    async def test_a_404_is_not_hidden(self, proxy: Proxy, clock: Clock) -> None:
+        await cached_then_expired(proxy, clock)
+        proxy.fake.delete_annotation(1)
+        assert (await get(proxy)).status == 404
+
+    async def test_an_invalid_body_is_not_hidden(self, proxy: Proxy, clock: Clock) -> None:
+        await cached_then_expired(proxy, clock)
+        proxy.fake.respond_raw_next(encode(sample(last_action="exploded")))
+        assert (await get(proxy)).status == 502
+
+
+class TestUpstreamProtection:
+    async def test_concurrent_upstream_requests_are_bounded(self, make_proxy: ProxyFactory) -> None:
+        proxy = await make_proxy(proxy_upstream_max_connections=2)
+        for _ in range(10):
+            proxy.fake.add_annotation()
+        proxy.fake.hold()
+        requests = [asyncio.create_task(get(proxy, i)) for i in range(1, 11)]
+        await wait_until(lambda: proxy.metric("upstream_waiting") == 8)
+        await proxy.fake.wait_for_annotation_gets(2)
+        assert len(proxy.fake.annotation_gets()) == 2  # eight wait their turn
+        proxy.fake.release()
+        assert {r.status for r in await asyncio.gather(*requests)} == {200}
+        assert proxy.metric("upstream_waiting") == 0
+
+    async def test_the_circuit_opens_after_consecutive_failures_and_probes_one_at_a_time(
+        self, make_proxy: ProxyFactory, steady: Clock
+    ) -> None:
+        proxy = await make_proxy()
+        for _ in range(3):
+            proxy.fake.add_annotation()
+        proxy.fake.fail_next(5, status=500)
+        for _ in range(5):
+            assert (await get(proxy)).status == 502
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+
+        refused = await get(proxy)  # not sent: Label Studio gets a rest
+        assert refused.status == 503
+        assert "stopped calling it" in json.loads(await refused.read())["detail"]
+        assert len(proxy.fake.annotation_gets()) == 5
+
+        steady.now += 6  # the cooldown has passed: one probe may go
+        proxy.fake.hold()
+        probe = asyncio.create_task(get(proxy, 2))
+        await proxy.fake.wait_for_annotation_gets(6)
+        assert proxy.metric("upstream_circuit_state", state="half_open") == 1
+        assert (await get(proxy, 3)).status == 503  # only one probe at a time
+        proxy.fake.release()
+        assert (await probe).status == 200
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+        assert (await get(proxy, 3)).status == 200
+
+
+class TestRedisFailsOpen:
+    async def test_redis_dying_and_coming_back_needs_no_restart(self, make_proxy: ProxyFactory, steady: Clock) -> None:
+        with running_redis() as redis:
+            proxy = await make_proxy(redis_url=redis.url, proxy_redis_timeout=0.2)
+            proxy.fake.add_annotation()
+            await get(proxy)
+            assert (await get(proxy)).headers["Cache-Status"] == "annotation-proxy; hit"
+            port = redis.port
+        # Redis is gone: every request still gets its answer, from Label Studio, and the breaker opens.
+        for _ in range(5):
+            response = await get(proxy)
+            assert response.status == 200
+            assert response.headers["Cache-Status"].startswith("annotation-proxy; fwd=miss")
+        assert proxy.metric("cache_available") == 0
+        readiness = await proxy.client.get("/readyz")
+        assert (readiness.status, (await readiness.json())["status"]) == (200, "degraded")
+
+        with running_redis(port=port):  # back, empty, on the same address
+            steady.now += 6  # the breaker's cooldown: the next operation probes Redis
+            await get(proxy)  # a probe that succeeds, then a fetch that is stored
+            assert (await get(proxy)).headers["Cache-Status"] == "annotation-proxy; hit"
+            assert proxy.metric("cache_available") == 1
+
+
+async def test_sigterm_lets_requests_in_flight_finish(upstream: TestServer, fake_ls: FakeLabelStudio) -> None:
+    fake_ls.add_annotation()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    env |= {
+        "LABEL_STUDIO_URL": str(upstream.make_url("/")),
+        "LABEL_STUDIO_API_KEY": fake_ls.legacy_token,
+        "PROXY_PORT": str(port),
+        "PROXY_CLIENT_KEYS": CLIENT_KEY,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{port}"
+    await wait_until_healthy(base, process)
+    fake_ls.hold()
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(
+            session.get(f"{base}/api/annotations/1/", headers={"Authorization": f"Token {CLIENT_KEY}"})
+        )
+        await fake_ls.wait_for_annotation_gets(1)
+        process.send_signal(signal.SIGTERM)
+
+        async def refuses_new_connections() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return True
+            writer.close()
+            return False
+
+        for _ in range(400):  # the listener closes at once (a condition polled, not a timing assertion)
+            if await refuses_new_connections():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the proxy kept listening after SIGTERM")
+        fake_ls.release()
+        response = await in_flight
+        assert response.status == 200
+        assert json.loads(await response.read())["id"] == 1
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    messages = [json.loads(line)["msg"] for line in stderr.decode().splitlines()]
+    assert "shutting down: finishing requests in flight" in messages
+    assert messages[-1] == "stopped"
