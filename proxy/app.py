@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy import __version__
-from proxy.auth import ClientKeys
+from proxy.auth import ClientKeys, parse_entry
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
@@ -56,8 +56,8 @@ def create_app(
     app = web.Application(middlewares=[observe, errors], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
-    app[CLIENT_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_client_keys)
-    app[ADMIN_KEYS] = ClientKeys(k.get_secret_value() for k in settings.proxy_admin_keys)
+    app[CLIENT_KEYS] = ClientKeys(settings.client_keys())
+    app[ADMIN_KEYS] = ClientKeys(parse_entry(k.get_secret_value()) for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
     app[MONOTONIC] = monotonic
 

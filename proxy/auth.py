@@ -1,9 +1,13 @@
-"""Client keys: who may ask the proxy for annotations.
+"""Client keys: who may ask the proxy for annotations, and which projects' annotations each may read.
 
 Callers present a key as ``Authorization: Token <key>``, which is what ``label-studio-sdk`` sends for a
 non-JWT ``api_key``. Keys are compared by their SHA-256 digests with :func:`hmac.compare_digest`,
 against every configured key without stopping at the first match, so timing reveals neither a key
 nor which one matched.
+
+A key is configured as an *entry*: ``<key>`` (every project) or ``<key>:<project>+<project>...`` (only those
+projects' annotations; others answer 404, as if they did not exist). Keys are at least 16 printable ASCII
+characters without whitespace, ``,`` or ``:`` (hex and base64 keys qualify).
 """
 
 from __future__ import annotations
@@ -11,8 +15,45 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from proxy.errors import InvalidClientKey, NotAuthenticated
+
+MIN_KEY_LENGTH = 16
+
+# What a caller may read: None for every project, else the set of project ids.
+Scope = frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    key: str
+    scope: Scope = None
+
+    def __repr__(self) -> str:
+        return f"ClientKey(<secret>, scope={sorted(self.scope) if self.scope is not None else 'all'})"
+
+
+def parse_entry(entry: str) -> ClientKey:
+    """One configured entry; ValueError says what is wrong without repeating the key."""
+    key, colon, projects = entry.strip().partition(":")
+    if len(key) < MIN_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise ValueError(f"each key must be at least {MIN_KEY_LENGTH} printable ASCII characters")
+    if any(c.isspace() or c == "," for c in key):
+        raise ValueError("a key must not contain whitespace or ','")
+    if not colon:
+        return ClientKey(key)
+    ids = projects.split("+")
+    if not all(i.isascii() and i.isdigit() and 0 < int(i) < 2**63 for i in ids):
+        raise ValueError("a key's scope must be project ids joined by '+', as in <key>:3+14")
+    return ClientKey(key, frozenset(int(i) for i in ids))
+
+
+def read_entries(path: Path) -> list[str]:
+    """Entries from a file (a mounted secret): one per line; blank lines and ``#`` comments are skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _digest(key: str) -> bytes:
@@ -20,28 +61,31 @@ def _digest(key: str) -> bytes:
 
 
 class ClientKeys:
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = tuple(_digest(k) for k in keys)
+    def __init__(self, keys: Iterable[ClientKey]) -> None:
+        self._keys = tuple((_digest(k.key), k.scope) for k in keys)
 
     @property
     def anonymous(self) -> bool:
         """No keys configured: every caller is let in (settings allow that only on loopback or by opt-in)."""
-        return not self._digests
+        return not self._keys
 
-    def check(self, authorization: str | None) -> None:
-        """Raise :class:`NotAuthenticated` unless ``authorization`` carries a configured key."""
+    def check(self, authorization: str | None) -> Scope:
+        """The scope of the key in ``authorization``; raise :class:`NotAuthenticated` for no or an unknown key."""
         if self.anonymous:
-            return
-        scheme, _, key = (authorization or "").strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "token" or not key:
+            return None
+        scheme, _, presented = (authorization or "").strip().partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "token" or not presented:
             raise NotAuthenticated()
-        candidate = _digest(key)
+        candidate = _digest(presented)
         matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(candidate, digest)
+        scope: Scope = None
+        for digest, key_scope in self._keys:  # every key, always: the time taken says nothing
+            if hmac.compare_digest(candidate, digest):
+                matched, scope = True, key_scope
         if not matched:
             raise InvalidClientKey()
+        return scope
 
     def __repr__(self) -> str:
-        return f"ClientKeys(<{len(self._digests)} keys>)"
+        return f"ClientKeys(<{len(self._keys)} keys>)"

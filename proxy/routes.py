@@ -193,10 +193,12 @@ def id_from_path(request: web.Request) -> int:
 
 
 async def get_annotation(request: web.Request) -> web.Response:
-    request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
+    scope = request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
     annotation_id = id_from_path(request)
     expand = wants_expanded(request.query.getall("expand", []))
     served = await request.app[SERVICE].lookup(annotation_id, expand=expand, request_id=request[REQUEST_ID])
+    if scope is not None and served.entry is not None and served.entry.project not in scope:
+        raise AnnotationNotFound()  # the same answer as for an id that does not exist
     response = annotation_response(
         served,
         now=datetime.fromtimestamp(request.app[CLOCK](), UTC),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from proxy.auth import ClientKey, parse_entry, read_entries
 from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
 
@@ -127,14 +129,35 @@ class Settings(BaseSettings):
             return tuple(k.strip() for k in raw.split(",") if k.strip())
         return raw
 
-    @field_validator("proxy_client_keys", "proxy_admin_keys")
+    @field_validator("proxy_client_keys")
     @classmethod
-    def _sane_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    def _sane_client_keys(cls, entries: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for entry in entries:
+            parse_entry(entry.get_secret_value())
+        return entries
+
+    @field_validator("proxy_admin_keys")
+    @classmethod
+    def _sane_admin_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         for key in keys:
-            value = key.get_secret_value()
-            if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
-                raise ValueError("each key must be at least 16 printable characters without spaces")
+            if parse_entry(key.get_secret_value()).scope is not None:
+                raise ValueError("admin keys have no project scope")
         return keys
+
+    @field_validator("proxy_client_keys_file")
+    @classmethod
+    def _readable_key_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                entries = read_entries(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
+            for number, entry in enumerate(entries, 1):
+                try:
+                    parse_entry(entry)
+                except ValueError as exc:
+                    raise ValueError(f"{path}, entry {number}: {exc}") from None
+        return path
 
     @field_validator("proxy_webhook_secret")
     @classmethod
@@ -147,7 +170,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
-        open_door = not self.proxy_client_keys and not self.proxy_allow_anonymous
+        open_door = not self.client_keys() and not self.proxy_allow_anonymous
         if open_door and not is_loopback_host(self.proxy_host):
             raise ValueError(
                 f"PROXY_CLIENT_KEYS is empty and PROXY_HOST={self.proxy_host} is not a loopback "
@@ -162,9 +185,16 @@ class Settings(BaseSettings):
     def uses_personal_access_token(self) -> bool:
         return is_personal_access_token(self.label_studio_api_key.get_secret_value())
 
+    def client_keys(self) -> list[ClientKey]:
+        """Every client key, from PROXY_CLIENT_KEYS and PROXY_CLIENT_KEYS_FILE (read again on each call)."""
+        entries = [e.get_secret_value() for e in self.proxy_client_keys]
+        if self.proxy_client_keys_file is not None:
+            entries += read_entries(self.proxy_client_keys_file)
+        return [parse_entry(entry) for entry in entries]
+
     @property
     def anonymous_access(self) -> bool:
-        return not self.proxy_client_keys
+        return not self.client_keys()
 
     def redacted(self) -> dict[str, object]:
         """The effective configuration for the start-up log line, with every secret masked."""
@@ -187,7 +217,7 @@ class Settings(BaseSettings):
             "proxy_key_prefix": self.proxy_key_prefix,
             "proxy_redis_timeout": self.proxy_redis_timeout,
             "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
-            "proxy_client_keys": f"<{len(self.proxy_client_keys)} keys>",
+            "proxy_client_keys": f"<{len(self.client_keys())} keys>",
             "proxy_allow_anonymous": self.proxy_allow_anonymous,
             "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",
             "webhooks": "on" if self.proxy_webhook_secret else "off",

@@ -1,0 +1,119 @@
+"""Client keys from the environment and from a file, and per-key project scope."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from proxy.auth import ClientKey, ClientKeys, parse_entry
+from proxy.errors import ConfigError, InvalidClientKey, NotAuthenticated
+from proxy.settings import load_settings
+from tests.conftest import CLIENT_KEY, ProxyFactory
+
+SCOPED_KEY = "scoped-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+
+
+class TestEntries:
+    @pytest.mark.parametrize(
+        ("entry", "expected"),
+        [
+            ("0123456789abcdef", ClientKey("0123456789abcdef")),
+            ("  0123456789abcdef  ", ClientKey("0123456789abcdef")),
+            ("0123456789abcdef:3", ClientKey("0123456789abcdef", frozenset({3}))),
+            ("0123456789abcdef:3+14+3", ClientKey("0123456789abcdef", frozenset({3, 14}))),
+            ("aGVsbG8rd29ybGQ/Lz0=+/==:7", ClientKey("aGVsbG8rd29ybGQ/Lz0=+/==", frozenset({7}))),
+        ],
+    )
+    def test_valid_entries(self, entry: str, expected: ClientKey) -> None:
+        assert parse_entry(entry) == expected
+
+    @pytest.mark.parametrize(
+        "entry",
+        ["short", "0123456789abcde\u00e9", "0123456789 abcdef", "0123456789,abcdef", "0123456789abcdef:",
+         "0123456789abcdef:x", "0123456789abcdef:3,4", "0123456789abcdef:0", "0123456789abcdef:-1",
+         "0123456789abcdef:3++4"],
+    )  # fmt: skip
+    def test_invalid_entries_are_refused_without_echoing_the_key(self, entry: str) -> None:
+        with pytest.raises(ValueError, match="key") as caught:
+            parse_entry(entry)
+        assert "0123456789" not in str(caught.value)
+
+    def test_check_returns_the_scope_of_the_matching_key(self) -> None:
+        keys = ClientKeys([ClientKey(CLIENT_KEY), ClientKey(SCOPED_KEY, frozenset({1}))])
+        assert keys.check(f"Token {CLIENT_KEY}") is None
+        assert keys.check(f"Token {SCOPED_KEY}") == frozenset({1})
+        assert keys.check(f"token   {SCOPED_KEY} ") == frozenset({1})
+        with pytest.raises(InvalidClientKey):
+            keys.check(f"Token {OTHER_KEY}")
+        with pytest.raises(NotAuthenticated):
+            keys.check(None)
+        assert SCOPED_KEY not in repr(keys) + repr(ClientKey(SCOPED_KEY))
+
+
+class TestKeyFile:
+    @pytest.fixture(autouse=True)
+    def environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in list(os.environ):
+            if name.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_")):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080")
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+        monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - keys are what make this allowed
+
+    def test_keys_come_from_the_file_and_the_variable(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        path = tmp_path / "keys"
+        path.write_text(f"# team A\n{SCOPED_KEY}:1+2\n\n   {OTHER_KEY}\n")
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        monkeypatch.setenv("PROXY_CLIENT_KEYS", CLIENT_KEY)
+        keys = load_settings().client_keys()
+        assert keys == [ClientKey(CLIENT_KEY), ClientKey(SCOPED_KEY, frozenset({1, 2})), ClientKey(OTHER_KEY)]
+
+    def test_keys_in_a_file_alone_close_the_open_door(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        path = tmp_path / "keys"
+        path.write_text(f"{OTHER_KEY}\n")
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        assert not load_settings().anonymous_access
+
+    def test_a_missing_file_is_named(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(tmp_path / "nope"))
+        with pytest.raises(ConfigError, match="PROXY_CLIENT_KEYS_FILE"):
+            load_settings()
+
+    def test_a_bad_entry_names_its_line_but_not_its_key(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        path = tmp_path / "keys"
+        path.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}:one\n")
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        with pytest.raises(ConfigError, match=r"PROXY_CLIENT_KEYS_FILE: .*entry 2") as caught:
+            load_settings()
+        assert SCOPED_KEY not in str(caught.value)
+
+
+class TestProjectScope:
+    async def test_a_scoped_key_sees_only_its_projects_even_on_cache_hits(
+        self, make_proxy: ProxyFactory, redis_url: str
+    ) -> None:
+        proxy = await make_proxy(redis_url=redis_url, proxy_client_keys=(CLIENT_KEY, f"{SCOPED_KEY}:1"))
+        proxy.fake.add_annotation(project=1)
+        proxy.fake.add_annotation(project=2)
+        for annotation_id in (1, 2):  # cached by the unscoped key first
+            assert (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status == 200
+        own = await proxy.client.get("/api/annotations/1/", headers=proxy.auth(SCOPED_KEY))
+        assert own.status == 200
+        other = await proxy.client.get("/api/annotations/2/", headers=proxy.auth(SCOPED_KEY))
+        missing = await proxy.client.get("/api/annotations/3/", headers=proxy.auth(SCOPED_KEY))
+        assert other.status == missing.status == 404
+        other_body, missing_body = json.loads(await other.read()), json.loads(await missing.read())
+        assert other_body["detail"] == missing_body["detail"] == "No Annotation matches the given query."
+        assert "Cache-Status" not in other.headers  # nothing hints that the annotation is cached
+        assert "ETag" not in other.headers
+
+    async def test_a_scoped_key_cannot_probe_with_if_none_match(self, make_proxy: ProxyFactory) -> None:
+        proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, f"{SCOPED_KEY}:1"))
+        proxy.fake.add_annotation(project=2)
+        etag = (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).headers["ETag"]
+        probe = await proxy.client.get("/api/annotations/1/", headers={**proxy.auth(SCOPED_KEY), "If-None-Match": etag})
+        assert probe.status == 404
