@@ -132,7 +132,8 @@ class AnnotationService:
         self._metrics = metrics
         self._policy = policy
         self._clock = clock
-        self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}
+        self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}  # the load a request for a key joins
+        self._loads: set[asyncio.Task[Served]] = set()  # every load running, joinable or superseded
         self._last_cache_error_log = -CACHE_ERROR_LOG_INTERVAL
 
     async def lookup(self, annotation_id: int, *, expand: bool, request_id: str) -> Served:
@@ -192,7 +193,7 @@ class AnnotationService:
 
     async def close(self) -> None:
         """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""
-        tasks = list(self._inflight.values())
+        tasks = list(self._loads)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -231,12 +232,14 @@ class AnnotationService:
         """
         task = asyncio.create_task(self._load(key, request_id, check_cache=check_cache), name=f"load-{key}")
         self._inflight[key] = task
+        self._loads.add(task)
         task.add_done_callback(lambda done: self._load_finished(key, done, previous, request_id))
         return task
 
     def _load_finished(
         self, key: AnnotationKey, task: asyncio.Task[Served], previous: CachedAnnotation | None, request_id: str
     ) -> None:
+        self._loads.discard(task)
         if self._inflight.get(key) is task:
             del self._inflight[key]
         if task.cancelled():

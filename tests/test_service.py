@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, KeyScheme, MemoryStore, RedisStore
+from proxy.cache import (
+    AnnotationKey,
+    AnnotationStore,
+    CachedAnnotation,
+    KeyScheme,
+    MemoryStore,
+    RedisStore,
+    Variant,
+)
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService, CachePolicy
@@ -232,3 +240,20 @@ async def test_a_200_fetched_before_a_404_does_not_bring_the_annotation_back(
     assert late.entry is not None  # that caller asked before the deletion
     assert not late.stored
     assert (await service.lookup(1, expand=False, request_id="r")).result == "negative_hit"
+
+
+async def test_close_cancels_a_load_that_a_webhook_superseded(
+    store: AnnotationStore, source: ScriptedSource, metrics: Metrics
+) -> None:
+    service = AnnotationService(store, source, metrics, POLICY)
+    source.script(1, ok(updated_at=V1), ok(updated_at=V2))
+    source.close_gate(1)
+    first = asyncio.create_task(service.lookup(1, expand=False, request_id="r"))
+    await source.arrived.wait()
+    # A webhook supersedes the load in flight; cache the version first so the webhook re-fetches it.
+    await store.put(AnnotationKey(1, Variant.PLAIN), CachedAnnotation(1, 1, 0.0, b"{}"), 60)
+    await service.annotation_changed(1, 1_795_867_200_000_002, request_id="w")
+    await wait_until(lambda: len(source.calls) == 2)  # the superseding load has started
+    await service.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, 5)  # without close() reaching it, this would time out
