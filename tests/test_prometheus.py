@@ -1,0 +1,172 @@
+"""A real Prometheus (Debian's `prometheus` package) scrapes a running proxy, with the recording and alert rules of
+deploy/prometheus loaded, and answers the dashboard's own hit-ratio query with the ratio the test produced.
+
+Everything listens on 127.0.0.1. Prometheus scrapes every second and evaluates the rules every second; the test
+only waits for conditions (bounded), it never asserts on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Proxy, ProxyFactory
+from tests.deploy_files import (
+    RULES,
+    dashboard_hit_ratio_expr,
+    load_dashboard,
+    require_binary,
+    substitute_grafana_variables,
+)
+from tests.redis_server import free_port
+
+JOB = "annotation-proxy"
+WAIT = 60.0  # seconds for any one condition: start-up, a scrape, a rule evaluation
+POLL = 0.2
+HITS = 9
+MISSES = 3
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: asyncio.subprocess.Process
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    async def query(self, session: aiohttp.ClientSession, expr: str) -> list[dict[str, Any]]:
+        async with session.get(f"{self.url}/api/v1/query", params={"query": expr}) as response:
+            body = await response.json()
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    async def wait_for(self, description: str, check: Any) -> Any:
+        """Poll ``check()`` (async; returns a value or None) until it returns a value, within WAIT seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        last: Any = None
+        while loop.time() < deadline:
+            if self.process.returncode is not None:
+                pytest.fail(f"prometheus exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                last = await check()
+            except aiohttp.ClientError as exc:
+                last = exc
+            else:
+                if last is not None:
+                    return last
+            await asyncio.sleep(POLL)
+        pytest.fail(f"{description}: not within {WAIT:g} s (last: {last!r})\n{self.log_tail()}")
+
+
+@contextlib.asynccontextmanager
+async def running_prometheus(tmp_path: Path, target: str) -> AsyncIterator[Prometheus]:
+    binary = require_binary("prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(path) for path in sorted(RULES.glob("*.yml"))],
+        "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            stdout=log_file,
+            stderr=log_file,
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log)
+    try:
+        yield prometheus
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def serve(proxy: Proxy, hits: int, misses: int) -> None:
+    """Exactly ``misses`` misses (one per new annotation) and ``hits`` hits, checked by Cache-Status."""
+    ids = [proxy.fake.add_annotation()["id"] for _ in range(misses)]
+    for annotation_id in ids:
+        response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+        assert response.status == 200
+        assert response.headers["Cache-Status"].startswith("annotation-proxy; fwd=miss")
+    for n in range(hits):
+        response = await proxy.client.get(f"/api/annotations/{ids[n % misses]}/", headers=proxy.auth())
+        assert response.status == 200
+        assert response.headers["Cache-Status"] == "annotation-proxy; hit"
+
+
+async def test_prometheus_answers_the_dashboard_hit_ratio_with_the_ratio_served(
+    make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await make_proxy()
+    target = f"127.0.0.1:{proxy.client.port}"
+    expr = substitute_grafana_variables(dashboard_hit_ratio_expr(load_dashboard()), JOB)
+
+    async with running_prometheus(tmp_path, target) as prometheus, aiohttp.ClientSession() as session:
+
+        async def counters() -> dict[str, float] | None:
+            result = await prometheus.query(session, f'annotation_proxy_cache_requests_total{{job="{JOB}"}}')
+            values = {sample["metric"]["result"]: float(sample["value"][1]) for sample in result}
+            return values if {"hit", "miss"} <= values.keys() else None
+
+        # Prometheus has scraped the proxy before any request: rate() then starts from zero for every result.
+        before = await prometheus.wait_for("a first scrape of the proxy", counters)
+        assert before == {"hit": 0.0, "miss": 0.0, "stale": 0.0, "negative_hit": 0.0}
+
+        await serve(proxy, HITS, MISSES)
+        assert proxy.metric("cache_requests_total", result="hit") == HITS
+        assert proxy.metric("cache_requests_total", result="miss") == MISSES
+
+        async def scraped_all() -> dict[str, float] | None:
+            values = await counters()
+            return values if values and values["hit"] == HITS and values["miss"] == MISSES else None
+
+        await prometheus.wait_for("a scrape with every request", scraped_all)
+
+        expected = HITS / (HITS + MISSES)
+
+        async def hit_ratio() -> float | None:
+            result = await prometheus.query(session, expr)
+            if len(result) != 1:
+                return None
+            value = float(result[0]["value"][1])
+            # Until the rule is evaluated after the last scrape, it may still hold an earlier ratio.
+            return value if value == pytest.approx(expected, rel=1e-9) else None
+
+        ratio = await prometheus.wait_for(f"{expr} == {expected}", hit_ratio)
+        assert ratio == pytest.approx(expected, rel=1e-9)
+        (sample,) = await prometheus.query(session, expr)
+        assert sample["metric"]["job"] == JOB
+
+        async def rules_healthy() -> list[dict[str, Any]] | None:
+            async with session.get(f"{prometheus.url}/api/v1/rules") as response:
+                groups = (await response.json())["data"]["groups"]
+            evaluated = [rule for group in groups for rule in group["rules"]]
+            return evaluated if all(rule["health"] == "ok" for rule in evaluated) else None
+
+        # Every rule loaded and evaluates without error (no many-to-many matches, no bad label joins).
+        evaluated = await prometheus.wait_for("every rule evaluated without error", rules_healthy)
+        assert {rule["type"] for rule in evaluated} == {"recording", "alerting"}
