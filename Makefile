@@ -20,6 +20,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy
+# Deployment files: the image, the compose stack, Kubernetes (pinned to 1.33, offline schemas), Prometheus.
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/kubernetes-validate --quiet --strict -k 1.33.0 deploy/kubernetes/*/*.yaml
+	@command -v promtool >/dev/null || { echo 'promtool not found: apt-get install prometheus (Debian; .ci/run installs it)' >&2; exit 1; }
+	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus-kubernetes.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
 
 test: lint
 	$(BIN)/pytest
