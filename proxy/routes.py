@@ -44,6 +44,7 @@ from proxy.keys import (
     SETTINGS,
 )
 from proxy.models import INT64_MAX, from_epoch_micros
+from proxy.openapi import document
 from proxy.service import Served, cache_status
 from proxy.webhooks import label_studio_webhook
 
@@ -264,6 +265,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    """The proxy's own OpenAPI document (proxy/openapi.py)."""
+    return web.json_response(document())
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the cache answers (when it is Redis) and Label Studio accepts the proxy's credentials."""
     report = await request.app[READINESS].report(request[REQUEST_ID])
@@ -284,3 +290,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/openapi.json", openapi_endpoint, name="openapi")
