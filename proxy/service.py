@@ -167,9 +167,12 @@ class AnnotationService:
             cached = {variant: await self._store.get(AnnotationKey(annotation_id, variant)) for variant in Variant}
             await self._store.invalidate(annotation_id, version, self._policy.retention)
         for variant, entry in cached.items():
-            if isinstance(entry, CachedAnnotation):
-                # A new load even if one is in flight: that one may have left before the change.
-                self._start_load(AnnotationKey(annotation_id, variant), request_id, previous=entry)
+            key = AnnotationKey(annotation_id, variant)
+            previous = entry if isinstance(entry, CachedAnnotation) else None
+            if previous is not None or key in self._inflight:
+                # A new load even if one is in flight: that one may have left before the change, and requests
+                # from now on must not join it.
+                self._start_load(key, request_id, previous=previous)
 
     async def annotation_deleted(self, annotation_id: int) -> None:
         """Answer 404 from now on, and let no fetch that started earlier store the annotation again."""
