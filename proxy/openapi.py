@@ -163,7 +163,11 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
         "200": ok,
         "304": {
             "description": "`If-None-Match` names the current `ETag` (or is `*`). No body.",
-            "headers": {"ETag": {"required": True, "schema": {"type": "string"}}},
+            "headers": {
+                "ETag": {"required": True, "schema": {"type": "string", "pattern": '^W/".+"$'}},
+                "Cache-Status": {"$ref": "#/components/headers/Cache-Status"},
+                "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
+            },
         },
         "401": _response_ref("Unauthenticated"),
         "404": _response_ref("NotFound"),
@@ -451,7 +455,9 @@ def document() -> dict[str, Any]:
             "summary": "A caching reverse proxy for Label Studio's Get annotation by ID.",
             "description": "Callers get Label Studio's own bytes, paths and error shapes. Any method a path does not "
             "list is answered 405 with `Allow`; any path not listed, 404. Nothing but the annotation route ever "
-            "reaches Label Studio. Every error has Label Studio's shape (`Error`).",
+            "reaches Label Studio. Every error has Label Studio's shape (`Error`), except a request the HTTP parser "
+            "cannot read (a malformed request line or header, a line past 8190 bytes, more than 128 headers): that is "
+            "answered `400 Bad Request` in plain text before any path is matched.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [
