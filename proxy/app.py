@@ -21,6 +21,7 @@ from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, MONOTONIC, READINESS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.logs import redact_aiohttp_parser_errors
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
 from proxy.routes import errors, observe, setup_routes
@@ -52,6 +53,7 @@ def create_app(
     ``clock`` is wall-clock time (cache ages, token expiry); ``monotonic`` measures intervals (circuit breakers,
     readiness reuse).
     """
+    redact_aiohttp_parser_errors()
     # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
     app = web.Application(middlewares=[observe, errors], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from proxy.errors import InvalidUpstreamBody
 
@@ -20,6 +21,7 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NON_JSON_NUMBER = re.compile(rb"NaN|Infinity")
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
@@ -31,7 +33,10 @@ def _timestamp(value: object) -> datetime:
     """
     if not isinstance(value, str) or not _ISO_DATETIME.match(value):
         raise ValueError("expected an ISO 8601 datetime string")
-    moment = datetime.fromisoformat(value)  # ValueError for an impossible date
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:  # its message quotes the value; a refusal must not echo upstream data
+        raise ValueError("not a valid ISO 8601 datetime") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if moment < _EPOCH:
@@ -133,6 +138,15 @@ def _summarize(exc: ValidationError) -> str:
 def validate_annotation(body: bytes, *, annotation_id: int, expand: bool) -> Annotation:
     """Parse and check one upstream body; raise :class:`InvalidUpstreamBody` with a clear reason."""
     model = ExpandedAnnotation if expand else Annotation
+    if _NON_JSON_NUMBER.search(body):
+        # pydantic's parser reads NaN and Infinity, which are not JSON (RFC 8259) and which Label Studio's
+        # renderer never writes; a caller's strict parser would fail on them. Rare, so only then parse twice.
+        try:
+            from_json(body, allow_inf_nan=False)
+        except ValueError:
+            raise InvalidUpstreamBody(
+                "Label Studio returned an invalid annotation body: the body is not valid JSON."
+            ) from None
     try:
         annotation = model.model_validate_json(body)
     except ValidationError as exc:
