@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.keyspace import FENCE
@@ -44,6 +44,35 @@ CACHE_NAME = "annotation-proxy"
 
 # At most one log line per this many seconds about a failing cache (every failure is still counted).
 CACHE_ERROR_LOG_INTERVAL = 10.0
+
+# Store operations one webhook runs at once: an event may name tens of thousands of ids (one by one, that is a
+# minute on Redis), but it must not take the connection pool from the requests being served meanwhile.
+EVENT_CONCURRENCY = 16
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def for_each(items: Sequence[T], operation: Callable[[T], Awaitable[R]]) -> list[R]:
+    """``operation`` on every item, :data:`EVENT_CONCURRENCY` at a time, in order.
+
+    A :class:`CacheError` does not stop the rest: every item is tried, then the first such error is raised, so a
+    partly applied event is as complete as the cache allowed and its sender still hears that it failed.
+    """
+    results: list[R] = []
+    failure: CacheError | None = None
+    for start in range(0, len(items), EVENT_CONCURRENCY):
+        batch = items[start : start + EVENT_CONCURRENCY]
+        for outcome in await asyncio.gather(*(operation(item) for item in batch), return_exceptions=True):
+            if isinstance(outcome, CacheError):
+                failure = failure or outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results.append(outcome)
+    if failure is not None:
+        raise failure
+    return results
 
 
 class AnnotationSource(Protocol):
@@ -183,8 +212,7 @@ class AnnotationService:
         """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
         with self._counting_cache_errors("invalidate"):
             annotation_ids = await self._store.annotations_of_task(task_id)
-        for annotation_id in sorted(annotation_ids):
-            await self.annotation_deleted(annotation_id)
+        await for_each(sorted(annotation_ids), self.annotation_deleted)
         with self._counting_cache_errors("invalidate"):
             await self._store.forget_task(task_id)
         return len(annotation_ids)
@@ -351,11 +379,11 @@ class AnnotationService:
 
     async def _remember_missing(self, annotation_id: int, *, since: int) -> bool:
         try:
-            await self._store.put_missing(annotation_id, self._policy.negative_ttl, since=since)
+            hidden = await self._store.put_missing(annotation_id, self._policy.negative_ttl, since=since)
         except CacheError as exc:
             self._cache_failed("put_missing", exc)
             return False
-        return self._policy.negative_ttl > 0
+        return hidden and self._policy.negative_ttl > 0
 
     @contextmanager
     def _counting_cache_errors(self, operation: str) -> Iterator[None]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from proxy.errors import BadWebhook, CacheError, ServiceUnavailable, WrongWebhookSecret
 from proxy.keys import METRICS, REQUEST_ID, SERVICE, SETTINGS
 from proxy.models import PositiveId, Timestamp, epoch_micros
+from proxy.service import for_each
 
 log = logging.getLogger("proxy.webhooks")
 
@@ -136,11 +137,13 @@ async def apply(request: web.Request, event: Event) -> int:
     request_id = request[REQUEST_ID]
     if isinstance(event, AnnotationEvent | AnnotationsCreatedEvent):
         changed = event.annotation if isinstance(event, AnnotationsCreatedEvent) else [event.annotation]
-        for annotation in changed:
+
+        async def annotation_changed(annotation: EventAnnotation) -> None:
             await service.annotation_changed(annotation.id, epoch_micros(annotation.updated_at), request_id)
+
+        await for_each(changed, annotation_changed)
         return len(changed)
     if isinstance(event, AnnotationsDeletedEvent):
-        for ref in event.annotations:
-            await service.annotation_deleted(ref.id)
+        await for_each([ref.id for ref in event.annotations], service.annotation_deleted)
         return len(event.annotations)
-    return sum([await service.task_deleted(ref.id) for ref in event.tasks])
+    return sum(await for_each([ref.id for ref in event.tasks], service.task_deleted))

@@ -160,6 +160,24 @@ class TestWebhooks:
             assert status == 200
             assert field(body, "updated_at") == changed["updated_at"]
 
+    async def test_a_slow_404_fetched_before_annotation_created_cannot_hide_the_annotation(
+        self, proxy: Proxy, clock: Clock
+    ) -> None:
+        fake = proxy.fake
+        fake.fail_next(status=404)  # this fetch leaves before the annotation exists
+        fake.hold(count=1)
+        slow = asyncio.create_task(get(proxy))
+        await fake.wait_for_annotation_gets(1)
+        clock.now += 1
+        record = fake.add_annotation()
+        assert await send(proxy, annotation_event("ANNOTATION_CREATED", record)) == 200
+        await fake.wait_for_annotation_gets(2)  # the webhook's re-fetch, not held
+        assert (await get(proxy))[0] == 200  # joins that re-fetch, or is served what it stored
+        fake.release()
+        assert (await slow)[0] == 404  # that caller asked before the annotation existed
+        status, headers, _ = await get(proxy)
+        assert (status, headers["Cache-Status"]) == (200, "annotation-proxy; hit")
+
     async def test_wrong_or_missing_secret_is_401_and_changes_nothing(self, proxy: Proxy) -> None:
         record = proxy.fake.add_annotation()
         await get(proxy)
@@ -284,10 +302,11 @@ class TestConditionalRequests:
     async def test_the_tag_ignores_created_ago(self, proxy: Proxy, clock: Clock) -> None:
         proxy.fake.add_annotation()
         _, headers, body = await get(proxy)
-        clock.now += 120
+        clock.now += TTL + STALE_TTL + 120  # past every window: the next GET fetches Label Studio's body again
         _, later_headers, later_body = await get(proxy)
-        assert field(body, "created_ago") != field(later_body, "created_ago")
-        assert headers["ETag"] == later_headers["ETag"]
+        assert len(proxy.fake.annotation_gets(1)) == 2
+        assert field(body, "created_ago") != field(later_body, "created_ago")  # Label Studio's bytes differ...
+        assert headers["ETag"] == later_headers["ETag"]  # ...in created_ago only, so the version's tag holds
 
 
 class TestLiveCreatedAgo:

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.cache import (
+    MISSING,
     AnnotationKey,
     AnnotationStore,
     CachedAnnotation,
@@ -19,7 +20,7 @@ from proxy.cache import (
 )
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.metrics import Metrics
-from proxy.service import AnnotationService, CachePolicy
+from proxy.service import EVENT_CONCURRENCY, AnnotationService, CachePolicy, for_each
 from proxy.upstream import UpstreamReply
 from tests.conftest import wait_until
 from tests.fakes.source import ScriptedSource
@@ -43,7 +44,7 @@ class BrokenStore(MemoryStore):
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
         raise CacheError("down")
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
         raise CacheError("down")
 
 
@@ -257,3 +258,29 @@ async def test_close_cancels_a_load_that_a_webhook_superseded(
     await service.close()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(first, 5)  # without close() reaching it, this would time out
+
+
+class FailsFor(MemoryStore):
+    """A store that fails to remember a 404 for some ids only (a Redis shard down, a timeout)."""
+
+    def __init__(self, failing: set[int]) -> None:
+        super().__init__(1024 * 1024)
+        self.failing = failing
+
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+        if annotation_id in self.failing:
+            raise CacheError("down")
+        return await super().put_missing(annotation_id, ttl, since=since)
+
+
+async def test_a_many_id_event_applies_every_id_the_cache_takes_then_reports_the_failure(
+    source: ScriptedSource, metrics: Metrics
+) -> None:
+    ids = list(range(1, 2 * EVENT_CONCURRENCY + 5))  # more than one batch
+    store = FailsFor({3, EVENT_CONCURRENCY + 2})
+    service = AnnotationService(store, source, metrics, POLICY)
+    with pytest.raises(CacheError):
+        await for_each(ids, service.annotation_deleted)
+    remembered = {i for i in ids if await store.get(AnnotationKey(i, Variant.PLAIN)) is MISSING}
+    assert remembered == set(ids) - store.failing
+    assert count(metrics, "cache_errors_total", operation="invalidate") == 2

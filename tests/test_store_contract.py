@@ -39,6 +39,9 @@ def entry(annotation_id: int = 7, version: int = 1_000, body: bytes | None = Non
     )
 
 
+# When a fetch that saw a 404 began: later than every version these tests cache.
+LATER = 2_000_000_000 * 1_000_000
+
 PLAIN = AnnotationKey(7, Variant.PLAIN)
 EXPANDED = AnnotationKey(7, Variant.EXPANDED)
 
@@ -128,12 +131,12 @@ class TestStoreContract:
 
     async def test_404_drops_cached_versions(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
-        await store.put_missing(7, TTL, since=0)
+        assert await store.put_missing(7, TTL, since=LATER) is True
         assert await store.get(PLAIN) is MISSING
 
     async def test_zero_negative_ttl_drops_versions_but_remembers_nothing(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
-        await store.put_missing(7, 0, since=0)
+        await store.put_missing(7, 0, since=LATER)
         assert await store.get(PLAIN) is None
 
     async def test_stored_entry_clears_remembered_404(self, store: AnnotationStore) -> None:
@@ -188,6 +191,15 @@ class TestStoreContract:
         assert await store.put(PLAIN, later, TTL) is True  # began after the 404: created since
         assert await store.get(PLAIN) == later
 
+    async def test_a_404_fetched_before_a_known_version_changes_nothing(self, store: AnnotationStore) -> None:
+        # ANNOTATION_CREATED made version 2_000 known; a fetch that began before it then saw a 404.
+        await store.invalidate(7, 2_000, TTL)
+        assert await store.put_missing(7, TTL, since=1_999) is False
+        assert await store.get(PLAIN) is None  # not MISSING: the next request asks Label Studio
+        assert await store.put(PLAIN, entry(version=2_000), TTL) is True
+        assert await store.put_missing(7, TTL, since=1_999) is False
+        assert await store.get(PLAIN) == entry(version=2_000)
+
     async def test_a_fenced_404_refuses_every_later_write(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(version=1_000), TTL)
         await store.put_missing(7, TTL, since=FENCE)
@@ -199,7 +211,7 @@ class TestStoreContract:
         await store.put(PLAIN, entry(version=2_000), TTL)
         await store.drop(7)
         assert await store.get(PLAIN) is None
-        await store.put_missing(7, TTL, since=0)
+        await store.put_missing(7, TTL, since=LATER)
         await store.drop(7)
         assert await store.get(PLAIN) is None
         assert await store.put(PLAIN, entry(version=1_000), TTL) is True

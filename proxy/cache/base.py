@@ -75,12 +75,16 @@ class AnnotationStore(Protocol):
         """
         ...
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
         """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation.
 
         ``since`` (microseconds since the epoch) is when the fetch that saw the 404 began: an entry from a fetch
         that began earlier is refused while the 404 is remembered. :data:`proxy.cache.keyspace.FENCE` (a deletion
         Label Studio announced) refuses every entry until ``ttl`` has passed.
+
+        Refused when the known version (``updated_at``) is later than ``since``: the annotation was created or
+        changed after that fetch began (a slow 404 must not undo ``ANNOTATION_CREATED``). Returns whether the 404
+        now hides the annotation.
         """
         ...
 

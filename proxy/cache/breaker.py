@@ -43,8 +43,8 @@ class CircuitBreakingStore:
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
         return await self._guarded(lambda: self._store.put(key, entry, ttl))
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
-        await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since))
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+        return await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since))
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         await self._guarded(lambda: self._store.invalidate(annotation_id, version, ttl))

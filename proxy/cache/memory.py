@@ -68,10 +68,14 @@ class MemoryStore:
             self._set(("task", entry.task), ids, RECORD_OVERHEAD + 16 * len(ids), ttl)
         return True
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+        current = self._live(("latest", annotation_id))
+        if isinstance(current, int) and current > since:
+            return False
         self._delete(("latest", annotation_id))
         if ttl > 0:
             self._set(("missing", annotation_id), since, RECORD_OVERHEAD, ttl)
+        return True
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         current = self._live(("latest", annotation_id))

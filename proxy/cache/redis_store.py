@@ -62,6 +62,16 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# KEYS: pointer, missing marker. ARGV: fetch start token, ttl in ms (0: remember nothing).
+# Returns 0, changing nothing, when the known version is later than the fetch that saw the 404 began.
+MISSING_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current > ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -91,6 +101,7 @@ class RedisStore:
         self._read = client.register_script(READ_SCRIPT)
         self._write = client.register_script(WRITE_SCRIPT)
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
+        self._missing = client.register_script(MISSING_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64) -> RedisStore:
@@ -144,13 +155,13 @@ class RedisStore:
                     await pipe.execute()
         return bool(stored)
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> None:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
         with _translated("write"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._keys.pointer(annotation_id))
-                if ttl > 0:
-                    pipe.set(self._keys.missing(annotation_id), version_token(since), px=_ms(ttl))
-                await pipe.execute()
+            stored = await self._missing(
+                keys=[self._keys.pointer(annotation_id), self._keys.missing(annotation_id)],
+                args=[version_token(since), _ms(ttl) if ttl > 0 else 0],
+            )
+        return bool(stored)
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         with _translated("write"):

@@ -207,6 +207,7 @@ class FakeLabelStudio:
         self._delays: deque[float] = deque()
         self._released = asyncio.Event()
         self._released.set()
+        self._hold_budget: int | None = None  # how many more arrivals a hold(count) holds; None: all
         self._closing = asyncio.Event()
         self._annotation_gets: list[tuple[int, RecordedRequest]] = []
         self._arrivals = asyncio.Condition()
@@ -345,12 +346,15 @@ class FakeLabelStudio:
         """The next `count` annotation GETs wait `seconds` before answering."""
         self._delays.extend([seconds] * count)
 
-    def hold(self) -> None:
-        """Annotation GETs wait until `release()` (after being counted as arrived)."""
+    def hold(self, count: int | None = None) -> None:
+        """Annotation GETs wait until `release()` (after being counted as arrived); with `count`, only the next
+        `count` of them do and later ones are answered at once."""
         self._released.clear()
+        self._hold_budget = count
 
     def release(self) -> None:
         self._released.set()
+        self._hold_budget = None
 
     async def wait_for_annotation_gets(self, n: int) -> None:
         """Return once `n` annotation GETs have arrived (held ones included)."""
@@ -420,7 +424,11 @@ class FakeLabelStudio:
         async with self._arrivals:
             self._annotation_gets.append((pk, recorded))
             self._arrivals.notify_all()
-        await self._released.wait()
+        if self._hold_budget is None:
+            await self._released.wait()
+        elif self._hold_budget > 0:
+            self._hold_budget -= 1
+            await self._released.wait()
         if delay > 0:
             with contextlib.suppress(TimeoutError):  # cut short when the server shuts down
                 await asyncio.wait_for(self._closing.wait(), timeout=delay)
