@@ -20,11 +20,25 @@ from proxy.auth import ClientKeys, parse_entry
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
-from proxy.keys import ADMIN_KEYS, CLIENT_KEYS, CLOCK, METRICS, MONOTONIC, READINESS, SERVICE, SETTINGS, STORE, UPSTREAM
+from proxy.hot import HotTier
+from proxy.keys import (
+    ADMIN_KEYS,
+    CLIENT_KEYS,
+    CLOCK,
+    LIVE_BODIES,
+    METRICS,
+    MONOTONIC,
+    READINESS,
+    SERVICE,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from proxy.logs import redact_aiohttp_parser_errors
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
-from proxy.routes import errors, observe, setup_routes
+from proxy.render import LiveBodies
+from proxy.routes import edge, setup_routes
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
 from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken, UpstreamPolicy
@@ -55,12 +69,13 @@ def create_app(
     """
     redact_aiohttp_parser_errors()
     # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
-    app = web.Application(middlewares=[observe, errors], client_max_size=settings.proxy_webhook_max_bytes)
+    app = web.Application(middlewares=[edge], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
     app[CLIENT_KEYS] = ClientKeys(settings.client_keys())
     app[ADMIN_KEYS] = ClientKeys(parse_entry(k.get_secret_value()) for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
+    app[LIVE_BODIES] = LiveBodies()
     app[MONOTONIC] = monotonic
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -167,8 +182,10 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         negative_ttl=settings.proxy_negative_ttl,
         stale_if_error_ttl=settings.proxy_stale_if_error_ttl,
     )
-    service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK])
+    hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
+    service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], hot=hot)
     app[SERVICE] = service
     app[READINESS] = Readiness(app[STORE], app[UPSTREAM], app[METRICS], clock=app[MONOTONIC])
+    service.start()
     yield
     await service.close()

@@ -60,9 +60,22 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
+ACCEPTED_HEADERS_KEPT = 1024
+
+
+class _Accepted(dict[str, Scope]):
+    """Authorization headers (so client keys) mapped to their scopes: never shown whole."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} accepted Authorization headers>"
+
+
 class ClientKeys:
     def __init__(self, keys: Iterable[ClientKey]) -> None:
         self._keys = tuple((_digest(k.key), k.scope) for k in keys)
+        # Authorization headers already accepted, exactly as sent: a hit needs no digest. Only accepted ones are
+        # kept, so it tells a caller nothing its 200 did not; bounded, since spelling variants are few per key.
+        self._accepted = _Accepted()
 
     @property
     def anonymous(self) -> bool:
@@ -73,6 +86,8 @@ class ClientKeys:
         """The scope of the key in ``authorization``; raise :class:`NotAuthenticated` for no or an unknown key."""
         if self.anonymous:
             return None
+        if authorization is not None and authorization in self._accepted:
+            return self._accepted[authorization]
         scheme, _, presented = (authorization or "").strip().partition(" ")
         presented = presented.strip()
         if scheme.lower() != "token" or not presented:
@@ -85,6 +100,8 @@ class ClientKeys:
                 matched, scope = True, key_scope
         if not matched:
             raise InvalidClientKey()
+        if authorization is not None and len(self._accepted) < ACCEPTED_HEADERS_KEPT:
+            self._accepted[authorization] = scope
         return scope
 
     def __repr__(self) -> str:

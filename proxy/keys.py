@@ -10,6 +10,7 @@ from proxy.auth import ClientKeys
 from proxy.cache import AnnotationStore
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
+from proxy.render import LiveBodies
 from proxy.service import AnnotationService
 from proxy.settings import Settings
 from proxy.upstream import LabelStudioClient
@@ -23,6 +24,7 @@ SERVICE = web.AppKey("service", AnnotationService)
 READINESS = web.AppKey("readiness", Readiness)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
+LIVE_BODIES = web.AppKey("live_bodies", LiveBodies)
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
 MONOTONIC = web.AppKey[Callable[[], float]]("monotonic")  # for intervals; tests move it by hand too
 

@@ -6,7 +6,7 @@ only (never an annotation id). Label values are created up front so dashboards s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -82,6 +82,32 @@ class Metrics:
     upstream_retries: Counter
     upstream_waiting: Gauge
     build_info: Gauge
+    # The hot path's label children, looked up once: ``labels()`` costs more than the increment itself.
+    _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _cache_children: dict[str, Counter] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request and its duration. Labels are bounded by the caller (route names,
+        known methods, status codes)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route=route, method=method, status=str(status)),
+                self.http_duration.labels(route=route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def cache_request(self, result: str) -> None:
+        """Count one annotation request by how the cache served it (one of :data:`CACHE_RESULTS`)."""
+        child = self._cache_children.get(result)
+        if child is None:
+            child = self._cache_children[result] = self.cache_requests.labels(result=result)
+        child.inc()
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, version: str, process_metrics: bool = True) -> Metrics:

@@ -28,6 +28,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.freshness import Freshness, entity_tag, freshness
+from proxy.hot import HotTier
 from proxy.metrics import Metrics
 from proxy.models import epoch_micros, validate_annotation
 from proxy.upstream import UpstreamReply
@@ -45,12 +46,24 @@ CACHE_NAME = "annotation-proxy"
 # At most one log line per this many seconds about a failing cache (every failure is still counted).
 CACHE_ERROR_LOG_INTERVAL = 10.0
 
+# Reconnecting to the store's announcements after a failure: backing off from the first to the second.
+HOT_LISTEN_RETRY_MIN = 0.5
+HOT_LISTEN_RETRY_MAX = 10.0
+
 # Store operations one webhook runs at once: an event may name tens of thousands of ids (one by one, that is a
 # minute on Redis), but it must not take the connection pool from the requests being served meanwhile.
 EVENT_CONCURRENCY = 16
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended, asking again while it runs: redis-py swallows a cancellation
+    that lands while it opens a connection, and the task would go on listening."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.05)
 
 
 async def for_each(items: Sequence[T], operation: Callable[[T], Awaitable[R]]) -> list[R]:
@@ -106,6 +119,10 @@ def cache_status(
     return "; ".join(params)
 
 
+HIT = cache_status(hit=True)
+NEGATIVE_HIT = cache_status(hit=True, detail="negative")
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """The answer to one lookup: a cached version, or ``None`` for a 404, and how the cache produced it."""
@@ -119,9 +136,9 @@ class Served:
     @property
     def cache_status(self) -> str:
         if self.result == "hit":
-            return cache_status(hit=True)
+            return HIT
         if self.result == "negative_hit":
-            return cache_status(hit=True, detail="negative")
+            return NEGATIVE_HIT
         if self.result == "stale":
             return cache_status(hit=True, detail="stale-if-error" if self.because_of_error else "stale")
         return cache_status(
@@ -155,21 +172,36 @@ class AnnotationService:
         policy: CachePolicy,
         *,
         clock: Callable[[], float] = time.time,
+        hot: HotTier | None = None,
     ) -> None:
         self._store = store
         self._source = source
         self._metrics = metrics
         self._policy = policy
         self._clock = clock
+        self.hot = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
+        self._listener: asyncio.Task[None] | None = None
         self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}  # the load a request for a key joins
         self._loads: set[asyncio.Task[Served]] = set()  # every load running, joinable or superseded
         self._last_cache_error_log = -CACHE_ERROR_LOG_INTERVAL
 
+    def start(self) -> None:
+        """Start listening to the store's announcements of change, which the hot tier needs to be on."""
+        if self.hot.ttl > 0 and self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="hot-tier-listener")
+
     async def lookup(self, annotation_id: int, *, expand: bool, request_id: str) -> Served:
         """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404."""
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
+        served = self.hot.get(key)
+        if served is not None:
+            self._metrics.cache_request(served.result)
+            return served
+        epoch = self.hot.epoch
         cached = await self._read(key)
         served = self._fresh(cached)
+        if served is not None:
+            self._keep_hot(key, served, epoch)
         if served is None and isinstance(cached, CachedAnnotation) and self._is_stale(cached):
             self._revalidate(key, cached, request_id)
             served = Served(cached, "stale")
@@ -179,12 +211,12 @@ class AnnotationService:
         except UNAVAILABLE as exc:
             served = self._stale_if_error(cached, exc)
             if served is None:
-                self._metrics.cache_requests.labels(result="miss").inc()
+                self._metrics.cache_request("miss")
                 raise
         except ProxyError:  # the cache missed, and so did Label Studio
-            self._metrics.cache_requests.labels(result="miss").inc()
+            self._metrics.cache_request("miss")
             raise
-        self._metrics.cache_requests.labels(result=served.result).inc()
+        self._metrics.cache_request(served.result)
         return served
 
     # What Label Studio's webhooks (and operators) tell us. These raise CacheError: the caller must know
@@ -195,6 +227,7 @@ class AnnotationService:
         with self._counting_cache_errors("invalidate"):
             cached = {variant: await self._store.get(AnnotationKey(annotation_id, variant)) for variant in Variant}
             await self._store.invalidate(annotation_id, version, self._policy.retention)
+        self.hot.drop(annotation_id)
         for variant, entry in cached.items():
             key = AnnotationKey(annotation_id, variant)
             previous = entry if isinstance(entry, CachedAnnotation) else None
@@ -207,6 +240,7 @@ class AnnotationService:
         """Answer 404 from now on, and let no fetch that started earlier store the annotation again."""
         with self._counting_cache_errors("invalidate"):
             await self._store.put_missing(annotation_id, self._policy.retention, since=FENCE)
+        self.hot.drop(annotation_id)
 
     async def task_deleted(self, task_id: int) -> int:
         """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
@@ -221,6 +255,7 @@ class AnnotationService:
         """Forget everything cached about the annotation; the next request asks Label Studio."""
         with self._counting_cache_errors("invalidate"):
             await self._store.drop(annotation_id)
+        self.hot.drop(annotation_id)
 
     async def close(self) -> None:
         """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""
@@ -228,6 +263,8 @@ class AnnotationService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            await cancel_and_wait(self._listener)
 
     # Coalescing: one load per key at a time; everyone else waits for it and shares its result or failure.
 
@@ -372,10 +409,13 @@ class AnnotationService:
 
     async def _remember(self, key: AnnotationKey, entry: CachedAnnotation) -> bool:
         try:
-            return await self._store.put(key, entry, self._policy.retention)
+            stored = await self._store.put(key, entry, self._policy.retention)
         except CacheError as exc:
             self._cache_failed("put", exc)
             return False
+        if stored:
+            self.hot.drop(key.annotation_id)
+        return stored
 
     async def _remember_missing(self, annotation_id: int, *, since: int) -> bool:
         try:
@@ -383,7 +423,37 @@ class AnnotationService:
         except CacheError as exc:
             self._cache_failed("put_missing", exc)
             return False
+        if hidden:
+            self.hot.drop(annotation_id)
         return hidden and self._policy.negative_ttl > 0
+
+    # The hot tier (proxy/hot.py): fresh answers read from the store, kept in process, dropped on any change.
+
+    def _keep_hot(self, key: AnnotationKey, served: Served, epoch: int) -> None:
+        if served.entry is not None:
+            fresh_until = served.entry.stored_at + self._policy.ttl
+        else:  # a remembered 404: how long it has left is the store's to know; at most its whole TTL
+            fresh_until = self._clock() + self._policy.negative_ttl
+        self.hot.put(key, served, fresh_until=fresh_until, epoch=epoch)
+
+    async def _listen(self) -> None:
+        """Follow the store's announcements for as long as the service runs; the hot tier is on while heard."""
+        retry_in = HOT_LISTEN_RETRY_MIN
+        while True:
+            try:
+                async for change in self._store.changes():
+                    if change is None:
+                        self.hot.resume()
+                        retry_in = HOT_LISTEN_RETRY_MIN
+                        log.info("hot tier on: following the store's changes")
+                    else:
+                        self.hot.drop(change)
+            except CacheError as exc:
+                if self.hot.enabled:
+                    log.warning("hot tier off: cannot follow the store's changes", extra={"error": str(exc)})
+            self.hot.suspend()
+            await asyncio.sleep(retry_in)
+            retry_in = min(retry_in * 2, HOT_LISTEN_RETRY_MAX)
 
     @contextmanager
     def _counting_cache_errors(self, operation: str) -> Iterator[None]:

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None  # may carry a password
     proxy_redis_timeout: float = Field(default=0.25, gt=0, le=30)
     proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
+    proxy_hot_ttl: float = Field(default=5.0, ge=0, le=300)
+    proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
     proxy_cache_ttl: float = Field(default=300.0, gt=0)
     proxy_stale_ttl: float = Field(default=3600.0, ge=0)
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
@@ -217,6 +219,8 @@ class Settings(BaseSettings):
             "proxy_key_prefix": self.proxy_key_prefix,
             "proxy_redis_timeout": self.proxy_redis_timeout,
             "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
+            "proxy_hot_ttl": self.proxy_hot_ttl,
+            "proxy_hot_max_bytes": self.proxy_hot_max_bytes,
             "proxy_client_keys": f"<{len(self.client_keys())} keys>",
             "proxy_allow_anonymous": self.proxy_allow_anonymous,
             "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",

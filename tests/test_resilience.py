@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.keys import SERVICE
 from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import free_port, running_redis
@@ -150,6 +151,8 @@ class TestRedisFailsOpen:
             await get(proxy)
             assert (await get(proxy)).headers["Cache-Status"] == "annotation-proxy; hit"
             port = redis.port
+        # The hot tier hears its subscription drop and stops serving what it kept (it could not hear changes).
+        await wait_until(lambda: not proxy.client.app[SERVICE].hot.enabled)
         # Redis is gone: every request still gets its answer, from Label Studio, and the breaker opens.
         for _ in range(5):
             response = await get(proxy)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -111,6 +112,16 @@ class AnnotationStore(Protocol):
 
     async def ping(self) -> None:
         """Raise :class:`CacheError` unless the store answers."""
+        ...
+
+    def changes(self) -> AsyncIterator[int | None]:
+        """Announcements of change, from every process sharing the store, for in-process copies (the hot tier).
+
+        Yields an annotation id each time a write changed what :meth:`get` answers for it (:meth:`put`,
+        :meth:`put_missing`, :meth:`invalidate`, :meth:`drop` that took effect), and ``None`` once listening
+        starts: only from then on is nothing missed. Ends with :class:`CacheError` when the announcements can no
+        longer be heard; changes made meanwhile are lost, so a caller must drop its copies and listen again.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -7,7 +7,7 @@ its success resumes caching by itself.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from proxy.breaker import CircuitBreaker
@@ -60,6 +60,9 @@ class CircuitBreakingStore:
 
     async def ping(self) -> None:
         await self._guarded(self._store.ping)
+
+    def changes(self) -> AsyncIterator[int | None]:
+        return self._store.changes()  # not guarded: it fails on its own, and its caller retries
 
     async def close(self) -> None:
         await self._store.close()

@@ -49,5 +49,10 @@ class KeyScheme:
     def version(self, annotation_id: int, version: int, variant: Variant) -> str:
         return f"{self.version_prefix(annotation_id)}{version_token(version)}:{variant.value}"
 
+    @property
+    def changes(self) -> str:
+        """The pub/sub channel on which every write that changed an annotation announces its id."""
+        return f"{self.prefix}changes"
+
     def task(self, task_id: int) -> str:
         return f"{self.prefix}{{t:{task_id}}}:annotations"

@@ -7,9 +7,10 @@ every operation is atomic, as the Redis scripts are.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
 from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, Variant
@@ -100,6 +101,11 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def changes(self) -> AsyncIterator[int | None]:
+        """Nothing to hear: one process writes this store, and its own writes reach its hot tier directly."""
+        yield None
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         self._records.clear()

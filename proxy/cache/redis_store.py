@@ -8,8 +8,8 @@ the service then goes to Label Studio instead (the cache fails open).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -37,6 +37,9 @@ if not version then return false end
 return redis.call('GET', ARGV[1] .. version .. ARGV[2])
 """
 
+# Every script that changes what a read answers ends by announcing the id: PUBLISH <changes channel> <id>, the
+# last two ARGV of each (the channel is not a key: on a cluster PUBLISH reaches every node from any slot).
+
 # KEYS: pointer, version key, missing marker. ARGV: version token, entry bytes, ttl in ms, fetch start token.
 # Versions and times are fixed-width digit strings, so string comparison is numeric order.
 # Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
@@ -48,6 +51,7 @@ if missing_since and missing_since > ARGV[4] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
@@ -59,6 +63,7 @@ if current and current > ARGV[1] then return 0 end
 if current == ARGV[1] then redis.call('DEL', KEYS[3], KEYS[4]) end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -69,10 +74,13 @@ local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+CHANGES_POLL_SECONDS = 1.0
 
 
 def _ms(seconds: float) -> int:
@@ -143,7 +151,13 @@ class RedisStore:
                     self._keys.version(annotation_id, entry.version, variant),
                     self._keys.missing(annotation_id),
                 ],
-                args=[version_token(entry.version), encode_entry(entry), ttl_ms, _micros_token(entry.stored_at)],
+                args=[
+                    version_token(entry.version),
+                    encode_entry(entry),
+                    ttl_ms,
+                    _micros_token(entry.stored_at),
+                    *self._announce(annotation_id),
+                ],
             )
             if stored and entry.task is not None:
                 # Another hash slot, so not part of the script; an index entry without a cached version
@@ -159,7 +173,7 @@ class RedisStore:
         with _translated("write"):
             stored = await self._missing(
                 keys=[self._keys.pointer(annotation_id), self._keys.missing(annotation_id)],
-                args=[version_token(since), _ms(ttl) if ttl > 0 else 0],
+                args=[version_token(since), _ms(ttl) if ttl > 0 else 0, *self._announce(annotation_id)],
             )
         return bool(stored)
 
@@ -172,12 +186,15 @@ class RedisStore:
                     self._keys.version(annotation_id, version, Variant.PLAIN),
                     self._keys.version(annotation_id, version, Variant.EXPANDED),
                 ],
-                args=[version_token(version), _ms(ttl)],
+                args=[version_token(version), _ms(ttl), *self._announce(annotation_id)],
             )
 
     async def drop(self, annotation_id: int) -> None:
         with _translated("write"):
-            await self._client.delete(self._keys.pointer(annotation_id), self._keys.missing(annotation_id))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._keys.pointer(annotation_id), self._keys.missing(annotation_id))
+                pipe.publish(*self._announce(annotation_id))
+                await pipe.execute()
 
     async def annotations_of_task(self, task_id: int) -> set[int]:
         with _translated("read"):
@@ -191,6 +208,27 @@ class RedisStore:
     async def ping(self) -> None:
         with _translated("ping"):
             await self._client.ping()
+
+    async def changes(self) -> AsyncIterator[int | None]:
+        pubsub = self._client.pubsub()
+        try:
+            with _translated("subscribe"):
+                await pubsub.subscribe(self._keys.changes)
+                while True:
+                    # A bounded wait, so that the connection's health check (a PING when idle) runs.
+                    message = await pubsub.get_message(timeout=CHANGES_POLL_SECONDS)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # also after redis-py reconnected by itself
+                        yield None
+                    elif message["type"] == "message" and message["data"].isdigit():
+                        yield int(message["data"])
+        finally:
+            with suppress(*REDIS_FAILURES):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _announce(self, annotation_id: int) -> tuple[str, str]:
+        return self._keys.changes, str(annotation_id)
 
     async def close(self) -> None:
         await self._client.aclose()

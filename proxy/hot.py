@@ -1,0 +1,100 @@
+"""The hot tier: answers the proxy has just served from its store, kept in process for a few seconds.
+
+A hit on Redis costs a round trip and a decode; most of a busy proxy's hits are for the same few annotations, so
+the answer to a hit (a fresh version, or a remembered 404) is kept here for at most ``ttl`` seconds and never past
+the version's own freshness. Coherent across replicas: every change to the store's view of an annotation is
+announced by the store (Redis pub/sub, see :meth:`proxy.cache.base.AnnotationStore.changes`), and every replica
+drops its copy when it hears it. While the announcements cannot be heard (not yet subscribed, connection lost) the
+tier is off; after a resubscription it starts empty, since what was missed is unknown.
+
+A read that began before a change must not put the older answer back after the change was heard: every drop
+moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read under an older epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.cache import AnnotationKey, Variant
+
+if TYPE_CHECKING:
+    from proxy.service import Served
+
+# What one kept answer costs beyond its body (the key, the record, the dict slot), so the bound holds for 404s too.
+RECORD_OVERHEAD = 300
+
+
+@dataclass(slots=True)
+class _Kept:
+    served: Served
+    until: float  # wall-clock seconds
+    size: int
+
+
+class HotTier:
+    def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._kept: dict[AnnotationKey, _Kept] = {}
+        self._bytes = 0
+        self.enabled = False  # on once the store's announcements are heard (see module docstring)
+        self.epoch = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: AnnotationKey) -> Served | None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        if kept.until <= self._clock():
+            self._forget(key)
+            return None
+        return kept.served
+
+    def put(self, key: AnnotationKey, served: Served, *, fresh_until: float, epoch: int) -> None:
+        """Keep ``served`` (read from the store under ``epoch``) until ``fresh_until`` or ``ttl`` from now."""
+        if not self.enabled or epoch != self.epoch or self.ttl <= 0:
+            return
+        until = min(fresh_until, self._clock() + self.ttl)
+        size = RECORD_OVERHEAD + (len(served.entry.body) if served.entry is not None else 0)
+        if size > self.max_bytes:
+            return
+        self._forget(key)
+        while self._bytes + size > self.max_bytes:  # the oldest kept first: dicts keep insertion order
+            self._forget(next(iter(self._kept)))
+        self._kept[key] = _Kept(served, until, size)
+        self._bytes += size
+
+    def drop(self, annotation_id: int) -> None:
+        """The annotation changed: forget what is kept for it, and refuse answers read before now."""
+        self.epoch += 1
+        for variant in Variant:
+            self._forget(AnnotationKey(annotation_id, variant))
+
+    def resume(self) -> None:
+        """Announcements are heard (again): start empty, since changes may have been missed."""
+        self.clear()
+        self.enabled = True
+
+    def suspend(self) -> None:
+        """Announcements cannot be heard: serve nothing from here until :meth:`resume`."""
+        self.enabled = False
+        self.clear()
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self._kept.clear()
+        self._bytes = 0
+
+    def _forget(self, key: AnnotationKey) -> None:
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            self._bytes -= kept.size

@@ -1,0 +1,150 @@
+"""The hot tier (proxy/hot.py): fresh answers kept in process, and dropped on every replica when they change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis import Redis
+
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant
+from proxy.hot import RECORD_OVERHEAD, HotTier
+from proxy.keys import SERVICE
+from proxy.metrics import Metrics
+from proxy.service import AnnotationService, Served
+from tests.conftest import Clock, Proxy, ProxyFactory, wait_until
+from tests.fakes.source import ScriptedSource
+from tests.test_service import POLICY
+from tests.webhooks import annotation_event
+
+KEY = AnnotationKey(7, Variant.PLAIN)
+EXPANDED = AnnotationKey(7, Variant.EXPANDED)
+SECRET = "webhook-secret-0123456789"
+
+
+def served(annotation_id: int = 7, body: bytes = b"{}") -> Served:
+    entry = CachedAnnotation(annotation_id=annotation_id, version=1, stored_at=0.0, body=body)
+    return Served(entry, "hit")
+
+
+@pytest.fixture
+def hot(clock: Clock) -> HotTier:
+    tier = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
+    tier.resume()
+    return tier
+
+
+class TestHotTier:
+    def test_keeps_an_answer_for_its_ttl_and_never_past_its_freshness(self, hot: HotTier, clock: Clock) -> None:
+        answer = served()
+        hot.put(KEY, answer, fresh_until=clock.now + 100, epoch=hot.epoch)
+        assert hot.get(KEY) is answer
+        clock.now += 5
+        assert hot.get(KEY) is None  # the tier's own TTL
+        hot.put(KEY, answer, fresh_until=clock.now + 1, epoch=hot.epoch)
+        clock.now += 1
+        assert hot.get(KEY) is None  # the version's freshness ends first
+
+    def test_an_answer_read_before_a_change_is_refused(self, hot: HotTier, clock: Clock) -> None:
+        epoch = hot.epoch  # a read begins...
+        hot.drop(7)  # ...the change is heard...
+        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=epoch)  # ...the older answer arrives
+        assert hot.get(KEY) is None
+
+    def test_drop_forgets_both_variants_of_the_annotation_only(self, hot: HotTier, clock: Clock) -> None:
+        for key in (KEY, EXPANDED, AnnotationKey(8, Variant.PLAIN)):
+            hot.put(key, served(key.annotation_id), fresh_until=clock.now + 100, epoch=hot.epoch)
+        hot.drop(7)
+        assert (hot.get(KEY), hot.get(EXPANDED)) == (None, None)
+        assert hot.get(AnnotationKey(8, Variant.PLAIN)) is not None
+
+    def test_nothing_is_kept_or_served_while_suspended(self, hot: HotTier, clock: Clock) -> None:
+        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+        hot.suspend()
+        assert hot.get(KEY) is None
+        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+        assert len(hot) == 0
+        hot.resume()
+        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+        assert hot.get(KEY) is not None
+
+    def test_bounded_in_bytes_oldest_out_first(self, clock: Clock) -> None:
+        hot = HotTier(ttl=5.0, max_bytes=3 * (RECORD_OVERHEAD + 1000), clock=clock)
+        hot.resume()
+        for annotation_id in range(1, 6):
+            key = AnnotationKey(annotation_id, Variant.PLAIN)
+            hot.put(key, served(annotation_id, b"x" * 1000), fresh_until=clock.now + 100, epoch=hot.epoch)
+        assert hot.size_bytes <= hot.max_bytes
+        assert [hot.get(AnnotationKey(i, Variant.PLAIN)) is not None for i in range(1, 6)] == [False] * 2 + [True] * 3
+
+
+def script_calls(redis_url: str) -> int:
+    """How many scripts (the store's reads and writes) the Redis server has run."""
+    with Redis.from_url(redis_url) as client:
+        stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+async def get(proxy: Proxy, annotation_id: int = 1) -> tuple[int, Mapping[str, str], Any]:
+    response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+    return response.status, response.headers, await response.json()
+
+
+class TestThroughTheProxy:
+    @pytest.mark.redis
+    async def test_hits_after_the_first_do_not_touch_redis(self, make_proxy: ProxyFactory, redis_url: str) -> None:
+        proxy = await make_proxy(redis_url=redis_url)
+        proxy.fake.add_annotation()
+        await wait_until(lambda: proxy.client.app[SERVICE].hot.enabled)
+        await get(proxy)  # miss: read, fetch, store
+        await get(proxy)  # a hit read from Redis, now kept hot
+        scripts = script_calls(redis_url)
+        for _ in range(5):
+            status, headers, _ = await get(proxy)
+            assert (status, headers["Cache-Status"]) == (200, "annotation-proxy; hit")
+        assert script_calls(redis_url) == scripts
+        assert proxy.metric("cache_requests_total", result="hit") == 6
+
+    @pytest.mark.redis
+    async def test_a_change_on_one_replica_is_dropped_by_the_others_at_once(
+        self, make_proxy: ProxyFactory, redis_url: str
+    ) -> None:
+        settings: dict[str, Any] = {"redis_url": redis_url, "proxy_webhook_secret": SECRET, "proxy_hot_ttl": 300}
+        one, other = await make_proxy(**settings), await make_proxy(**settings)
+        for replica in (one, other):
+            await wait_until(lambda replica=replica: replica.client.app[SERVICE].hot.enabled)
+        fake = one.fake
+        fake.add_annotation()
+        for replica in (one, other, other):  # the other's second GET is kept hot
+            await get(replica)
+        assert len(other.client.app[SERVICE].hot) == 1
+
+        changed = fake.update_annotation(1, ground_truth=True)
+        webhook = await one.client.post(
+            "/webhooks/label-studio",
+            json=annotation_event("ANNOTATION_UPDATED", changed),
+            headers={"X-Webhook-Secret": SECRET},
+        )
+        assert webhook.status == 200
+        # The announcement crosses Redis: wait for it to arrive, not for any TTL.
+        await wait_until(lambda: len(other.client.app[SERVICE].hot) == 0)
+        await wait_until(lambda: len(fake.annotation_gets(1)) == 2)  # the webhook's re-fetch
+        status, _, body = await get(other)
+        assert (status, body["ground_truth"], body["updated_at"]) == (200, True, changed["updated_at"])
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("after", [0.0, 0.001, 0.003, 0.01])
+async def test_closing_stops_the_listener_whenever_it_comes(redis_url: str, clock: Clock, after: float) -> None:
+    """redis-py swallows a cancellation that lands while it connects; close() must end the listener anyway."""
+    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=0.25)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    hot = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
+    service = AnnotationService(store, ScriptedSource(), metrics, POLICY, clock=clock, hot=hot)
+    service.start()
+    await asyncio.sleep(after)
+    await asyncio.wait_for(service.close(), timeout=5)
+    await store.close()

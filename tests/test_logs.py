@@ -1,0 +1,120 @@
+"""proxy/logs.py: JSON lines, written once per event-loop turn, and the access log's quick path."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from proxy.logs import ACCESS_LOG, BatchedHandler, JsonFormatter, LineWriter, configure_logging
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def stream() -> Iterator[CountingStream]:
+    """configure_logging on a stream of the test's own; the root logger and the access log restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = CountingStream()
+    configure_logging("INFO", stream)
+    yield stream
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    ACCESS_LOG.writer = None
+
+
+FIELDS = [
+    {"method": "GET", "route": "annotation", "path": "/api/annotations/1/", "status": 200, "cache": "hit"},
+    {"method": "OTHER", "route": "unmatched", "path": '/a"b\\c/\u00e9\u2028\x7f', "status": 404, "cache": None},
+]
+
+
+@contextmanager
+def handler_alone() -> Iterator[None]:
+    """Only configure_logging's handler on the root logger: pytest adds its own for every phase of a test."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [h for h in saved if isinstance(h, BatchedHandler)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+
+
+def no_log_record(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the access log went through logging")
+
+
+@pytest.mark.parametrize("fields", FIELDS, ids=["plain", "escapes"])
+async def test_the_quick_access_line_is_what_the_formatter_writes(
+    stream: CountingStream, fields: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = {**fields, "duration_ms": 0.125, "request_id": "r-1"}
+    monkeypatch.setattr(ACCESS_LOG.logger, "info", no_log_record)
+    with handler_alone():
+        ACCESS_LOG(**line)  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the end of this turn of the loop
+    [written] = stream.getvalue().split("\n")[:-1]  # not splitlines(): U+2028 is a line break to it, not to JSON
+
+    record = logging.getLogger("proxy.access").makeRecord("proxy.access", logging.INFO, "", 0, "request", (), None)
+    record.__dict__.update(line)
+    expected = JsonFormatter().format(record)
+    got, want = json.loads(written), json.loads(expected)
+    assert TIMESTAMP.fullmatch(got.pop("ts"))
+    want.pop("ts")
+    assert list(got.items()) == list(want.items())  # same fields, same order, same values
+
+
+async def test_lines_of_one_turn_leave_in_one_write_and_errors_at_once(stream: CountingStream) -> None:
+    log = logging.getLogger("proxy.test")
+    with handler_alone():
+        for n in range(50):
+            log.info("line", extra={"n": n})
+        assert stream.writes == 0  # still this turn
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == list(range(50))
+
+        log.info("before")
+        log.error("at once")
+        assert stream.writes == 2  # the error took the pending line with it, in order
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()[-2:]] == ["before", "at once"]
+
+
+def test_without_a_running_loop_lines_are_written_at_once() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    writer.write("one\n")
+    assert stream.getvalue() == "one\n"
+
+
+def test_a_failing_stream_loses_lines_not_requests() -> None:
+    stream = io.StringIO()
+    stream.close()
+    LineWriter(stream).write("lost\n")  # no exception
+
+
+async def test_the_access_log_goes_through_logging_when_other_handlers_listen(
+    stream: CountingStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        ACCESS_LOG(**FIELDS[0], duration_ms=1.0, request_id="r-2")
+    [record] = [r for r in caplog.records if r.name == "proxy.access"]
+    assert (record.getMessage(), record.request_id) == ("request", "r-2")  # type: ignore[attr-defined]
