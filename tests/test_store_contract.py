@@ -21,6 +21,7 @@ from proxy.cache import (
     Variant,
 )
 from proxy.cache.keyspace import FENCE
+from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
 from proxy.errors import CacheError
 from tests.redis_server import RedisServer, free_port
 
@@ -330,6 +331,15 @@ class TestMemoryStore:
         for annotation_id in range(1, 10_000):
             await store.put_missing(annotation_id, TTL, since=0)
         assert store.size_bytes <= 64 * 1024
+
+    async def test_a_task_with_thousands_of_annotations_is_indexed_in_place_and_counted(self) -> None:
+        store = MemoryStore(16 * 1024 * 1024)
+        for annotation_id in range(1, 5_001):  # every entry() is of task 11
+            await store.put(AnnotationKey(annotation_id, Variant.PLAIN), entry(annotation_id), TTL)
+        assert await store.annotations_of_task(11) == set(range(1, 5_001))
+        bodies = sum(len(entry(i).body) for i in range(1, 5_001))
+        records = 2 * 5_000 + 1  # a version and a pointer each, one index
+        assert store.size_bytes == bodies + records * RECORD_OVERHEAD + 5_000 * TASK_MEMBER_SIZE
 
     async def test_an_entry_larger_than_the_whole_cache_is_not_stored(self) -> None:
         store = MemoryStore(64 * 1024)

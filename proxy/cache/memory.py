@@ -17,6 +17,7 @@ from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, V
 
 # Rough per-record overhead (dict slot, tuple key, dataclass), so the byte bound holds for small bodies too.
 RECORD_OVERHEAD = 200
+TASK_MEMBER_SIZE = 16  # an annotation id in a task's index
 
 
 @dataclass(slots=True)
@@ -64,9 +65,7 @@ class MemoryStore:
         self._set(("latest", annotation_id), entry.version, RECORD_OVERHEAD, ttl)
         self._delete(("missing", annotation_id))
         if entry.task is not None:
-            members = self._live(("task", entry.task))
-            ids = frozenset({annotation_id}) | (members if isinstance(members, frozenset) else frozenset())
-            self._set(("task", entry.task), ids, RECORD_OVERHEAD + 16 * len(ids), ttl)
+            self._index(entry.task, annotation_id, ttl)
         return True
 
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
@@ -94,7 +93,7 @@ class MemoryStore:
 
     async def annotations_of_task(self, task_id: int) -> set[int]:
         members = self._live(("task", task_id))
-        return set(members) if isinstance(members, frozenset) else set()
+        return set(members) if isinstance(members, set) else set()
 
     async def forget_task(self, task_id: int) -> None:
         self._delete(("task", task_id))
@@ -127,6 +126,24 @@ class MemoryStore:
         self._delete(key)
         self._records[key] = _Record(self._clock() + ttl, value, size)
         self._bytes += size
+        self._shrink()
+
+    def _index(self, task_id: int, annotation_id: int, ttl: float) -> None:
+        """Add the annotation to its task's index, in place: a task may have thousands of annotations."""
+        key = ("task", task_id)
+        members = self._live(key)
+        if not isinstance(members, set):
+            self._set(key, {annotation_id}, RECORD_OVERHEAD + TASK_MEMBER_SIZE, ttl)
+            return
+        record = self._records[key]
+        record.expires_at = max(record.expires_at, self._clock() + ttl)
+        if annotation_id not in members:
+            members.add(annotation_id)
+            record.size += TASK_MEMBER_SIZE
+            self._bytes += TASK_MEMBER_SIZE
+            self._shrink()
+
+    def _shrink(self) -> None:
         while self._bytes > self.max_bytes:
             _, evicted = self._records.popitem(last=False)
             self._bytes -= evicted.size
