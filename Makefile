@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean bench soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The hit-path benchmark (bench/run.py): about two minutes; rewrites the table in docs/performance.md.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo 'installing wrk (Debian package)'; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi; }
+	PYTHONPATH=. $(BIN)/python bench/run.py
+
+# A bounded soak (bench/soak.py): a minute of mixed traffic; fails on any error or on memory growth.
+soak: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/soak.py --seconds 60
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
