@@ -181,6 +181,8 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         stale_ttl=settings.proxy_stale_ttl,
         negative_ttl=settings.proxy_negative_ttl,
         stale_if_error_ttl=settings.proxy_stale_if_error_ttl,
+        # The claim outlives the fetch it covers (the upstream deadline), so it lapses only if its holder died.
+        claim_ttl=settings.proxy_upstream_timeout + 1.0 if settings.redis_url else 0.0,
     )
     hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
     service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], hot=hot)

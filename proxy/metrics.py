@@ -29,7 +29,7 @@ UPSTREAM_OUTCOMES = (
     "timeout",
     "connection_error",
 )
-CACHE_OPERATIONS = ("get", "put", "put_missing", "ping", "invalidate")
+CACHE_OPERATIONS = ("get", "put", "put_missing", "ping", "invalidate", "claim")
 REVALIDATION_OUTCOMES = ("unchanged", "updated", "not_found", "error")
 WEBHOOK_ACTIONS = (
     "ANNOTATION_CREATED",

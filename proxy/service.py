@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
@@ -49,6 +49,9 @@ CACHE_ERROR_LOG_INTERVAL = 10.0
 # Reconnecting to the store's announcements after a failure: backing off from the first to the second.
 HOT_LISTEN_RETRY_MIN = 0.5
 HOT_LISTEN_RETRY_MAX = 10.0
+
+# How often a miss waiting for another replica's fetch looks at the store when no announcement arrives.
+CLAIM_POLL = 0.05
 
 # Store operations one webhook runs at once: an event may name tens of thousands of ids (one by one, that is a
 # minute on Redis), but it must not take the connection pool from the requests being served meanwhile.
@@ -156,6 +159,7 @@ class CachePolicy:
     stale_ttl: float  # then served stale (while one background fetch revalidates it) this much longer
     negative_ttl: float  # a Label Studio 404 is remembered this long
     stale_if_error_ttl: float = 0.0  # while Label Studio fails, a version this young is served instead of an error
+    claim_ttl: float = 0.0  # > 0: a miss claims its fetch across replicas for this long (see AnnotationStore.claim)
 
     @property
     def retention(self) -> float:
@@ -181,6 +185,7 @@ class AnnotationService:
         self._clock = clock
         self.hot = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
         self._listener: asyncio.Task[None] | None = None
+        self._announced: dict[int, asyncio.Event] = {}  # annotation ids whose change a claim's waiters await
         self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}  # the load a request for a key joins
         self._loads: set[asyncio.Task[Served]] = set()  # every load running, joinable or superseded
         self._last_cache_error_log = -CACHE_ERROR_LOG_INTERVAL
@@ -332,11 +337,22 @@ class AnnotationService:
         self._metrics.revalidations.labels(outcome=outcome).inc()
 
     async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool) -> Served:
+        claimed = False
         if check_cache:
             # Read again: a load that finished between this request's miss and now has stored its result.
             served = self._fresh(await self._read(key))
             if served is not None:
                 return served
+            claimed, served = await self._claim_or_wait(key)
+            if served is not None:
+                return served
+        try:
+            return await self._fetch(key, request_id)
+        finally:
+            if claimed:
+                await self._release(key)
+
+    async def _fetch(self, key: AnnotationKey, request_id: str) -> Served:
         expand = key.variant is Variant.EXPANDED
         try:
             started = self._clock()  # what Label Studio answers is at least this recent
@@ -366,6 +382,47 @@ class AnnotationService:
         )
         stored = await self._remember(key, entry)
         return Served(entry, "miss", stored=stored)
+
+    # One fetch per key across replicas: the first claims it in the store; the others wait for its result.
+
+    async def _claim_or_wait(self, key: AnnotationKey) -> tuple[bool, Served | None]:
+        """(True, None) to fetch with a claim; (False, the answer another replica stored); (False, None) to fetch
+        without one: claims are off, the store cannot grant them, or the holder went quiet past the claim's TTL."""
+        ttl = self._policy.claim_ttl
+        if ttl <= 0:
+            return False, None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ttl
+        while True:
+            try:
+                if await self._store.claim(key, ttl):
+                    return True, None
+            except CacheError as exc:
+                self._cache_failed("claim", exc)
+                return False, None
+            await self._changed(key.annotation_id, at_most=min(CLAIM_POLL, max(0.0, deadline - loop.time())))
+            served = self._fresh(await self._read(key))
+            if served is not None:  # another replica's fetch: a miss here too, answered by that fetch
+                self._metrics.coalesced_requests.inc()
+                return False, Served(served.entry, "miss", collapsed=True)
+            if loop.time() >= deadline:
+                return False, None
+
+    async def _changed(self, annotation_id: int, *, at_most: float) -> None:
+        """Until the store announces a change of the annotation (heard by the listener), at most ``at_most`` s."""
+        event = self._announced.setdefault(annotation_id, asyncio.Event())
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), at_most)
+        finally:
+            if self._announced.get(annotation_id) is event:
+                del self._announced[annotation_id]
+
+    async def _release(self, key: AnnotationKey) -> None:
+        try:
+            await self._store.release(key)
+        except CacheError as exc:  # the claim lapses by itself
+            self._cache_failed("claim", exc)
 
     def _stale_if_error(self, cached: Lookup, error: UpstreamError) -> Served | None:
         """The last validated version, in place of an error, if it is young enough."""
@@ -448,6 +505,9 @@ class AnnotationService:
                         log.info("hot tier on: following the store's changes")
                     else:
                         self.hot.drop(change)
+                        announced = self._announced.pop(change, None)
+                        if announced is not None:
+                            announced.set()
             except CacheError as exc:
                 if self.hot.enabled:
                     log.warning("hot tier off: cannot follow the store's changes", extra={"error": str(exc)})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from proxy.cache import (
@@ -23,7 +24,7 @@ from proxy.cache import (
 from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
 from proxy.errors import CacheError
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, running_redis
 
 PREFIX = "test-proxy:"
 TTL = 60.0
@@ -55,11 +56,27 @@ class ManualClock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+@pytest.fixture(scope="session")
+def unix_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the session's own listening on a Unix socket too: its ``unix://`` URL."""
+    socket = tmp_path_factory.mktemp("redis-unix") / "redis.sock"
+    with running_redis("--unixsocket", str(socket), "--unixsocketperm", "700"):
+        yield f"unix://{socket}"
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis", "redis-unix"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
     kind: str = request.param
     if kind == "memory":
         yield MemoryStore(1024 * 1024)
+        return
+    if kind == "redis-unix":  # REDIS_URL=unix://..., through the same from_url as the proxy's
+        url = request.getfixturevalue("unix_redis")
+        with SyncRedis.from_url(url) as sync_client:
+            sync_client.flushall()
+        unix_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0)
+        yield unix_store
+        await unix_store.close()
         return
     client: Redis
     if kind == "fakeredis":

@@ -114,6 +114,18 @@ class AnnotationStore(Protocol):
         """Raise :class:`CacheError` unless the store answers."""
         ...
 
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        """Claim the fetch of ``key`` for ``ttl`` seconds among every process sharing the store.
+
+        True for the one claim granted at a time (always, where one process writes the store); it lapses after
+        ``ttl`` if its holder dies. The holder :meth:`release`s it once the result is stored (or the fetch failed).
+        """
+        ...
+
+    async def release(self, key: AnnotationKey) -> None:
+        """Give up this process's claim on ``key`` (a claim another process holds since is left alone)."""
+        ...
+
     def changes(self) -> AsyncIterator[int | None]:
         """Announcements of change, from every process sharing the store, for in-process copies (the hot tier).
 

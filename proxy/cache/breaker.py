@@ -61,6 +61,12 @@ class CircuitBreakingStore:
     async def ping(self) -> None:
         await self._guarded(self._store.ping)
 
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        return await self._guarded(lambda: self._store.claim(key, ttl))
+
+    async def release(self, key: AnnotationKey) -> None:
+        await self._guarded(lambda: self._store.release(key))
+
     def changes(self) -> AsyncIterator[int | None]:
         return self._store.changes()  # not guarded: it fails on its own, and its caller retries
 

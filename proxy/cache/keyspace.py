@@ -49,6 +49,10 @@ class KeyScheme:
     def version(self, annotation_id: int, version: int, variant: Variant) -> str:
         return f"{self.version_prefix(annotation_id)}{version_token(version)}:{variant.value}"
 
+    def claim(self, annotation_id: int, variant: Variant) -> str:
+        """Held by the one replica fetching this variant from Label Studio (see AnnotationStore.claim)."""
+        return f"{self.tag(annotation_id)}:claim:{variant.value}"
+
     @property
     def changes(self) -> str:
         """The pub/sub channel on which every write that changed an annotation announces its id."""

@@ -101,6 +101,12 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        return True  # one process: its own coalescing is enough
+
+    async def release(self, key: AnnotationKey) -> None:
+        return None
+
     async def changes(self) -> AsyncIterator[int | None]:
         """Nothing to hear: one process writes this store, and its own writes reach its hot tier directly."""
         yield None

@@ -8,6 +8,7 @@ the service then goes to Label Studio instead (the cache fails open).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
@@ -78,6 +79,12 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+# KEYS: the claim. ARGV: this process's token. Deletes the claim only if this process still holds it.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
@@ -110,6 +117,8 @@ class RedisStore:
         self._write = client.register_script(WRITE_SCRIPT)
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
         self._missing = client.register_script(MISSING_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
+        self._token = secrets.token_hex(8)  # this process, as the holder of claims
 
     @classmethod
     def from_url(cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64) -> RedisStore:
@@ -208,6 +217,19 @@ class RedisStore:
     async def ping(self) -> None:
         with _translated("ping"):
             await self._client.ping()
+
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        annotation_id, variant = key
+        with _translated("claim"):
+            granted = await self._client.set(
+                self._keys.claim(annotation_id, variant), self._token, nx=True, px=_ms(ttl)
+            )
+        return bool(granted)
+
+    async def release(self, key: AnnotationKey) -> None:
+        annotation_id, variant = key
+        with _translated("claim"):
+            await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
 
     async def changes(self) -> AsyncIterator[int | None]:
         pubsub = self._client.pubsub()

@@ -1,0 +1,120 @@
+"""Several proxy processes sharing one Redis: a cold annotation is fetched from Label Studio once in total."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+from redis import Redis
+
+from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
+from proxy.metrics import Metrics
+from proxy.service import AnnotationService
+from tests.fakes.label_studio import FakeLabelStudio
+from tests.fakes.source import ScriptedSource
+from tests.redis_server import running_redis
+from tests.test_chaos import ProxyProcess, poll_until, proxy_process
+from tests.test_service import POLICY, ok
+
+pytestmark = pytest.mark.redis
+
+REQUESTS = 500
+
+
+async def coalesced(proxy: ProxyProcess, session: aiohttp.ClientSession) -> float:
+    return (await proxy.metrics(session)).get("annotation_proxy_coalesced_requests_total", 0.0)
+
+
+async def test_a_cold_id_is_fetched_once_across_replicas(
+    upstream: TestServer, fake_ls: FakeLabelStudio, tmp_path: Path
+) -> None:
+    fake_ls.add_annotation()
+    with running_redis() as redis:
+        async with (
+            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "a.log", REDIS_URL=redis.url) as a,
+            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "b.log", REDIS_URL=redis.url) as b,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+        ):
+            fake_ls.hold()  # the one fetch waits until every request is in
+            answers = [asyncio.create_task(replica.get(session, 1)) for _ in range(REQUESTS // 2) for replica in (a, b)]
+            await fake_ls.wait_for_annotation_gets(1)
+            # Every request has joined its replica's load: one of them holds the claim and waits on Label Studio,
+            # the other waits for the first one's result.
+            for replica in (a, b):
+
+                async def all_joined(replica: ProxyProcess = replica) -> bool:
+                    return await coalesced(replica, session) >= REQUESTS // 2 - 1
+
+                await poll_until(all_joined, 30)
+            assert len(fake_ls.annotation_gets(1)) == 1
+            fake_ls.release()
+            results = await asyncio.gather(*answers)
+            # The one claiming counted its joiners; the one waiting also counts its wait for the other replica.
+            counts = sorted([await coalesced(a, session), await coalesced(b, session)])
+    assert len(fake_ls.annotation_gets(1)) == 1
+    assert not [answer for answer in results if isinstance(answer, Exception)]
+    versions = {(a.status, json.loads(a.body)["updated_at"]) for a in results if not isinstance(a, Exception)}
+    assert versions == {(200, fake_ls.annotation(1)["updated_at"])}
+    assert counts == [REQUESTS // 2 - 1, REQUESTS // 2]
+
+
+async def test_without_redis_each_replica_fetches_for_itself(
+    upstream: TestServer, fake_ls: FakeLabelStudio, tmp_path: Path
+) -> None:
+    """The control: the same load on two replicas with in-process stores makes one fetch per replica."""
+    fake_ls.add_annotation()
+    async with (
+        proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "a.log") as a,
+        proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "b.log") as b,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+    ):
+        fake_ls.hold()
+        answers = [asyncio.create_task(replica.get(session, 1)) for _ in range(50) for replica in (a, b)]
+        await fake_ls.wait_for_annotation_gets(2)
+        fake_ls.release()
+        await asyncio.gather(*answers)
+    assert len(fake_ls.annotation_gets(1)) == 2
+
+
+KEY = AnnotationKey(1, Variant.PLAIN)
+
+
+async def test_a_claim_is_granted_once_until_released_or_lapsed(redis_url: str) -> None:
+    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0) for _ in range(2))
+    try:
+        assert await one.claim(KEY, 5.0) is True
+        assert await other.claim(KEY, 5.0) is False
+        assert await other.claim(AnnotationKey(1, Variant.EXPANDED), 5.0) is True  # each variant its own
+        await other.release(KEY)  # not the holder: changes nothing
+        assert await other.claim(KEY, 5.0) is False
+        with Redis.from_url(redis_url) as client:  # it lapses by itself if its holder dies
+            assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000
+        await one.release(KEY)
+        assert await other.claim(KEY, 5.0) is True
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_a_miss_waits_for_the_claim_holder_and_fetches_itself_if_it_never_answers(redis_url: str) -> None:
+    holder = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(1, ok())
+    service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=0.3))
+    try:
+        assert await holder.claim(KEY, 60.0)  # another replica claims, then dies without a word
+        served = await service.lookup(1, expand=False, request_id="r")
+        assert (served.result, source.calls) == ("miss", [(1, False)])
+        assert served.entry is not None
+    finally:
+        await service.close()
+        await holder.close()
+        await store.close()
