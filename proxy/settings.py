@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     # Cache
     redis_url: SecretStr | None = None  # may carry a password
     proxy_redis_timeout: float = Field(default=0.25, gt=0, le=30)
+    proxy_redis_mode: Literal["standalone", "cluster"] = "standalone"
     proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
     proxy_hot_ttl: float = Field(default=5.0, ge=0, le=300)
     proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
@@ -218,6 +219,7 @@ class Settings(BaseSettings):
             "proxy_max_body_bytes": self.proxy_max_body_bytes,
             "proxy_key_prefix": self.proxy_key_prefix,
             "proxy_redis_timeout": self.proxy_redis_timeout,
+            "proxy_redis_mode": self.proxy_redis_mode,
             "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
             "proxy_hot_ttl": self.proxy_hot_ttl,
             "proxy_hot_max_bytes": self.proxy_hot_max_bytes,

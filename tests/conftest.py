@@ -14,7 +14,7 @@ from redis import Redis
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisServer, running_redis, running_redis_cluster
 
 CLIENT_KEY = "client-key-for-tests-0123456789"
 START = 1_795_868_853.0  # 2026-11-28T12:27:33Z
@@ -48,6 +48,13 @@ def redis_server() -> Iterator[RedisServer]:
     """A real redis-server of the test session's own, on a free port (never the shared 6379)."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """A 3-primary Redis Cluster of the session's own, on free ports: the URL of one node."""
+    with running_redis_cluster() as cluster:
+        yield cluster.url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +85,57 @@ def running_redis(*extra_args: str, port: int | None = None) -> Iterator[RedisSe
             yield server
         finally:
             server.stop()
+
+
+@dataclass
+class RedisCluster:
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        """Any node: redis-py's cluster client discovers the rest."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is a port, and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _cluster_ok(cli: str, port: int) -> bool:
+    output = subprocess.run(  # noqa: S603 - a fixed binary and arguments
+        [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, check=False
+    ).stdout
+    return "cluster_state:ok" in output
+
+
+@contextmanager
+def running_redis_cluster(primaries: int = 3) -> Iterator[RedisCluster]:
+    """A Redis Cluster of ``primaries`` fresh redis-servers on free ports (no replicas), every slot assigned."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise RuntimeError("redis-cli is not installed: `apt-get install redis-server` (.ci/run does)")
+    cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+    with ExitStack() as stack:
+        nodes = [stack.enter_context(running_redis(*cluster_args, port=free_cluster_port())) for _ in range(primaries)]
+        subprocess.run(  # noqa: S603 - a fixed binary and arguments
+            [cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in nodes), "--cluster-yes"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while not all(_cluster_ok(cli, node.port) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)  # polling for start-up, not a timing assertion
+        yield RedisCluster(nodes)

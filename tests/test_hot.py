@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant
 from proxy.hot import RECORD_OVERHEAD, HotTier
@@ -148,3 +149,30 @@ async def test_closing_stops_the_listener_whenever_it_comes(redis_url: str, cloc
     await asyncio.sleep(after)
     await asyncio.wait_for(service.close(), timeout=5)
     await store.close()
+
+
+@pytest.mark.redis
+async def test_on_a_redis_cluster_the_tier_hears_changes_and_hits_skip_redis(
+    make_proxy: ProxyFactory, redis_cluster: str
+) -> None:
+    with RedisCluster.from_url(redis_cluster) as cluster:
+        cluster.flushall()
+    settings: dict[str, Any] = {"redis_url": redis_cluster, "proxy_redis_mode": "cluster"}
+    settings |= {"proxy_webhook_secret": SECRET, "proxy_hot_ttl": 300}
+    one, other = await make_proxy(**settings), await make_proxy(**settings)
+    for replica in (one, other):
+        await wait_until(lambda replica=replica: replica.client.app[SERVICE].hot.enabled)
+    fake = one.fake
+    fake.add_annotation()
+    for replica in (one, other, other):
+        assert (await get(replica))[0] == 200
+    assert (await get(other))[1]["Cache-Status"] == "annotation-proxy; hit"
+    assert len(other.client.app[SERVICE].hot) == 1
+    changed = fake.update_annotation(1, ground_truth=True)
+    event = annotation_event("ANNOTATION_UPDATED", changed)
+    webhook = await one.client.post("/webhooks/label-studio", json=event, headers={"X-Webhook-Secret": SECRET})
+    assert webhook.status == 200
+    await wait_until(lambda: len(other.client.app[SERVICE].hot) == 0)
+    await wait_until(lambda: len(fake.annotation_gets(1)) == 2)
+    status, _, body = await get(other)
+    assert (status, body["ground_truth"]) == (200, True)

@@ -10,6 +10,7 @@ import fakeredis
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from proxy.cache import (
     MISSING,
@@ -64,11 +65,19 @@ def unix_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"unix://{socket}"
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis", "redis-unix"])
+@pytest.fixture(params=["memory", "fakeredis", "redis", "redis-unix", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
     kind: str = request.param
     if kind == "memory":
         yield MemoryStore(1024 * 1024)
+        return
+    if kind == "redis-cluster":  # PROXY_REDIS_MODE=cluster
+        url = request.getfixturevalue("redis_cluster")
+        with SyncRedisCluster.from_url(url) as sync_cluster:
+            sync_cluster.flushall()
+        cluster_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, cluster=True)
+        yield cluster_store
+        await cluster_store.close()
         return
     if kind == "redis-unix":  # REDIS_URL=unix://..., through the same from_url as the proxy's
         url = request.getfixturevalue("unix_redis")

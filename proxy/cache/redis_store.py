@@ -12,7 +12,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -85,6 +85,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: pointer, missing marker. ARGV: the changes channel, the id.
+DROP_SCRIPT = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
@@ -110,7 +117,7 @@ def _translated(operation: str) -> Iterator[None]:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: Redis, keys: KeyScheme) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: KeyScheme) -> None:
         self._client = client
         self._keys = keys
         self._read = client.register_script(READ_SCRIPT)
@@ -118,11 +125,30 @@ class RedisStore:
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
         self._missing = client.register_script(MISSING_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
+        self._drop = client.register_script(DROP_SCRIPT)
         self._token = secrets.token_hex(8)  # this process, as the holder of claims
 
     @classmethod
-    def from_url(cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64) -> RedisStore:
-        """A client with short timeouts, no retries and a bounded pool (waiting at most ``timeout``)."""
+    def from_url(
+        cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64, cluster: bool = False
+    ) -> RedisStore:
+        """A client with short timeouts, no retries and a bounded pool (waiting at most ``timeout``).
+
+        ``cluster``: redis-py's own cluster client, ``url`` naming any node (it discovers the others, and follows
+        MOVED and ASK while slots move). Every script touches the keys of one annotation, which share a slot.
+        """
+        if cluster:
+            return cls(
+                RedisCluster.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    max_connections=max_connections,
+                    # One immediate retry: the cluster client also uses it to follow a node that went away.
+                    retry=Retry(NoBackoff(), 1),
+                ),
+                keys,
+            )
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -200,10 +226,10 @@ class RedisStore:
 
     async def drop(self, annotation_id: int) -> None:
         with _translated("write"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._keys.pointer(annotation_id), self._keys.missing(annotation_id))
-                pipe.publish(*self._announce(annotation_id))
-                await pipe.execute()
+            await self._drop(
+                keys=[self._keys.pointer(annotation_id), self._keys.missing(annotation_id)],
+                args=[*self._announce(annotation_id)],
+            )
 
     async def annotations_of_task(self, task_id: int) -> set[int]:
         with _translated("read"):
@@ -232,6 +258,9 @@ class RedisStore:
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
 
     async def changes(self) -> AsyncIterator[int | None]:
+        if isinstance(self._client, RedisCluster):
+            with _translated("subscribe"):
+                await self._client.initialize()  # the cluster's pubsub needs the slot map first
         pubsub = self._client.pubsub()
         try:
             with _translated("subscribe"):
@@ -254,4 +283,5 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._client.connection_pool.disconnect()
+        if isinstance(self._client, Redis):
+            await self._client.connection_pool.disconnect()
