@@ -116,12 +116,14 @@ async def test_concurrent_misses_share_one_fetch(
 
 
 async def test_waiters_share_the_failure_and_nothing_is_cached(
-    service: AnnotationService, source: ScriptedSource
+    service: AnnotationService, source: ScriptedSource, metrics: Metrics
 ) -> None:
     source.script(1, UpstreamTimeout(), ok())
     gate = source.close_gate(1)
     lookups = [asyncio.create_task(service.lookup(1, expand=False, request_id="r")) for _ in range(10)]
     await source.arrived.wait()
+    # Every lookup has joined the one load (a lookup still reading the store when it failed would start another).
+    await wait_until(lambda: count(metrics, "coalesced_requests_total") == 9)
     gate.set()
     results = await asyncio.gather(*lookups, return_exceptions=True)
     assert all(isinstance(r, UpstreamTimeout) for r in results)
