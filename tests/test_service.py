@@ -169,14 +169,14 @@ async def test_older_version_arriving_after_newer_does_not_replace_it(
 
 
 async def test_a_caller_leaving_does_not_cancel_the_shared_fetch(
-    service: AnnotationService, source: ScriptedSource
+    service: AnnotationService, source: ScriptedSource, metrics: Metrics
 ) -> None:
     source.script(1, ok())
     gate = source.close_gate(1)
     leaver = asyncio.create_task(service.lookup(1, expand=False, request_id="r1"))
     await source.arrived.wait()
     stayer = asyncio.create_task(service.lookup(1, expand=False, request_id="r2"))
-    await asyncio.sleep(0)  # let the second caller join the load (scheduling, not timing)
+    await wait_until(lambda: count(metrics, "coalesced_requests_total") == 1)  # the second caller joined the load
     leaver.cancel()
     gate.set()
     served = await stayer
