@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
 from proxy.metrics import Metrics
@@ -85,15 +86,22 @@ async def test_without_redis_each_replica_fetches_for_itself(
 KEY = AnnotationKey(1, Variant.PLAIN)
 
 
-async def test_a_claim_is_granted_once_until_released_or_lapsed(redis_url: str) -> None:
-    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0) for _ in range(2))
+@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+async def test_a_claim_is_granted_once_until_released_or_lapsed(request: pytest.FixtureRequest, mode: str) -> None:
+    cluster = mode == "cluster"
+    redis_url = request.getfixturevalue("redis_cluster" if cluster else "redis_url")  # redis_url comes emptied
+    if cluster:
+        with RedisCluster.from_url(redis_url) as nodes:
+            nodes.flushall()
+    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0, cluster=cluster) for _ in range(2))
     try:
         assert await one.claim(KEY, 5.0) is True
         assert await other.claim(KEY, 5.0) is False
         assert await other.claim(AnnotationKey(1, Variant.EXPANDED), 5.0) is True  # each variant its own
         await other.release(KEY)  # not the holder: changes nothing
         assert await other.claim(KEY, 5.0) is False
-        with Redis.from_url(redis_url) as client:  # it lapses by itself if its holder dies
+        client = RedisCluster.from_url(redis_url) if cluster else Redis.from_url(redis_url)
+        with client:  # it lapses by itself if its holder dies
             assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000
         await one.release(KEY)
         assert await other.claim(KEY, 5.0) is True
