@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.soak import free_port, proc_rss
+from bench.soak import proc_rss
 from bench.upstream import LEGACY_TOKEN
-from tests.redis_server import running_redis
+from tests.redis_server import free_port, running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"

@@ -24,19 +24,15 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -44,6 +40,8 @@ from yarl import URL
 
 try:
     from tests.fakes.label_studio import FakeLabelStudio
+    from tests.metrics_text import parse_metrics
+    from tests.redis_server import free_port, running_redis
 except ImportError:  # pragma: no cover - how it is run, not what it tests
     sys.exit("soak: cannot import the fake Label Studio: run from the repository root with PYTHONPATH=.")
 
@@ -55,64 +53,7 @@ START_TIMEOUT = 30.0
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5 * UPSTREAM_TIMEOUT)
 
 
-# --- Redis: the tests' helper if importable, else the same thing here ---------------------------------------------
-
-try:
-    from tests.redis_server import running_redis
-except ImportError:  # pragma: no cover
-
-    @contextmanager
-    def running_redis(*extra_args: str, port: int | None = None) -> Iterator[Any]:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-        with tempfile.TemporaryDirectory(prefix="annotation-proxy-soak-redis-") as workdir:
-            port = port or free_port()
-            args = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
-            process = subprocess.Popen(  # a fixed binary and arguments
-                [*args, "--dir", workdir, *extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            try:
-                deadline = time.monotonic() + START_TIMEOUT
-                while not _redis_answers(port):
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start")
-                    time.sleep(0.05)
-                yield _Redis(f"redis://{LOOPBACK}:{port}/0")
-            finally:
-                process.terminate()
-                process.wait(timeout=10)
-
-    @dataclass
-    class _Redis:
-        url: str
-
-    def _redis_answers(port: int) -> bool:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- Measuring ----------------------------------------------------------------------------------------------------
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 async def metrics(session: aiohttp.ClientSession, base: str) -> dict[str, float]:

@@ -40,6 +40,7 @@ from yarl import URL
 from proxy.app import CACHE_BREAKER_COOLDOWN, UPSTREAM_BREAKER_COOLDOWN
 from tests.conftest import CLIENT_KEY, ServerFactory
 from tests.fakes.label_studio import LS_VERSION, FakeLabelStudio, drf_json
+from tests.metrics_text import parse_metrics
 from tests.redis_server import free_port, running_redis
 from tests.test_process import wait_until_healthy
 
@@ -72,16 +73,6 @@ def comparable(body: bytes) -> str | None:
         return None
     data.pop("created_ago", None)
     return json.dumps(data, sort_keys=True)
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format as ``{'name{labels}': value}``."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 # --- The proxy, as a process ----------------------------------------------------------------------------------

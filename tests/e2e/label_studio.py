@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.redis_server import free_port
 
 VERSION = "1.23.2"
 DEFAULT_VENV = Path.home() / ".cache" / "annotation-proxy" / f"label-studio-{VERSION}"
@@ -63,13 +64,6 @@ def ensure_installed() -> Path:
     if not executable.exists():
         raise NotInstallable(f"label-studio=={VERSION} installed no label-studio command")
     return executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
