@@ -102,7 +102,7 @@ def open_store(settings: Settings, metrics: Metrics, monotonic: Callable[[], flo
         settings.redis_url.get_secret_value(),
         KeyScheme(settings.proxy_key_prefix),
         timeout=settings.proxy_redis_timeout,
-        cluster=settings.proxy_redis_mode == "cluster",
+        mode=settings.proxy_redis_mode,
     )
     breaker = CircuitBreaker(
         threshold=CACHE_BREAKER_THRESHOLD,

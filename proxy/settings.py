@@ -25,12 +25,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 from proxy.auth import ClientKey, parse_entry, read_entries
+from proxy.cache.topology import SENTINEL_SCHEMES, STANDALONE_SCHEMES, RedisMode, check_url, parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
 
 MiB = 1024 * 1024
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = STANDALONE_SCHEMES | SENTINEL_SCHEMES
 
 
 def is_loopback_host(host: str) -> bool:
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     # Cache
     redis_url: SecretStr | None = None  # may carry a password
     proxy_redis_timeout: float = Field(default=0.25, gt=0, le=30)
-    proxy_redis_mode: Literal["standalone", "cluster"] = "standalone"
+    proxy_redis_mode: RedisMode = "standalone"
     proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
     proxy_hot_ttl: float = Field(default=5.0, ge=0, le=300)
     proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
@@ -172,6 +173,15 @@ class Settings(BaseSettings):
         return secret
 
     @model_validator(mode="after")
+    def _redis_url_fits_the_mode(self) -> Settings:
+        if self.redis_url is not None:
+            try:
+                check_url(self.redis_url.get_secret_value(), self.proxy_redis_mode)
+            except ValueError as exc:
+                raise ValueError(f"REDIS_URL: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
         open_door = not self.client_keys() and not self.proxy_allow_anonymous
         if open_door and not is_loopback_host(self.proxy_host):
@@ -234,6 +244,11 @@ class Settings(BaseSettings):
 def describe_redis_url(url: str) -> str:
     """Where the cache is, for logs: scheme, host, port and path only. Credentials may hide in the user info
     *and* in the query (redis-py reads ``?password=``), so neither is ever shown."""
+    if url.partition("://")[0].lower() in SENTINEL_SCHEMES:
+        try:
+            return parse_sentinel_url(url).describe()
+        except ValueError:
+            return "redis+sentinel://<unparsable>"
     parsed = URL(url)
     if parsed.scheme == "unix":
         return f"unix://{parsed.path}"

@@ -14,7 +14,13 @@ from redis import Redis
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import RedisServer, running_redis, running_redis_cluster
+from tests.redis_server import (
+    RedisServer,
+    SentinelTopology,
+    running_redis,
+    running_redis_cluster,
+    running_redis_sentinel,
+)
 
 CLIENT_KEY = "client-key-for-tests-0123456789"
 START = 1_795_868_853.0  # 2026-11-28T12:27:33Z
@@ -55,6 +61,14 @@ def redis_cluster() -> Iterator[str]:
     """A 3-primary Redis Cluster of the session's own, on free ports: the URL of one node."""
     with running_redis_cluster() as cluster:
         yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelTopology]:
+    """A primary, its replica and 3 sentinels of the session's own, on free ports. Tests that fail it over start
+    their own (``running_redis_sentinel``)."""
+    with running_redis_sentinel() as topology:
+        yield topology
 
 
 @pytest.fixture

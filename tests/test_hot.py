@@ -18,6 +18,7 @@ from proxy.metrics import Metrics
 from proxy.service import AnnotationService, Served
 from tests.conftest import Clock, Proxy, ProxyFactory, wait_until
 from tests.fakes.source import ScriptedSource
+from tests.redis_server import SentinelTopology
 from tests.test_service import POLICY
 from tests.webhooks import annotation_event
 
@@ -152,12 +153,20 @@ async def test_closing_stops_the_listener_whenever_it_comes(redis_url: str, cloc
 
 
 @pytest.mark.redis
-async def test_on_a_redis_cluster_the_tier_hears_changes_and_hits_skip_redis(
-    make_proxy: ProxyFactory, redis_cluster: str
+@pytest.mark.parametrize("mode", ["cluster", "sentinel"])
+async def test_on_a_cluster_or_sentinel_topology_the_tier_hears_changes_and_hits_skip_redis(
+    make_proxy: ProxyFactory, request: pytest.FixtureRequest, mode: str
 ) -> None:
-    with RedisCluster.from_url(redis_cluster) as cluster:
-        cluster.flushall()
-    settings: dict[str, Any] = {"redis_url": redis_cluster, "proxy_redis_mode": "cluster"}
+    if mode == "cluster":
+        url: str = request.getfixturevalue("redis_cluster")
+        with RedisCluster.from_url(url) as cluster:
+            cluster.flushall()
+    else:
+        topology: SentinelTopology = request.getfixturevalue("redis_sentinel")
+        with topology.client(topology.primary) as primary:
+            primary.flushall()
+        url = topology.url
+    settings: dict[str, Any] = {"redis_url": url, "proxy_redis_mode": mode}
     settings |= {"proxy_webhook_secret": SECRET, "proxy_hot_ttl": 300}
     one, other = await make_proxy(**settings), await make_proxy(**settings)
     for replica in (one, other):

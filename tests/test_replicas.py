@@ -19,7 +19,7 @@ from proxy.metrics import Metrics
 from proxy.service import AnnotationService
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.fakes.source import ScriptedSource
-from tests.redis_server import running_redis
+from tests.redis_server import SentinelTopology, running_redis
 from tests.test_chaos import ProxyProcess, poll_until, proxy_process
 from tests.test_service import POLICY, ok
 
@@ -86,26 +86,37 @@ async def test_without_redis_each_replica_fetches_for_itself(
 KEY = AnnotationKey(1, Variant.PLAIN)
 
 
-@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+def emptied_redis(request: pytest.FixtureRequest, mode: str) -> tuple[str, Redis | RedisCluster]:
+    """The session's Redis of ``mode``, emptied: its REDIS_URL, and a client of the (primary) nodes."""
+    if mode == "cluster":
+        url: str = request.getfixturevalue("redis_cluster")
+        cluster = RedisCluster.from_url(url)
+        cluster.flushall()
+        return url, cluster
+    if mode == "sentinel":
+        topology: SentinelTopology = request.getfixturevalue("redis_sentinel")
+        primary = topology.client(topology.primary)
+        primary.flushall()
+        return topology.url, primary
+    url = request.getfixturevalue("redis_url")  # comes emptied
+    return url, Redis.from_url(url)
+
+
+@pytest.mark.parametrize("mode", ["standalone", "cluster", "sentinel"])
 async def test_a_claim_is_granted_once_until_released_or_lapsed(request: pytest.FixtureRequest, mode: str) -> None:
-    cluster = mode == "cluster"
-    redis_url = request.getfixturevalue("redis_cluster" if cluster else "redis_url")  # redis_url comes emptied
-    if cluster:
-        with RedisCluster.from_url(redis_url) as nodes:
-            nodes.flushall()
-    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0, cluster=cluster) for _ in range(2))
+    redis_url, client = emptied_redis(request, mode)
+    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0, mode=mode) for _ in range(2))
     try:
         assert await one.claim(KEY, 5.0) is True
         assert await other.claim(KEY, 5.0) is False
         assert await other.claim(AnnotationKey(1, Variant.EXPANDED), 5.0) is True  # each variant its own
         await other.release(KEY)  # not the holder: changes nothing
         assert await other.claim(KEY, 5.0) is False
-        client = RedisCluster.from_url(redis_url) if cluster else Redis.from_url(redis_url)
-        with client:  # it lapses by itself if its holder dies
-            assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000
+        assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000  # it lapses if its holder dies
         await one.release(KEY)
         assert await other.claim(KEY, 5.0) is True
     finally:
+        client.close()
         await one.close()
         await other.close()
 

@@ -103,6 +103,13 @@ async def test_token_never_appears_in_responses_or_logs(
         no_cache = await make_proxy(label_studio_api_key=key, redis_url=f"redis://:{key}@127.0.0.1:{free_port()}/0")
         responses.append(await (await no_cache.client.get("/api/annotations/1/", headers=no_cache.auth())).read())
         responses.append(await (await no_cache.client.get("/readyz")).read())
+        no_sentinel = await make_proxy(
+            label_studio_api_key=key,
+            redis_url=f"redis+sentinel://:{key}@127.0.0.1:{free_port()}/annotations?sentinel_password={key}",
+            proxy_redis_mode="sentinel",
+        )
+        responses.append(await (await no_sentinel.client.get("/api/annotations/1/", headers=no_sentinel.auth())).read())
+        responses.append(await (await no_sentinel.client.get("/readyz")).read())
         if kind == "personal-access-token":
             fake_ls.revoke_access_tokens()
             fake_ls.revoke_refresh_token(pat)

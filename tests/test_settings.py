@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from proxy.cache.topology import parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.settings import Settings, is_loopback_host, load_settings
 from tests.jwt import make_jwt
@@ -168,3 +169,68 @@ def test_start_without_configuration_exits_with_one_line() -> None:
     assert len(lines) == 1, result.stderr
     assert "LABEL_STUDIO_URL is required" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+class TestRedisTopologies:
+    """REDIS_URL and PROXY_REDIS_MODE are checked together at start-up, and a mistake is one line naming them."""
+
+    SENTINEL_URL = "redis+sentinel://:hunter2@s1:26379,s2,[::1]:26380/annotations/2?sentinel_password=hunter3"
+
+    @pytest.mark.parametrize(
+        ("mode", "url"),
+        [
+            ("standalone", "redis://redis:6379/0"),
+            ("standalone", "rediss://redis:6380/0"),
+            ("standalone", "unix:///run/redis/redis.sock"),
+            ("cluster", "redis://node-1:6379"),
+            ("cluster", "rediss://node-1:6379"),
+            ("sentinel", SENTINEL_URL),
+            ("sentinel", "redis+sentinel://sentinel/annotations"),
+        ],
+    )
+    def test_each_mode_takes_its_urls(self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("REDIS_URL", url)
+        monkeypatch.setenv("PROXY_REDIS_MODE", mode)
+        assert load_settings().proxy_redis_mode == mode
+
+    @pytest.mark.parametrize(
+        ("mode", "url", "expected"),
+        [
+            ("sentinel", "redis://redis:6379/0", "must start with redis+sentinel://"),
+            ("standalone", "redis+sentinel://s1/annotations", "needs PROXY_REDIS_MODE=sentinel"),
+            ("cluster", "unix:///run/redis/redis.sock", "must start with one of redis, rediss://"),
+            ("sentinel", "redis+sentinel://s1", "must end with /service_name"),
+            ("sentinel", "redis+sentinel://s1/annotations/zero", "the database after the service name"),
+            ("sentinel", "redis+sentinel://s1:99999/annotations", "a sentinel port"),
+            ("sentinel", "redis+sentinel://:pw@/annotations", "names no sentinel"),
+            ("sentinel", "redis+sentinel://s1/annotations?password=hunter2", "unknown query parameters password"),
+            ("replicated", "redis://redis:6379/0", "PROXY_REDIS_MODE"),
+        ],
+    )
+    def test_a_url_that_does_not_fit_the_mode_is_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str, expected: str
+    ) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("REDIS_URL", url)
+        monkeypatch.setenv("PROXY_REDIS_MODE", mode)
+        with pytest.raises(ConfigError) as caught:
+            load_settings()
+        message = str(caught.value)
+        assert expected in message
+        assert "\n" not in message
+        assert "hunter2" not in message
+
+    def test_the_sentinel_url_is_logged_without_its_passwords(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("REDIS_URL", self.SENTINEL_URL)
+        monkeypatch.setenv("PROXY_REDIS_MODE", "sentinel")
+        shown = load_settings().redacted()["redis_url"]
+        assert shown == "redis+sentinel://s1:26379,s2:26379,[::1]:26380/annotations/2"
+
+    def test_the_sentinel_url_parts(self) -> None:
+        parsed = parse_sentinel_url(self.SENTINEL_URL)
+        assert parsed.sentinels == (("s1", 26379), ("s2", 26379), ("::1", 26380))
+        assert (parsed.service, parsed.db, parsed.username) == ("annotations", 2, None)
+        assert (parsed.password, parsed.sentinel_password) == ("hunter2", "hunter3")
+        assert "hunter" not in repr(parsed)

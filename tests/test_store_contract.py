@@ -1,8 +1,11 @@
-"""One contract, three stores: the memory store, the Redis store on fakeredis, and on a real redis-server."""
+"""One contract, every store: the memory store, and the Redis store on fakeredis, on a real redis-server (over TCP,
+a Unix socket and TLS), on a 3-primary Redis Cluster and on a primary found through 3 sentinels."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,7 +28,7 @@ from proxy.cache import (
 from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
 from proxy.errors import CacheError
-from tests.redis_server import RedisServer, free_port, running_redis
+from tests.redis_server import RedisServer, SentinelTopology, free_port, running_redis
 
 PREFIX = "test-proxy:"
 TTL = 60.0
@@ -65,22 +68,51 @@ def unix_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"unix://{socket}"
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis", "redis-unix", "redis-cluster"])
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the session's own serving TLS with a self-signed certificate for 127.0.0.1: its
+    ``rediss://`` URL, which trusts that certificate (and checks the host name against it)."""
+    directory = tmp_path_factory.mktemp("redis-tls")
+    cert, key = directory / "redis.crt", directory / "redis.key"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed: `apt-get install openssl` (.ci/run does)")
+    subprocess.run(  # noqa: S603 - a fixed binary and arguments
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    tls = ("--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    with running_redis(*tls, "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"):
+        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis", "redis-unix", "redis-tls", "redis-cluster", "redis-sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
     kind: str = request.param
     if kind == "memory":
         yield MemoryStore(1024 * 1024)
         return
+    if kind == "redis-sentinel":  # PROXY_REDIS_MODE=sentinel: the primary found through the sentinels
+        topology: SentinelTopology = request.getfixturevalue("redis_sentinel")
+        with topology.client(topology.primary) as primary:
+            primary.flushall()
+        sentinel_store = RedisStore.from_url(topology.url, KeyScheme(PREFIX), timeout=1.0, mode="sentinel")
+        yield sentinel_store
+        await sentinel_store.close()
+        return
     if kind == "redis-cluster":  # PROXY_REDIS_MODE=cluster
         url = request.getfixturevalue("redis_cluster")
         with SyncRedisCluster.from_url(url) as sync_cluster:
             sync_cluster.flushall()
-        cluster_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, cluster=True)
+        cluster_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, mode="cluster")
         yield cluster_store
         await cluster_store.close()
         return
-    if kind == "redis-unix":  # REDIS_URL=unix://..., through the same from_url as the proxy's
-        url = request.getfixturevalue("unix_redis")
+    if kind in ("redis-unix", "redis-tls"):  # REDIS_URL=unix:// or rediss://, through the proxy's own from_url
+        url = request.getfixturevalue("unix_redis" if kind == "redis-unix" else "tls_redis")
         with SyncRedis.from_url(url) as sync_client:
             sync_client.flushall()
         unix_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0)

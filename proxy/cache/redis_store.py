@@ -12,9 +12,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from proxy.cache.base import (
@@ -27,6 +25,7 @@ from proxy.cache.base import (
     encode_entry,
 )
 from proxy.cache.keyspace import KeyScheme, version_token
+from proxy.cache.topology import Closer, RedisMode, connect
 from proxy.errors import CacheError
 
 # KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>".
@@ -117,9 +116,10 @@ def _translated(operation: str) -> Iterator[None]:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: Redis | RedisCluster, keys: KeyScheme) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: KeyScheme, *, close: Closer | None = None) -> None:
         self._client = client
         self._keys = keys
+        self._close = close or client.aclose
         self._read = client.register_script(READ_SCRIPT)
         self._write = client.register_script(WRITE_SCRIPT)
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
@@ -130,35 +130,18 @@ class RedisStore:
 
     @classmethod
     def from_url(
-        cls, url: str, keys: KeyScheme, *, timeout: float, max_connections: int = 64, cluster: bool = False
+        cls,
+        url: str,
+        keys: KeyScheme,
+        *,
+        timeout: float,
+        max_connections: int = 64,
+        mode: RedisMode = "standalone",
     ) -> RedisStore:
-        """A client with short timeouts, no retries and a bounded pool (waiting at most ``timeout``).
-
-        ``cluster``: redis-py's own cluster client, ``url`` naming any node (it discovers the others, and follows
-        MOVED and ASK while slots move). Every script touches the keys of one annotation, which share a slot.
-        """
-        if cluster:
-            return cls(
-                RedisCluster.from_url(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    max_connections=max_connections,
-                    # One immediate retry: the cluster client also uses it to follow a node that went away.
-                    retry=Retry(NoBackoff(), 1),
-                ),
-                keys,
-            )
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
-        )
-        return cls(Redis(connection_pool=pool), keys)
+        """A store on redis-py's own client for ``mode`` (see :mod:`proxy.cache.topology`): short timeouts, no
+        retries, a bounded pool. Every script touches the keys of one annotation, which share a cluster slot."""
+        client, close = connect(url, mode, timeout=timeout, max_connections=max_connections)
+        return cls(client, keys, close=close)
 
     async def get(self, key: AnnotationKey) -> Lookup:
         annotation_id, variant = key
@@ -282,6 +265,4 @@ class RedisStore:
         return self._keys.changes, str(annotation_id)
 
     async def close(self) -> None:
-        await self._client.aclose()
-        if isinstance(self._client, Redis):
-            await self._client.connection_pool.disconnect()
+        await self._close()

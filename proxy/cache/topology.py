@@ -1,0 +1,209 @@
+"""Where the cache lives: ``REDIS_URL`` and ``PROXY_REDIS_MODE`` turned into one of redis-py's own clients.
+
+Three modes, no hand-written routing:
+
+- ``standalone``: ``redis://``, ``rediss://`` (TLS) or ``unix://``, whatever ``redis.asyncio.Redis.from_url`` takes;
+- ``cluster``: redis-py's ``RedisCluster``; ``REDIS_URL`` names any node and the client discovers the others;
+- ``sentinel``: redis-py's ``Sentinel``, which asks the sentinels where the primary of a service is before every
+  new connection, so a failover is followed without a restart. Its URL names the sentinels and the service::
+
+      redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/service_name[/db][?sentinel_password=...]
+
+  The user info is for the Redis primary; ``sentinel_username`` and ``sentinel_password`` (query parameters) are
+  for the sentinels themselves, when they require a password too. Sentinel ports default to 26379.
+
+Every client gets the same discipline: short timeouts, no retries (a sick Redis must cost milliseconds, then the
+service goes to Label Studio), and a pool bounded at ``max_connections`` in which a request waits at most
+``timeout`` for a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+
+RedisMode = Literal["standalone", "cluster", "sentinel"]
+
+STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
+CLUSTER_SCHEMES = frozenset({"redis", "rediss"})
+SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
+SENTINEL_PORT = 26379
+SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password"})
+
+HEALTH_CHECK_SECONDS = 30
+
+Closer = Callable[[], Awaitable[None]]
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL. The passwords never show in a repr."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """For logs: the sentinels, the service and the database, never a credential."""
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{self.db}"
+
+
+def _host_and_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise ValueError("a sentinel address is not host[:port]")
+    else:
+        host, colon, port_text_or_empty = text.rpartition(":")
+        if not colon:
+            host, port_text = text, None
+        else:
+            port_text = port_text_or_empty
+    if not host:
+        raise ValueError("a sentinel address has no host")
+    if port_text is None:
+        return host, SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("a sentinel port is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse a ``redis+sentinel://`` URL, or raise ValueError saying what is wrong (never quoting the URL, which
+    may carry passwords)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError("must start with redis+sentinel:// when PROXY_REDIS_MODE=sentinel")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if not hosts:
+        raise ValueError("names no sentinel: redis+sentinel://host:26379[,host:26379...]/service_name")
+    sentinels = tuple(_host_and_port(host) for host in hosts.split(","))
+    segments = [unquote(segment) for segment in parts.path.split("/")[1:] if segment]
+    if not segments or len(segments) > 2:
+        raise ValueError("must end with /service_name or /service_name/db")
+    service = segments[0]
+    db_text = segments[1] if len(segments) == 2 else "0"
+    if not db_text.isdigit():
+        raise ValueError("the database after the service name is not a number")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - SENTINEL_QUERY
+    if unknown:
+        raise ValueError(
+            f"unknown query parameters {', '.join(sorted(unknown))}; known: {', '.join(sorted(SENTINEL_QUERY))}"
+        )
+    username, colon, password = userinfo.partition(":")
+
+    def single(name: str) -> str | None:
+        values = query.get(name)
+        if values is None:
+            return None
+        if len(values) != 1:
+            raise ValueError(f"{name} is given more than once")
+        return values[0]
+
+    return SentinelURL(
+        sentinels=sentinels,
+        service=service,
+        db=int(db_text),
+        username=unquote(username) or None,
+        password=unquote(password) if colon else None,
+        sentinel_username=single("sentinel_username"),
+        sentinel_password=single("sentinel_password"),
+    )
+
+
+def check_url(url: str, mode: RedisMode) -> None:
+    """Raise ValueError when ``url`` cannot work in ``mode`` (at start-up, before any connection is tried)."""
+    scheme = url.partition("://")[0].lower()
+    if mode == "sentinel":
+        parse_sentinel_url(url)
+        return
+    if scheme in SENTINEL_SCHEMES:
+        raise ValueError("a redis+sentinel:// URL needs PROXY_REDIS_MODE=sentinel")
+    allowed = CLUSTER_SCHEMES if mode == "cluster" else STANDALONE_SCHEMES
+    if scheme not in allowed:
+        raise ValueError(f"must start with one of {', '.join(sorted(allowed))}:// when PROXY_REDIS_MODE={mode}")
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's sentinel pool, but one that waits (up to its ``timeout``) for a free connection at its bound,
+    as the standalone pool does, instead of failing the command at once."""
+
+
+def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) -> tuple[Redis | RedisCluster, Closer]:
+    """A client for ``url`` in ``mode``, and what closes everything it opened."""
+    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if mode == "cluster":
+        cluster = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            # One immediate retry: the cluster client also uses it to follow a node that went away.
+            retry=Retry(NoBackoff(), 1),
+            **timeouts,
+        )
+        return cluster, cluster.aclose
+    if mode == "sentinel":
+        return _sentinel_client(parse_sentinel_url(url), timeout=timeout, max_connections=max_connections)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        retry=_no_retry(),
+        health_check_interval=HEALTH_CHECK_SECONDS,
+        **timeouts,
+    )
+    client = Redis(connection_pool=pool)
+
+    async def close() -> None:
+        await client.aclose()
+        await pool.disconnect()
+
+    return client, close
+
+
+def _sentinel_client(target: SentinelURL, *, timeout: float, max_connections: int) -> tuple[Redis, Closer]:
+    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={
+            **timeouts,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+            "retry": _no_retry(),
+        },
+    )
+    client: Redis = sentinel.master_for(
+        target.service,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        max_connections=max_connections,
+        timeout=timeout,
+        retry=_no_retry(),
+        health_check_interval=HEALTH_CHECK_SECONDS,
+        **timeouts,
+    )
+
+    async def close() -> None:
+        await client.aclose()
+        await sentinel.aclose()
+
+    return client, close
