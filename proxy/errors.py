@@ -118,3 +118,12 @@ class InvalidUpstreamBody(UpstreamError):
 
 class CacheError(Exception):
     """The cache store failed. Never reaches a caller: the service treats it as a miss (fail open)."""
+
+
+class CacheCircuitOpen(CacheError):
+    """The cache's circuit breaker is open: the operation was not even sent to Redis."""
+
+
+class CacheBusy(CacheError):
+    """The cache could not answer for one annotation just now because its Redis Cluster slot is moving between
+    nodes (resharding). Redis itself is well, so the circuit breaker does not count it against the cache."""

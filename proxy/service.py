@@ -19,6 +19,7 @@ from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotatio
 from proxy.cache.keyspace import FENCE
 from proxy.created_ago import find_created_ago
 from proxy.errors import (
+    CacheCircuitOpen,
     CacheError,
     InvalidUpstreamBody,
     ProxyError,
@@ -337,19 +338,19 @@ class AnnotationService:
         self._metrics.revalidations.labels(outcome=outcome).inc()
 
     async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool) -> Served:
-        claimed = False
+        release = False
         if check_cache:
             # Read again: a load that finished between this request's miss and now has stored its result.
             served = self._fresh(await self._read(key))
             if served is not None:
                 return served
-            claimed, served = await self._claim_or_wait(key)
+            release, served = await self._claim_or_wait(key)
             if served is not None:
                 return served
         try:
             return await self._fetch(key, request_id)
         finally:
-            if claimed:
+            if release:
                 await self._release(key)
 
     async def _fetch(self, key: AnnotationKey, request_id: str) -> Served:
@@ -386,8 +387,10 @@ class AnnotationService:
     # One fetch per key across replicas: the first claims it in the store; the others wait for its result.
 
     async def _claim_or_wait(self, key: AnnotationKey) -> tuple[bool, Served | None]:
-        """(True, None) to fetch with a claim; (False, the answer another replica stored); (False, None) to fetch
-        without one: claims are off, the store cannot grant them, or the holder went quiet past the claim's TTL."""
+        """(False, the answer another replica stored), or None and whether to release the claim after fetching:
+        True when it was granted, and when asking for it failed (it may have been granted all the same, and
+        releasing a claim this process does not hold changes nothing), unless the cache's circuit was open; False
+        when claims are off or the holder went quiet past the claim's TTL."""
         ttl = self._policy.claim_ttl
         if ttl <= 0:
             return False, None
@@ -399,7 +402,7 @@ class AnnotationService:
                     return True, None
             except CacheError as exc:
                 self._cache_failed("claim", exc)
-                return False, None
+                return not isinstance(exc, CacheCircuitOpen), None
             await self._changed(key.annotation_id, at_most=min(CLAIM_POLL, max(0.0, deadline - loop.time())))
             served = self._fresh(await self._read(key))
             if served is not None:  # another replica's fetch: a miss here too, answered by that fetch

@@ -641,6 +641,15 @@ class SteadyLoad:
         return "; ".join(f"{phase}: {stats}" for phase, stats in self.stats.items())
 
 
+async def six_annotations(aiohttp_server: ServerFactory) -> tuple[FakeLabelStudio, TestServer, dict[Variant, str]]:
+    """A fake Label Studio holding annotations 1 to 6, listening, and what it serves for each."""
+    fake = FakeLabelStudio()
+    for _ in range(6):
+        fake.add_annotation()
+    upstream: TestServer = await aiohttp_server(fake.app())
+    return fake, upstream, await label_studio_bodies(upstream, fake)
+
+
 async def label_studio_bodies(upstream: TestServer, fake: FakeLabelStudio) -> dict[Variant, str]:
     """What the fake serves for each annotation and variant (without created_ago)."""
     bodies: dict[Variant, str] = {}
@@ -663,11 +672,7 @@ async def test_redis_gone_under_load_every_request_is_answered_and_hits_resume_w
     """``killed``: SIGKILL, then a new, empty redis-server on the same port. ``frozen``: SIGSTOP (connections stay
     open, nothing answers: every command times out), then SIGCONT with the data still there, and whatever the
     timed-out commands left on their connections must never become an answer to another request."""
-    fake = FakeLabelStudio()
-    for _ in range(6):
-        fake.add_annotation()
-    upstream: TestServer = await aiohttp_server(fake.app())
-    bodies = await label_studio_bodies(upstream, fake)
+    fake, upstream, bodies = await six_annotations(aiohttp_server)
     with ExitStack() as redis_servers:
         redis = redis_servers.enter_context(running_redis())  # this test's own
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
+from proxy.errors import CacheError
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
 from tests.fakes.label_studio import FakeLabelStudio
@@ -113,11 +115,47 @@ async def test_a_claim_is_granted_once_until_released_or_lapsed(request: pytest.
         await other.release(KEY)  # not the holder: changes nothing
         assert await other.claim(KEY, 5.0) is False
         assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000  # it lapses if its holder dies
+        # Its holder asking again gets it again, renewed: a process asks only while no fetch of the key is under way
+        # in it, so a claim of its own that it finds is one whose release was lost.
+        assert await one.claim(KEY, 60.0) is True
+        assert 5000 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 60_000
         await one.release(KEY)
         assert await other.claim(KEY, 5.0) is True
     finally:
         client.close()
         await one.close()
+        await other.close()
+
+
+class ReplyLost:
+    """A store whose claims are granted in Redis but whose replies are lost on the way back (a timeout)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        await self.store.claim(key, ttl)
+        raise CacheError("redis claim failed: TimeoutError")
+
+
+async def test_a_claim_whose_reply_was_lost_is_released_after_the_fetch(redis_url: str) -> None:
+    """Otherwise every replica would wait for it until it lapsed (PROXY_UPSTREAM_TIMEOUT + 1 s)."""
+    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    other = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(1, ok())
+    service = AnnotationService(ReplyLost(store), source, metrics, replace(POLICY, claim_ttl=60.0))
+    try:
+        served = await service.lookup(1, expand=False, request_id="r")
+        assert (served.result, source.calls) == ("miss", [(1, False)])
+        assert await other.claim(KEY, 5.0) is True  # the claim granted behind the lost reply is gone
+    finally:
+        await service.close()
+        await store.close()
         await other.close()
 
 

@@ -15,6 +15,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from proxy.breaker import CircuitBreaker, State
 from proxy.cache import (
     MISSING,
     AnnotationKey,
@@ -25,9 +26,10 @@ from proxy.cache import (
     RedisStore,
     Variant,
 )
+from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
-from proxy.errors import CacheError
+from proxy.errors import CacheBusy, CacheError
 from tests.redis_server import RedisServer, SentinelTopology, free_port, running_redis
 
 PREFIX = "test-proxy:"
@@ -359,6 +361,58 @@ class TestRedisKeys:
                 await store.ping()
         finally:
             await store.close()
+
+
+class TestRedisFailures:
+    """How the Redis store fails: always as CacheError, and as CacheBusy (which the breaker ignores) when a Redis
+    Cluster slot is on the move."""
+
+    async def test_a_client_library_tripping_over_itself_is_a_cache_error_not_a_500(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # redis-py's cluster client can use a connection another task has just closed and raise AttributeError
+        # (seen while slots move). Whatever the client raises must fail open.
+        client = fakeredis.FakeAsyncRedis()
+        store = RedisStore(client, KeyScheme(PREFIX))
+
+        async def broken(*args: object, **kwargs: object) -> object:
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        monkeypatch.setattr(client, "evalsha", broken)
+        try:
+            with pytest.raises(CacheError, match="redis read failed: AttributeError"):
+                await store.get(PLAIN)
+        finally:
+            await client.aclose()
+
+    async def test_a_slot_being_migrated_is_busy_and_the_breaker_does_not_count_it(self, redis_cluster: str) -> None:
+        keys = KeyScheme(PREFIX)
+        with SyncRedisCluster.from_url(redis_cluster) as cluster:
+            cluster.flushall()
+            slot = cluster.keyslot(keys.pointer(7))
+            source = cluster.nodes_manager.get_node_from_slot(slot)
+            target = next(node for node in cluster.get_primaries() if node.name != source.name)
+            source_id = cluster.cluster_myid(source)
+            target_id = cluster.cluster_myid(target)
+            store = RedisStore.from_url(redis_cluster, keys, timeout=1.0, mode="cluster")
+            breaker = CircuitBreaker(threshold=1, cooldown=60.0)
+            guarded = CircuitBreakingStore(store, breaker)
+            try:
+                await guarded.put(PLAIN, entry(), TTL)
+                # The slot starts moving: the pointer is still on the source, the 404 marker is nowhere yet, so a read
+                # (which needs both) is redirected and refused with TRYAGAIN until the move is over.
+                cluster.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id, target_nodes=target)
+                cluster.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id, target_nodes=source)
+                try:
+                    with pytest.raises(CacheBusy):
+                        await guarded.get(PLAIN)
+                    assert breaker.state is State.CLOSED  # a moving slot says nothing about Redis's health
+                finally:
+                    for node in (source, target):
+                        cluster.execute_command("CLUSTER SETSLOT", slot, "STABLE", target_nodes=node)
+                assert await guarded.get(PLAIN) == entry()  # the move called off: a hit again
+            finally:
+                await store.close()
 
 
 class TestMemoryStore:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from proxy.breaker import CircuitBreaker
 from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup
-from proxy.errors import CacheError
+from proxy.errors import CacheBusy, CacheCircuitOpen, CacheError
 
 T = TypeVar("T")
 
@@ -25,9 +25,12 @@ class CircuitBreakingStore:
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
         if not self._breaker.allow():
-            raise CacheError("cache circuit open: recent operations failed")
+            raise CacheCircuitOpen("cache circuit open: recent operations failed")
         try:
             result = await operation()
+        except CacheBusy:  # a slot on the move says nothing about Redis's health
+            self._breaker.abandoned()
+            raise
         except CacheError:
             self._breaker.failed()
             raise

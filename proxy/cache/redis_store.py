@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, ClusterError, MovedError, RedisError, TryAgainError
 
 from proxy.cache.base import (
     MISSING,
@@ -26,7 +26,7 @@ from proxy.cache.base import (
 )
 from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect
-from proxy.errors import CacheError
+from proxy.errors import CacheBusy, CacheError
 
 # KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>".
 # Returns 1 for a remembered 404, the entry bytes, or nil.
@@ -78,6 +78,16 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+# KEYS: the claim. ARGV: this process's token, ttl in ms. Granted (1) when free, or when this process holds it
+# already (then renewed): a claim of its own that a process still finds is one whose release, or whose grant's
+# reply, was lost on the way, since a process only asks while no fetch of that key is under way in it.
+CLAIM_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS: the claim. ARGV: this process's token. Deletes the claim only if this process still holds it.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -104,12 +114,28 @@ def _micros_token(seconds: float) -> str:
     return version_token(round(seconds * 1_000_000))
 
 
+def _slot_moving(exc: BaseException) -> bool:
+    """A redirection the cluster client gave up on: the keys' slot is half way between two nodes."""
+    if isinstance(exc, (TryAgainError, AskError, MovedError)):
+        return True
+    # What redis-py's cluster client raises after following MOVED, ASK and TRYAGAIN replies as often as it will.
+    return type(exc) is ClusterError and str(exc).startswith("TTL exhausted")
+
+
 @contextmanager
 def _translated(operation: str) -> Iterator[None]:
-    """Redis's exceptions become :class:`CacheError`, naming the exception type but never its text."""
+    """Whatever the Redis client raises becomes :class:`CacheError` (:class:`CacheBusy` for a moving slot), naming
+    the exception type but never its text.
+
+    Everything, not only RedisError: a client library that trips over its own state (redis-py's cluster client
+    can use a connection another task has just closed, and raise AttributeError or RuntimeError) must cost a
+    cache miss, not a 500.
+    """
     try:
         yield
-    except (*REDIS_FAILURES, ValueError) as exc:  # ValueError: a value that cannot be encoded as a key
+    except Exception as exc:
+        if _slot_moving(exc):
+            raise CacheBusy(f"redis {operation} failed: slot moving ({type(exc).__name__})") from exc
         raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
 
@@ -124,6 +150,7 @@ class RedisStore:
         self._write = client.register_script(WRITE_SCRIPT)
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
         self._missing = client.register_script(MISSING_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
         self._token = secrets.token_hex(8)  # this process, as the holder of claims
@@ -230,9 +257,7 @@ class RedisStore:
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
         annotation_id, variant = key
         with _translated("claim"):
-            granted = await self._client.set(
-                self._keys.claim(annotation_id, variant), self._token, nx=True, px=_ms(ttl)
-            )
+            granted = await self._claim(keys=[self._keys.claim(annotation_id, variant)], args=[self._token, _ms(ttl)])
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
@@ -258,7 +283,7 @@ class RedisStore:
                     elif message["type"] == "message" and message["data"].isdigit():
                         yield int(message["data"])
         finally:
-            with suppress(*REDIS_FAILURES):
+            with suppress(Exception):  # closing what already failed
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _announce(self, annotation_id: int) -> tuple[str, str]:
