@@ -38,10 +38,13 @@ async def test_a_cold_id_is_fetched_once_across_replicas(
     upstream: TestServer, fake_ls: FakeLabelStudio, tmp_path: Path
 ) -> None:
     fake_ls.add_annotation()
+    # Generous deadlines: this test is about coalescing, and on a loaded machine a 0.25 s Redis timeout (the claim
+    # fails open: each replica fetches) or an 11 s claim TTL (the joins take long) would be a different test.
     with running_redis() as redis:
+        settings = {"REDIS_URL": redis.url, "PROXY_REDIS_TIMEOUT": "5", "PROXY_UPSTREAM_TIMEOUT": "60"}
         async with (
-            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "a.log", REDIS_URL=redis.url) as a,
-            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "b.log", REDIS_URL=redis.url) as b,
+            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "a.log", **settings) as a,
+            proxy_process(upstream.make_url("/"), fake_ls.legacy_token, tmp_path / "b.log", **settings) as b,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
         ):
             fake_ls.hold()  # the one fetch waits until every request is in
