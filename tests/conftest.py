@@ -67,7 +67,8 @@ def redis_cluster() -> Iterator[str]:
 def redis_sentinel() -> Iterator[SentinelTopology]:
     """A primary, its replica and 3 sentinels of the session's own, on free ports. Tests that fail it over start
     their own (``running_redis_sentinel``)."""
-    with running_redis_sentinel() as topology:
+    # Slow to call the primary down, so that a stalled CI machine never fails over the session's topology.
+    with running_redis_sentinel(down_after_ms=30_000) as topology:
         yield topology
 
 

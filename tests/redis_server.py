@@ -223,8 +223,11 @@ def wait_for(condition: Callable[[], bool], limit: float, what: str) -> None:
 
 
 @contextmanager
-def running_redis_sentinel(sentinels: int = 3) -> Iterator[SentinelTopology]:
-    """A primary and a replica on free ports, watched by ``sentinels`` sentinels that fail over in seconds."""
+def running_redis_sentinel(
+    sentinels: int = 3, *, down_after_ms: int = SENTINEL_DOWN_AFTER_MS
+) -> Iterator[SentinelTopology]:
+    """A primary and a replica on free ports, watched by ``sentinels`` sentinels that call the primary down after
+    ``down_after_ms`` of silence and then fail over."""
     password, sentinel_password = secrets.token_hex(8), secrets.token_hex(8)
     auth = ("--requirepass", password, "--masterauth", password)
     with ExitStack() as stack:
@@ -239,7 +242,7 @@ def running_redis_sentinel(sentinels: int = 3) -> Iterator[SentinelTopology]:
                     f"requirepass {sentinel_password}",
                     f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary.port} {sentinels // 2 + 1}",
                     f"sentinel auth-pass {SENTINEL_SERVICE} {password}",
-                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}",
+                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {down_after_ms}",
                     f"sentinel failover-timeout {SENTINEL_SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}",
                     "",
                 ]

@@ -107,8 +107,14 @@ def emptied_redis(request: pytest.FixtureRequest, mode: str) -> tuple[str, Redis
     return url, Redis.from_url(url)
 
 
+async def lost(*args: object, **kwargs: object) -> object:
+    raise ConnectionError("the reply was lost")
+
+
 @pytest.mark.parametrize("mode", ["standalone", "cluster", "sentinel"])
-async def test_a_claim_is_granted_once_until_released_or_lapsed(request: pytest.FixtureRequest, mode: str) -> None:
+async def test_a_claim_is_granted_once_until_released_or_lapsed(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     redis_url, client = emptied_redis(request, mode)
     one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0, mode=mode) for _ in range(2))
     try:
@@ -118,8 +124,13 @@ async def test_a_claim_is_granted_once_until_released_or_lapsed(request: pytest.
         await other.release(KEY)  # not the holder: changes nothing
         assert await other.claim(KEY, 5.0) is False
         assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000  # it lapses if its holder dies
-        # Its holder asking again gets it again, renewed: a process asks only while no fetch of the key is under way
-        # in it, so a claim of its own that it finds is one whose release was lost.
+        # Another load of the holder's process is not granted it while the first one holds it...
+        assert await one.claim(KEY, 60.0) is False
+        # ...but once the holder's release is lost on the way, the process gets its own claim again, renewed.
+        monkeypatch.setattr(one, "_release", lost)
+        with pytest.raises(CacheError):
+            await one.release(KEY)
+        monkeypatch.undo()
         assert await one.claim(KEY, 60.0) is True
         assert 5000 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 60_000
         await one.release(KEY)

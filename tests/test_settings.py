@@ -186,6 +186,7 @@ class TestRedisTopologies:
             ("cluster", "rediss://node-1:6379"),
             ("sentinel", SENTINEL_URL),
             ("sentinel", "redis+sentinel://sentinel/annotations"),
+            ("sentinel", "redis+sentinel://:Xy[hunter2]z@sentinel/annotations"),  # brackets in a password are fine
         ],
     )
     def test_each_mode_takes_its_urls(self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str) -> None:
@@ -204,7 +205,13 @@ class TestRedisTopologies:
             ("sentinel", "redis+sentinel://s1/annotations/zero", "the database after the service name"),
             ("sentinel", "redis+sentinel://s1:99999/annotations", "a sentinel port"),
             ("sentinel", "redis+sentinel://:pw@/annotations", "names no sentinel"),
-            ("sentinel", "redis+sentinel://s1/annotations?password=hunter2", "unknown query parameters password"),
+            ("sentinel", "redis+sentinel://s1/annotations?password=hunter2", "takes no query parameters but"),
+            # A password with characters a URL parser trips over: the error must not quote any of it.
+            ("sentinel", "redis+sentinel://s1/annotations?sentinel_password=ab&hunter2", "takes no query parameters"),
+            ("sentinel", "redis+sentinel://:ab#hunter2@s1/annotations", "must not contain '#'"),
+            ("sentinel", "redis+sentinel://::1/annotations", "must be in brackets"),
+            ("standalone", "redis://:Xy[hunter2]z@redis:6379/0", "is not a valid URL"),
+            ("cluster", "redis://:hunter2@node-1:99999", "is not a valid URL"),
             ("replicated", "redis://redis:6379/0", "PROXY_REDIS_MODE"),
         ],
     )
@@ -234,3 +241,7 @@ class TestRedisTopologies:
         assert (parsed.service, parsed.db, parsed.username) == ("annotations", 2, None)
         assert (parsed.password, parsed.sentinel_password) == ("hunter2", "hunter3")
         assert "hunter" not in repr(parsed)
+
+    def test_passwords_are_percent_decoded_and_a_plus_stays_a_plus(self) -> None:
+        parsed = parse_sentinel_url("redis+sentinel://:a%40b%23c@s1/svc?sentinel_password=d+e%26f")
+        assert (parsed.password, parsed.sentinel_password) == ("a@b#c", "d+e&f")

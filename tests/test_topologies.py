@@ -190,7 +190,10 @@ async def test_cluster_slots_moved_under_load_requests_keep_succeeding_and_the_c
                 await load.enter("resharding")
                 errors_before = await cache_errors(proxy, session)
                 started = time.monotonic()
+                availability: list[float] = []
+                sampling = asyncio.create_task(sample(load, availability))
                 targets = {slot: await asyncio.to_thread(move_slot, cluster, slot, 0.2) for slot in slots}
+                sampling.cancel()
                 moving = time.monotonic() - started
                 errors_during = await cache_errors(proxy, session) - errors_before
                 await load.enter("after")
@@ -209,7 +212,16 @@ async def test_cluster_slots_moved_under_load_requests_keep_succeeding_and_the_c
     for phase, stats in load.stats.items():
         assert stats.errors == 0, f"{phase}: {stats}: {stats.examples}"
     assert load.stats["resharding"].requests > 0
+    assert errors_during > 0  # the load did meet the slots half moved...
+    assert set(availability) == {1.0}  # ...and the breaker never took the cache away for it
     assert all(count > 0 for count in moved_keys.values()), moved_keys  # the cache lives on the new owners
+
+
+async def sample(load: SteadyLoad, into: list[float]) -> None:
+    """``annotation_proxy_cache_available`` every 0.1 s until cancelled."""
+    while True:
+        into.append(await load.cache_available())
+        await asyncio.sleep(0.1)  # sampling a gauge, not a timing assertion
 
 
 async def cache_errors(proxy: ProxyProcess, session: aiohttp.ClientSession) -> float:

@@ -119,8 +119,8 @@ class AnnotationStore(Protocol):
 
         True for the one claim granted at a time (always, where one process writes the store); it lapses after
         ``ttl`` if its holder dies. The holder :meth:`release`s it once the result is stored (or the fetch failed).
-        A process that asks again for a claim it still holds gets it again, renewed: it asks only while no fetch of
-        ``key`` is under way in it, so that claim is one whose release (or whose grant's reply) was lost.
+        A claim that one of this process's loads holds is not granted to another; a process that finds a claim of
+        its own that none of its loads holds (its release, or its grant's reply, was lost) gets it again, renewed.
         """
         ...
 

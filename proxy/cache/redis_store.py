@@ -79,8 +79,8 @@ return 1
 """
 
 # KEYS: the claim. ARGV: this process's token, ttl in ms. Granted (1) when free, or when this process holds it
-# already (then renewed): a claim of its own that a process still finds is one whose release, or whose grant's
-# reply, was lost on the way, since a process only asks while no fetch of that key is under way in it.
+# already (then renewed): RedisStore.claim asks only when none of this process's loads holds it, so a claim of
+# its own that it still finds is one whose release, or whose grant's reply, was lost on the way.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
@@ -119,7 +119,8 @@ def _slot_moving(exc: BaseException) -> bool:
     if isinstance(exc, (TryAgainError, AskError, MovedError)):
         return True
     # What redis-py's cluster client raises after following MOVED, ASK and TRYAGAIN replies as often as it will.
-    return type(exc) is ClusterError and str(exc).startswith("TTL exhausted")
+    # (A pipeline rewrites the message around it, so it is looked for anywhere in it.)
+    return type(exc) is ClusterError and "TTL exhausted" in str(exc)
 
 
 @contextmanager
@@ -154,6 +155,7 @@ class RedisStore:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
         self._token = secrets.token_hex(8)  # this process, as the holder of claims
+        self._held: set[AnnotationKey] = set()  # the claims one of this process's loads holds
 
     @classmethod
     def from_url(
@@ -255,12 +257,17 @@ class RedisStore:
             await self._client.ping()
 
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        if key in self._held:  # another load of this process fetches it: wait for its result like another replica
+            return False
         annotation_id, variant = key
         with _translated("claim"):
             granted = await self._claim(keys=[self._keys.claim(annotation_id, variant)], args=[self._token, _ms(ttl)])
+        if granted:
+            self._held.add(key)
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
+        self._held.discard(key)
         annotation_id, variant = key
         with _translated("claim"):
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
@@ -65,68 +65,74 @@ class SentinelURL:
         return f"redis+sentinel://{hosts}/{self.service}/{self.db}"
 
 
+def _number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _host_and_port(text: str) -> tuple[str, int]:
     if text.startswith("["):  # [IPv6]:port
         host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":") if rest.startswith(":") else None
-        if rest and port_text is None:
+        if rest and not rest.startswith(":"):
             raise ValueError("a sentinel address is not host[:port]")
+        port_text = rest[1:] if rest else None
     else:
-        host, colon, port_text_or_empty = text.rpartition(":")
+        host, colon, port_text = text.partition(":")
+        if ":" in port_text:
+            raise ValueError("an IPv6 sentinel address must be in brackets: [::1]:26379")
         if not colon:
-            host, port_text = text, None
-        else:
-            port_text = port_text_or_empty
+            port_text = None
     if not host:
         raise ValueError("a sentinel address has no host")
     if port_text is None:
         return host, SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = _number(port_text)
+    if port is None or not 0 < port < 65536:
         raise ValueError("a sentinel port is not a number from 1 to 65535")
-    return host, int(port_text)
+    return host, port
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
-    """Parse a ``redis+sentinel://`` URL, or raise ValueError saying what is wrong (never quoting the URL, which
-    may carry passwords)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SENTINEL_SCHEMES:
+    """Parse a ``redis+sentinel://`` URL, or raise ValueError saying what is wrong.
+
+    Parsed by hand, and the messages are fixed texts: a library's URL error may quote part of the URL, and the URL
+    carries passwords. Special characters in a password are percent-encoded (``%23`` for ``#``, ``%26`` for ``&``).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in SENTINEL_SCHEMES:
         raise ValueError("must start with redis+sentinel:// when PROXY_REDIS_MODE=sentinel")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if "#" in rest:
+        raise ValueError("must not contain '#' (percent-encode it as %23 in a password)")
+    rest, _, query_text = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
     if not hosts:
         raise ValueError("names no sentinel: redis+sentinel://host:26379[,host:26379...]/service_name")
     sentinels = tuple(_host_and_port(host) for host in hosts.split(","))
-    segments = [unquote(segment) for segment in parts.path.split("/")[1:] if segment]
-    if not segments or len(segments) > 2:
+    segments = [unquote(segment) for segment in path.split("/")] if path else []
+    if len(segments) == 2 and segments[1] == "":
+        segments.pop()  # a trailing slash
+    if not 1 <= len(segments) <= 2 or not all(segments):
         raise ValueError("must end with /service_name or /service_name/db")
-    service = segments[0]
-    db_text = segments[1] if len(segments) == 2 else "0"
-    if not db_text.isdigit():
+    db = _number(segments[1]) if len(segments) == 2 else 0
+    if db is None:
         raise ValueError("the database after the service name is not a number")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - SENTINEL_QUERY
-    if unknown:
-        raise ValueError(
-            f"unknown query parameters {', '.join(sorted(unknown))}; known: {', '.join(sorted(SENTINEL_QUERY))}"
-        )
-    username, colon, password = userinfo.partition(":")
-
-    def single(name: str) -> str | None:
-        values = query.get(name)
-        if values is None:
-            return None
-        if len(values) != 1:
+    query: dict[str, str] = {}
+    for pair in filter(None, query_text.split("&")):
+        name, _, value = pair.partition("=")
+        if name not in SENTINEL_QUERY:
+            raise ValueError(f"takes no query parameters but {' and '.join(sorted(SENTINEL_QUERY))}")
+        if name in query:
             raise ValueError(f"{name} is given more than once")
-        return values[0]
-
+        query[name] = unquote(value)  # not unquote_plus: a '+' in a password stays a '+'
+    username, colon, password = userinfo.partition(":")
     return SentinelURL(
         sentinels=sentinels,
-        service=service,
-        db=int(db_text),
+        service=segments[0],
+        db=db,
         username=unquote(username) or None,
         password=unquote(password) if colon else None,
-        sentinel_username=single("sentinel_username"),
-        sentinel_password=single("sentinel_password"),
+        sentinel_username=query.get("sentinel_username"),
+        sentinel_password=query.get("sentinel_password"),
     )
 
 
@@ -141,6 +147,10 @@ def check_url(url: str, mode: RedisMode) -> None:
     allowed = CLUSTER_SCHEMES if mode == "cluster" else STANDALONE_SCHEMES
     if scheme not in allowed:
         raise ValueError(f"must start with one of {', '.join(sorted(allowed))}:// when PROXY_REDIS_MODE={mode}")
+    try:
+        _ = urlsplit(url).port  # what redis-py's from_url will parse; its errors may quote the URL
+    except ValueError:
+        raise ValueError("is not a valid URL (percent-encode special characters in the password)") from None
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -162,8 +172,9 @@ def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) 
             reinitialize_steps=0,
             **timeouts,
         )
-        # Redirections followed per command (default 16, sleeping 50 ms between the later ones). Enough for a MOVED
-        # and an ASK; a slot still half moved after that is a miss now rather than up to 0.4 s of waiting.
+        # Redirections followed per command (default 16, sleeping 50 ms between the later ones). Enough to follow a
+        # MOVED; a slot still half moved after that is a miss now rather than up to 0.4 s of waiting. (ASK rarely
+        # succeeds anyway: redis-py 8.1 may send ASKING on another pooled connection than the command.)
         cluster.RedisClusterRequestTTL = CLUSTER_REDIRECTIONS
         return cluster, cluster.aclose
     if mode == "sentinel":
