@@ -25,13 +25,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 from proxy.auth import ClientKey, parse_entry, read_entries
-from proxy.cache.topology import SENTINEL_SCHEMES, STANDALONE_SCHEMES, RedisMode, check_url, parse_sentinel_url
+from proxy.cache.topology import SENTINEL_SCHEMES, RedisMode, check_url, parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
 
 MiB = 1024 * 1024
-
-REDIS_SCHEMES = STANDALONE_SCHEMES | SENTINEL_SCHEMES
 
 
 def is_loopback_host(host: str) -> bool:
@@ -108,16 +106,6 @@ class Settings(BaseSettings):
             if exp is not None and exp <= time.time():
                 raise ValueError("the personal access token has expired; create a new one")
         return SecretStr(value)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is None:
-            return None
-        scheme = url.get_secret_value().partition("://")[0].lower()
-        if scheme not in REDIS_SCHEMES:
-            raise ValueError(f"must start with one of {', '.join(sorted(REDIS_SCHEMES))}://")
-        return url
 
     @field_validator("proxy_key_prefix")
     @classmethod

@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from redis import Redis
 
 from proxy.cache import KeyScheme
 from tests.conftest import ServerFactory
+from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import (
     SENTINEL_SERVICE,
     RedisCluster,
@@ -38,6 +41,21 @@ pytestmark = pytest.mark.redis
 PREFIX = "annotation-proxy:"  # the default PROXY_KEY_PREFIX, which the proxies here use
 FAILOVER_LIMIT = 60.0  # a deadline for the sentinels' promotion, not an expectation
 RECOVERY_LIMIT = 30.0
+
+
+def proxy_on(
+    upstream: TestServer, fake: FakeLabelStudio, tmp_path: Path, redis_url: str, mode: str, **settings: str
+) -> AbstractAsyncContextManager[ProxyProcess]:
+    """A proxy process in front of ``fake``, caching in the topology at ``redis_url`` (``mode``)."""
+    return proxy_process(
+        upstream.make_url("/"),
+        fake.legacy_token,
+        tmp_path / "proxy.log",
+        REDIS_URL=redis_url,
+        PROXY_REDIS_MODE=mode,
+        PROXY_REDIS_TIMEOUT="0.2",
+        **settings,
+    )
 
 
 def report(record_property: Callable[[str, Any], None], title: str, figures: dict[str, str]) -> None:
@@ -73,14 +91,7 @@ async def test_sentinel_failover_under_load_requests_go_on_and_caching_resumes_o
     with running_redis_sentinel() as topology:
         async with (
             aiohttp.ClientSession() as session,
-            proxy_process(
-                upstream.make_url("/"),
-                fake.legacy_token,
-                tmp_path / "proxy.log",
-                REDIS_URL=topology.url,
-                PROXY_REDIS_MODE="sentinel",
-                PROXY_REDIS_TIMEOUT="0.2",
-            ) as proxy,
+            proxy_on(upstream, fake, tmp_path, topology.url, "sentinel") as proxy,
         ):
             load = SteadyLoad(proxy, session, bodies)
             async with load.running(workers=8):
@@ -201,13 +212,12 @@ async def test_cluster_slots_moved_under_load_requests_keep_succeeding_and_the_c
             )
         async with (
             aiohttp.ClientSession() as session,
-            proxy_process(
-                upstream.make_url("/"),
-                fake.legacy_token,
-                tmp_path / "proxy.log",
-                REDIS_URL=cluster.url,
-                PROXY_REDIS_MODE="cluster",
-                PROXY_REDIS_TIMEOUT="0.2",
+            proxy_on(
+                upstream,
+                fake,
+                tmp_path,
+                cluster.url,
+                "cluster",
                 PROXY_HOT_TTL="0",  # every request reads Redis, so every one of them meets the moving slots
                 PROXY_CACHE_TTL="1",  # and entries are written again all the time, into the moving slots too
             ) as proxy,

@@ -12,9 +12,10 @@ Three modes, no hand-written routing:
   The user info is for the Redis primary; ``sentinel_username`` and ``sentinel_password`` (query parameters) are
   for the sentinels themselves, when they require a password too. Sentinel ports default to 26379.
 
-Every client gets the same discipline: short timeouts, no retries (a sick Redis must cost milliseconds, then the
-service goes to Label Studio), and a pool bounded at ``max_connections`` in which a request waits at most
-``timeout`` for a connection.
+Every client gets short timeouts (a sick Redis must cost milliseconds, then the service goes to Label Studio) and
+at most ``max_connections`` connections. Standalone and Sentinel make no retries, and a request waits at most
+``timeout`` for a pooled connection; the cluster client retries a failed connection once, and its per-node pools
+fail at once when full (redis-py offers no waiting pool there).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) 
         cluster.RedisClusterRequestTTL = CLUSTER_REDIRECTIONS
         return cluster, cluster.aclose
     if mode == "sentinel":
-        return _sentinel_client(parse_sentinel_url(url), timeout=timeout, max_connections=max_connections)
+        return _sentinel_client(parse_sentinel_url(url), timeout=timeout, max_connections=max_connections, **timeouts)
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -196,8 +197,9 @@ def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) 
     return client, close
 
 
-def _sentinel_client(target: SentinelURL, *, timeout: float, max_connections: int) -> tuple[Redis, Closer]:
-    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+def _sentinel_client(
+    target: SentinelURL, *, timeout: float, max_connections: int, **timeouts: Any
+) -> tuple[Redis, Closer]:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels),
         sentinel_kwargs={
