@@ -5,18 +5,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean bench soak
+.PHONY: run test lint format clean bench soak system-packages
 
-$(STAMP): pyproject.toml
+# The runtime dependencies at the versions of deploy/requirements.lock, the ones the image ships.
+$(STAMP): pyproject.toml deploy/requirements.lock
+	@.ci/system-packages run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/annotation-proxy
 
-lint: $(STAMP)
+# The Debian packages the suite runs (redis-server, prometheus, podman, ...): installed as root, else one
+# apt-get line to run. .ci/system-packages is the one list.
+system-packages:
+	@.ci/system-packages
+
+lint: system-packages $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy
@@ -24,7 +31,6 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/kubernetes-validate --quiet --strict -k 1.33.0 deploy/kubernetes/*/*.yaml
-	@command -v promtool >/dev/null || { echo 'promtool not found: apt-get install prometheus (Debian; .ci/run installs it)' >&2; exit 1; }
 	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus-kubernetes.yml
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml

@@ -7,6 +7,7 @@ these tests check what no schema knows: that the names in those files are the on
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -317,19 +318,59 @@ def test_dockerignore_lets_in_everything_the_dockerfile_copies() -> None:
                 assert (ROOT / source).exists(), source
 
 
-def test_the_lock_pins_every_runtime_dependency_within_its_range() -> None:
-    lock: dict[str, str] = {}
-    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            lock[re.sub(r"[-_.]+", "-", name).lower()] = version
+def locked_pins() -> dict[str, Requirement]:
+    lines = (DEPLOY / "requirements.lock").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {canonical_name(pin.name): pin for pin in pins}
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_closure(requirements: list[Requirement]) -> dict[str, list[Requirement]]:
+    """Every distribution that ``requirements`` pull in on this Python, with the requirements that name it,
+    read from the installed metadata (the suite's virtualenv holds the runtime dependencies)."""
+    seen: dict[str, list[Requirement]] = {}
+    pending = [(requirement, "") for requirement in requirements]
+    while pending:
+        requirement, extra = pending.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = canonical_name(requirement.name)
+        first = name not in seen
+        seen.setdefault(name, []).append(requirement)
+        if first or requirement.extras:
+            for extra_name in ("", *sorted(requirement.extras)):
+                for text in importlib.metadata.requires(requirement.name) or []:
+                    pending.append((Requirement(text), extra_name))
+    return seen
+
+
+def test_the_lock_is_exactly_what_pyproject_asks_for() -> None:
+    """The lock (deploy/requirements.lock, installed by the image) pins the runtime dependencies of pyproject.toml
+    and what they pull in, nothing else, each at a version every requirement on it allows. Run deploy/lock.sh when
+    this fails."""
+    pins = locked_pins()
+    assert all(str(pin.specifier).startswith("==") and not pin.extras for pin in pins.values())
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dependency in map(Requirement, dependencies):
-        name = re.sub(r"[-_.]+", "-", dependency.name).lower()
-        assert name in lock, f"{name} is not in deploy/requirements.lock: run deploy/lock.sh"
-        assert dependency.specifier.contains(lock[name]), f"{name}=={lock[name]} is not {dependency.specifier}"
-    assert "pytest" not in lock
-    assert "annotation-proxy" not in lock
+    closure = runtime_closure([Requirement(text) for text in dependencies])
+    here = {name for name, pin in pins.items() if pin.marker is None or pin.marker.evaluate()}
+    assert set(closure) - set(pins) == set(), "required, not in the lock: run deploy/lock.sh"
+    assert here - set(closure) == set(), "locked, not required by pyproject.toml: run deploy/lock.sh"
+    for name, requirements in closure.items():
+        version = str(pins[name].specifier).removeprefix("==")
+        for requirement in requirements:
+            assert requirement.specifier.contains(version, prereleases=True), f"{name}=={version}: {requirement}"
+    assert "pytest" not in pins
+    assert "annotation-proxy" not in pins
+
+
+def test_the_suite_runs_the_locked_versions() -> None:
+    """make installs .venv with the lock as its constraints: the tests exercise the versions the image ships."""
+    for name, pin in locked_pins().items():
+        if pin.marker is None or pin.marker.evaluate():
+            assert pin.specifier.contains(importlib.metadata.version(name)), f"{name}: make installs with the lock"
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------------------------
