@@ -13,7 +13,8 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 # The pinned dependencies first: this layer stays cached while only the proxy's code changes.
 COPY deploy/requirements.lock ./
-RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: --requirement requirements.lock
+# --no-deps: the lock is the whole set; `pip check` below fails the build if it is not.
+RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: --no-deps --requirement requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 # The proxy as a wheel, installed without resolving anything again: the lock decided every version.
@@ -27,9 +28,15 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="annotation-proxy" \
       org.opencontainers.image.description="Caching reverse proxy for Label Studio's GET /api/annotations/{id}/" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 10001 proxy \
-    && useradd --system --uid 10001 --gid proxy --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin proxy
+# Not "proxy": Debian's base-passwd already has a user and a group of that name (uid and gid 13), in every
+# Debian-based image. The base's own pip, setuptools and wheel go too (python:*-slim has them; a Debian
+# python3 has none): the final image installs nothing.
+RUN groupadd --gid 10001 annotation-proxy \
+    && useradd --uid 10001 --gid annotation-proxy --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin annotation-proxy \
+    && if python -m pip --version >/dev/null 2>&1; then \
+         python -m pip uninstall --yes --quiet pip setuptools wheel; \
+       fi
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -41,8 +41,8 @@ from proxy.app import CACHE_BREAKER_COOLDOWN, UPSTREAM_BREAKER_COOLDOWN
 from tests.conftest import CLIENT_KEY, ServerFactory
 from tests.fakes.label_studio import LS_VERSION, FakeLabelStudio, drf_json
 from tests.metrics_text import parse_metrics
+from tests.processes import wait_until_healthy
 from tests.redis_server import free_port, running_redis
-from tests.test_process import wait_until_healthy
 
 UPSTREAM_TIMEOUT = 1.0  # PROXY_UPSTREAM_TIMEOUT of the proxies here: a hanging Label Studio costs one second
 CACHE_TTL = 0.5  # PROXY_CACHE_TTL, with PROXY_STALE_TTL=0: a cached copy soon needs Label Studio again

@@ -13,24 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import CLIENT_KEY
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.processes import START_TIMEOUT, wait_until_healthy
 from tests.redis_server import free_port
-
-START_TIMEOUT = 30.0
-
-
-async def wait_until_healthy(base: str, process: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(START_TIMEOUT / 0.05)):
-            if process.returncode is not None:
-                raise AssertionError(f"the proxy exited with {process.returncode}")
-            try:
-                async with session.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)  # polling for start-up, not a timing assertion
-    raise AssertionError("the proxy did not become healthy")
 
 
 async def test_the_process_serves_annotations_and_logs_its_configuration_masked(

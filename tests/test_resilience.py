@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from proxy.keys import SERVICE
 from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.processes import wait_until_healthy
 from tests.redis_server import free_port, running_redis
 from tests.samples import encode, sample
-from tests.test_process import wait_until_healthy
 
 TTL = 300.0
 STALE_TTL = 60.0
