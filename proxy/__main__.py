@@ -49,7 +49,12 @@ def main() -> int:
     except OSError as exc:
         log.exception(
             "cannot listen",
-            extra={"host": settings.proxy_host, "port": settings.proxy_port, "error": str(exc)},
+            extra={
+                "host": settings.proxy_host,
+                "port": settings.proxy_port,
+                "metrics_port": settings.proxy_metrics_port,
+                "error": str(exc),
+            },
         )
         return 1
     log.info("stopped")

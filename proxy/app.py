@@ -36,6 +36,7 @@ from proxy.keys import (
 )
 from proxy.logs import redact_aiohttp_parser_errors
 from proxy.metrics import Metrics
+from proxy.ops_listener import ops_listener_ctx
 from proxy.readiness import Readiness
 from proxy.render import LiveBodies
 from proxy.routes import edge, setup_routes
@@ -77,12 +78,16 @@ def create_app(
     app[CLOCK] = clock
     app[LIVE_BODIES] = LiveBodies()
     app[MONOTONIC] = monotonic
+    app[READINESS] = Readiness(
+        app[METRICS], backend="redis" if settings.redis_url else "memory", interval=settings.proxy_check_interval
+    )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings, app[METRICS], app[MONOTONIC])
         yield
         await app[STORE].close()
 
+    app.cleanup_ctx.append(ops_listener_ctx)  # first up, last down: it says "starting" and "shutting down"
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(service_ctx)
@@ -188,7 +193,8 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
     service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], hot=hot)
     app[SERVICE] = service
-    app[READINESS] = Readiness(app[STORE], app[UPSTREAM], app[METRICS], clock=app[MONOTONIC])
     service.start()
+    app[READINESS].start(app[STORE], app[UPSTREAM])
     yield
+    await app[READINESS].close()
     await service.close()

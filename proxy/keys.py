@@ -30,9 +30,9 @@ MONOTONIC = web.AppKey[Callable[[], float]]("monotonic")  # for intervals; tests
 
 # Per request: the id that ties the access log, the upstream request and the caller's logs together.
 REQUEST_ID = web.RequestKey("request_id", str)
-
-# Per response: how the cache answered, for the access log line.
-CACHE_RESULT = web.ResponseKey("cache_result", str)
+# Per request: how the cache answered an annotation lookup (proxy.metrics.CACHE_RESULTS), for the access log and
+# the request duration histogram. Unset for requests that look nothing up.
+CACHE_RESULT = web.RequestKey("cache_result", str)
 
 __all__ = [
     "ADMIN_KEYS",

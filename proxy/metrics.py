@@ -19,7 +19,13 @@ from prometheus_client import (
 
 PREFIX = "annotation_proxy"
 
-CACHE_RESULTS = ("hit", "miss", "stale", "negative_hit")
+# How the cache answered an annotation request; stale_if_error: a cached copy instead of a Label Studio error.
+CACHE_RESULTS = ("hit", "miss", "stale", "stale_if_error", "negative_hit")
+# The request duration histogram's cache label: a CACHE_RESULTS value, or none for requests that look nothing
+# up (other routes, and annotation requests refused before the lookup).
+REQUEST_CACHE_LABELS = (*CACHE_RESULTS, "none")
+# What the background dependency check watches (proxy.readiness); redis only when REDIS_URL is set.
+DEPENDENCIES = ("label_studio", "redis")
 UPSTREAM_OUTCOMES = (
     "ok",
     "not_found",
@@ -40,7 +46,22 @@ WEBHOOK_ACTIONS = (
     "other",
 )
 WEBHOOK_OUTCOMES = ("applied", "ignored", "unauthorized", "invalid", "cache_error")
-ROUTES = ("annotation", "webhook", "purge", "metrics", "healthz", "readyz", "unmatched")
+ROUTES = ("annotation", "webhook", "purge", "metrics", "healthz", "readyz", "openapi", "unmatched")
+TOKEN_REFRESH_OUTCOMES = ("ok", "rejected", "error")
+# (route, method, status) of the ordinary answers, created up front like every other label value.
+USUAL_ANSWERS = (
+    ("annotation", "GET", "200"),
+    ("annotation", "GET", "304"),
+    ("annotation", "GET", "404"),
+    ("webhook", "POST", "200"),
+    ("purge", "DELETE", "204"),
+    ("metrics", "GET", "200"),
+    ("healthz", "GET", "200"),
+    ("readyz", "GET", "200"),
+    ("readyz", "GET", "503"),
+    ("openapi", "GET", "200"),
+    ("unmatched", "GET", "404"),
+)
 
 # From 100 µs (a hit served from memory) to 10 s (the default upstream timeout).
 LATENCY_BUCKETS = (
@@ -81,22 +102,24 @@ class Metrics:
     upstream_circuit_state: Gauge
     upstream_retries: Counter
     upstream_waiting: Gauge
+    dependency_up: Gauge
+    credentials_refused: Gauge
     build_info: Gauge
     # The hot path's label children, looked up once: ``labels()`` costs more than the increment itself.
-    _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(
+    _request_children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _cache_children: dict[str, Counter] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+    def request_done(self, route: str, method: str, status: int, cache: str, seconds: float) -> None:
         """Count one answered HTTP request and its duration. Labels are bounded by the caller (route names,
-        known methods, status codes)."""
-        key = (route, method, status)
+        known methods, status codes, :data:`REQUEST_CACHE_LABELS`)."""
+        key = (route, method, status, cache)
         children = self._request_children.get(key)
         if children is None:
             children = (
                 self.http_requests.labels(route=route, method=method, status=str(status)),
-                self.http_duration.labels(route=route),
+                self.http_duration.labels(route=route, cache=cache),
             )
             self._request_children[key] = children
         children[0].inc()
@@ -108,6 +131,28 @@ class Metrics:
         if child is None:
             child = self._cache_children[result] = self.cache_requests.labels(result=result)
         child.inc()
+
+    def _create_label_values(self) -> None:
+        """Every label value up front, so that a dashboard sees zeros and rate() works from the first scrape."""
+        for result in CACHE_RESULTS:
+            self.cache_requests.labels(result=result)
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream_requests.labels(outcome=outcome)
+        for outcome in TOKEN_REFRESH_OUTCOMES:
+            self.token_refreshes.labels(outcome=outcome)
+        for operation in CACHE_OPERATIONS:
+            self.cache_errors.labels(operation=operation)
+        for outcome in REVALIDATION_OUTCOMES:
+            self.revalidations.labels(outcome=outcome)
+        for action in WEBHOOK_ACTIONS:
+            for webhook_outcome in WEBHOOK_OUTCOMES:
+                self.webhook_events.labels(action=action, outcome=webhook_outcome)
+        for route in ROUTES:
+            for cache in REQUEST_CACHE_LABELS if route == "annotation" else ("none",):
+                self.http_duration.labels(route=route, cache=cache)
+        # The status label is open (any status a route answers); its usual values exist from the start.
+        for route, method, status in USUAL_ANSWERS:
+            self.http_requests.labels(route=route, method=method, status=status)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, version: str, process_metrics: bool = True) -> Metrics:
@@ -148,8 +193,8 @@ class Metrics:
             ),
             http_duration=Histogram(
                 f"{PREFIX}_http_request_duration_seconds",
-                "Time from request to response, by route.",
-                ["route"],
+                "Time from request to response, by route and by how the cache answered (none: no lookup).",
+                ["route", "cache"],
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),
@@ -202,6 +247,17 @@ class Metrics:
                 "Requests waiting for one of the PROXY_UPSTREAM_MAX_CONNECTIONS slots to Label Studio.",
                 registry=registry,
             ),
+            dependency_up=Gauge(
+                f"{PREFIX}_dependency_up",
+                "1 if the last background check of the dependency passed, 0 if it failed (PROXY_CHECK_INTERVAL).",
+                ["dependency"],
+                registry=registry,
+            ),
+            credentials_refused=Gauge(
+                f"{PREFIX}_label_studio_credentials_refused",
+                "1 if Label Studio refused the proxy's credentials at the last background check, else 0.",
+                registry=registry,
+            ),
             build_info=Gauge(
                 f"{PREFIX}_build_info",
                 "Always 1; the proxy's version as a label.",
@@ -211,14 +267,5 @@ class Metrics:
         )
         metrics.build_info.labels(version=version).set(1)
         metrics.cache_available.set(1)
-        for result in CACHE_RESULTS:
-            metrics.cache_requests.labels(result=result)
-        for outcome in UPSTREAM_OUTCOMES:
-            metrics.upstream_requests.labels(outcome=outcome)
-        for operation in CACHE_OPERATIONS:
-            metrics.cache_errors.labels(operation=operation)
-        for outcome in REVALIDATION_OUTCOMES:
-            metrics.revalidations.labels(outcome=outcome)
-        for route in ROUTES:
-            metrics.http_duration.labels(route=route)
+        metrics._create_label_values()
         return metrics

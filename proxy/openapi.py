@@ -87,7 +87,7 @@ def _schemas() -> dict[str, Schema]:
         "type": "object",
         "required": ["status"],
         "properties": {
-            "status": {"enum": ["ok", "failing"]},
+            "status": {"enum": ["ok", "failing", "pending"]},
             "error": {"type": "string"},
             "backend": {"type": "string"},
         },
@@ -97,10 +97,11 @@ def _schemas() -> dict[str, Schema]:
         "type": "object",
         "required": ["status", "checks"],
         "properties": {
-            "status": {"enum": ["ready", "degraded", "not ready", "shutting down"]},
+            "status": {"enum": ["ready", "degraded", "starting", "shutting down"]},
             "checks": {
                 "type": "object",
-                "description": "`cache` and `label_studio` (none while shutting down).",
+                "description": "`cache` and `label_studio`: the last background check of each (`pending` before "
+                "the first).",
                 "properties": {"cache": check, "label_studio": check},
                 "additionalProperties": False,
             },
@@ -340,13 +341,14 @@ def _paths() -> dict[str, Schema]:
         "/readyz": _plain(
             "readyz",
             "Readiness",
-            "Label Studio accepts the proxy's credentials and the cache answers. Checks are shared: one runs at a "
-            "time, and its report is reused for 2 s.",
+            "Whether this replica can serve: 503 only while it starts or shuts down. Label Studio and the cache are "
+            "checked in the background every PROXY_CHECK_INTERVAL seconds; a failing one makes the answer "
+            "`degraded`, still 200 (cached annotations are still served).",
             {
-                "200": _with_request_id({"description": "`ready`, or `degraded` (the cache fails).", **readiness}),
-                "503": _with_request_id(
-                    {"description": "`not ready` (Label Studio fails) or `shutting down`.", **readiness}
+                "200": _with_request_id(
+                    {"description": "`ready`, or `degraded` (Label Studio or the cache fails).", **readiness}
                 ),
+                "503": _with_request_id({"description": "`starting` or `shutting down`.", **readiness}),
             },
         ),
         "/metrics": _plain(

@@ -1,28 +1,35 @@
-"""Readiness for ``/readyz``: does Label Studio accept the proxy's credentials, and does the cache answer?
+"""Readiness (``/readyz``) and the background checks of the proxy's dependencies.
 
-Ready means the proxy can answer: Label Studio must answer. The cache only makes answers cheaper: when it fails
-the proxy is *degraded* (still ready: it serves from Label Studio, and a failing Redis must not take every replica
-out of service at once). While shutting down the proxy is not ready, so load balancers stop sending requests.
+Readiness says whether *this replica* can serve, not whether a shared dependency is healthy. A Label Studio
+that does not answer, or refuses the proxy's credentials, and a failing Redis hit every replica alike: taking
+them all out of service at once would turn an outage that the cache hides (hits, stale-if-error copies) into
+connection errors for every caller. So ``/readyz`` is 503 only while the process is starting or shutting down;
+otherwise 200, ``ready`` or ``degraded`` with the failing checks named.
 
-``/readyz`` needs no key, so anyone who reaches the port may call it as often as they like. The checks are
-therefore shared: one runs at a time, and its report is reused for ``interval`` seconds, so probes cost Label
-Studio at most one request per interval however many arrive.
+The checks run in the background every ``interval`` seconds (``PROXY_CHECK_INTERVAL``), not per probe: probes
+cost nothing and can come as often as anyone likes, and the gauges ``annotation_proxy_dependency_up`` and
+``annotation_proxy_label_studio_credentials_refused`` stay current with nobody probing. Alerts read those.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from proxy.cache import AnnotationStore
 from proxy.errors import CacheError, ProxyError, UpstreamAuthRejected
 from proxy.metrics import Metrics
 
+log = logging.getLogger("proxy.readiness")
+
 CHECK_TIMEOUT = 5.0
-REPORT_INTERVAL = 2.0
+PROBE_REQUEST_ID = "readiness-check"
+
+Status = Literal["starting", "ready", "degraded", "shutting down"]
 
 
 class CredentialCheck(Protocol):
@@ -31,7 +38,7 @@ class CredentialCheck(Protocol):
 
 @dataclass(frozen=True)
 class Report:
-    status: str  # "ready", "degraded" (ready, but the cache fails), "not ready" or "shutting down"
+    status: Status
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -52,64 +59,100 @@ def _why(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+PENDING = {"status": "pending"}
+
+
+async def failure_of(check: Awaitable[None]) -> Exception | None:
+    """What made ``check`` fail within :data:`CHECK_TIMEOUT`, or None if it passed."""
+    try:
+        await asyncio.wait_for(check, CHECK_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure is the check's answer
+        return exc
+    return None
+
+
+def as_check(failure: Exception | None) -> dict[str, str]:
+    return {"status": "ok"} if failure is None else {"status": "failing", "error": _why(failure)}
+
+
 class Readiness:
-    def __init__(
-        self,
-        store: AnnotationStore,
-        upstream: CredentialCheck,
-        metrics: Metrics,
-        *,
-        interval: float = REPORT_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._store = store
-        self._upstream = upstream
+    """The replica's state (starting, serving, shutting down) and the last result of each dependency check."""
+
+    def __init__(self, metrics: Metrics, *, backend: str, interval: float) -> None:
         self._metrics = metrics
+        self._backend = backend
         self._interval = interval
-        self._clock = clock
-        self._last: tuple[float, Report] | None = None
-        self._running: asyncio.Task[Report] | None = None
-        self._shutting_down = False
+        self._store: AnnotationStore | None = None
+        self._upstream: CredentialCheck | None = None
+        self._state: Literal["starting", "serving", "shutting down"] = "starting"
+        self._checks: dict[str, dict[str, str]] = {
+            "cache": {**PENDING, "backend": backend},
+            "label_studio": dict(PENDING),
+        }
+        self._task: asyncio.Task[None] | None = None
+        self._failing: set[str] = set()
+
+    def start(self, store: AnnotationStore, upstream: CredentialCheck) -> None:
+        """The store and the upstream client are set up: this replica can serve. Checks start now, then run
+        every ``interval`` seconds until :meth:`close`."""
+        self._store, self._upstream = store, upstream
+        self._state = "serving"
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dependency-checks")
 
     def shutting_down(self) -> None:
         """From now on, not ready: the process is stopping."""
-        self._shutting_down = True
+        self._state = "shutting down"
 
-    async def report(self, request_id: str) -> Report:
-        if self._shutting_down:
-            return Report("shutting down")
-        if self._last is not None and self._clock() - self._last[0] < self._interval:
-            return self._last[1]
-        if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._check(request_id))
-        return await asyncio.shield(self._running)  # a prober that hangs up does not cancel the others' check
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    async def _check(self, request_id: str) -> Report:
-        async def cache() -> None:
-            try:
-                await self._store.ping()
-            except CacheError:
-                self._metrics.cache_errors.labels(operation="ping").inc()
-                raise
+    def report(self) -> Report:
+        if self._state != "serving":
+            return Report("starting" if self._state == "starting" else "shutting down", self._checks)
+        failing = any(check["status"] == "failing" for check in self._checks.values())
+        return Report("degraded" if failing else "ready", self._checks)
 
-        results = await asyncio.gather(
-            asyncio.wait_for(cache(), CHECK_TIMEOUT),
-            asyncio.wait_for(self._upstream.check_credentials(request_id), CHECK_TIMEOUT),
-            return_exceptions=True,
+    async def check(self) -> None:
+        """Run both checks once, and publish the result (report, gauges, a log line on each change)."""
+        if self._store is None or self._upstream is None:
+            raise RuntimeError("Readiness.check() before start()")
+        cache, label_studio = await asyncio.gather(
+            failure_of(self._ping(self._store)), failure_of(self._upstream.check_credentials(PROBE_REQUEST_ID))
         )
-        checks: dict[str, dict[str, str]] = {}
-        for name, result in zip(("cache", "label_studio"), results, strict=True):
-            if isinstance(result, BaseException):
-                checks[name] = {"status": "failing", "error": _why(result)}
-            else:
-                checks[name] = {"status": "ok"}
-        checks["cache"]["backend"] = self._store.name
-        if checks["label_studio"]["status"] != "ok":
-            status = "not ready"
-        elif checks["cache"]["status"] != "ok":
-            status = "degraded"
-        else:
-            status = "ready"
-        report = Report(status, checks)
-        self._last = (self._clock(), report)
-        return report
+        self._checks = {
+            "cache": {**as_check(cache), "backend": self._backend},
+            "label_studio": as_check(label_studio),
+        }
+        up = self._metrics.dependency_up
+        up.labels(dependency="label_studio").set(0 if label_studio else 1)
+        self._metrics.credentials_refused.set(1 if isinstance(label_studio, UpstreamAuthRejected) else 0)
+        if self._backend == "redis":
+            up.labels(dependency="redis").set(0 if cache else 1)
+        self._log_changes()
+
+    async def _ping(self, store: AnnotationStore) -> None:
+        try:
+            await store.ping()
+        except CacheError:
+            self._metrics.cache_errors.labels(operation="ping").inc()
+            raise
+
+    def _log_changes(self) -> None:
+        failing = {name for name, check in self._checks.items() if check["status"] == "failing"}
+        for name in sorted(failing - self._failing):
+            log.warning("dependency check failing", extra={"check": name, "error": self._checks[name]["error"]})
+        for name in sorted(self._failing - failing):
+            log.info("dependency check passing again", extra={"check": name})
+        self._failing = failing
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # pragma: no cover - a bug in the check must not end the checking
+                log.exception("dependency check crashed")
+            await asyncio.sleep(self._interval)

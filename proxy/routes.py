@@ -141,13 +141,14 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     elapsed = time.perf_counter() - started
     route = request.match_info.route.name or "unmatched"
     method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    request.app[METRICS].request_done(route, method, response.status, elapsed)
+    cache = request.get(CACHE_RESULT)
+    request.app[METRICS].request_done(route, method, response.status, cache or "none", elapsed)
     ACCESS_LOG(
         method=method,
         route=route,
         path=request.path[:256],
         status=response.status,
-        cache=response.get(CACHE_RESULT),
+        cache=cache,
         duration_ms=round(elapsed * 1000, 3),
         request_id=request_id,
     )
@@ -205,7 +206,12 @@ async def get_annotation(request: web.Request) -> web.Response:
     scope = request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
     annotation_id = id_from_path(request)
     expand = wants_expanded(request.query.getall("expand", []))
-    served = await request.app[SERVICE].lookup(annotation_id, expand=expand, request_id=request[REQUEST_ID])
+    try:
+        served = await request.app[SERVICE].lookup(annotation_id, expand=expand, request_id=request[REQUEST_ID])
+    except ProxyError:
+        request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
+        raise
+    request[CACHE_RESULT] = served.result
     if scope is not None and served.entry is not None and served.entry.project not in scope:
         raise AnnotationNotFound()  # the same answer as for an id that does not exist
     headers = {"Cache-Status": served.cache_status}
@@ -221,7 +227,6 @@ async def get_annotation(request: web.Request) -> web.Response:
             headers[hdrs.CONTENT_TYPE] = JSON
             now_us = int(request.app[CLOCK]() * 1_000_000)
             response = web.Response(body=request.app[LIVE_BODIES].body(entry, now_us), headers=headers)
-    response[CACHE_RESULT] = served.result
     return response
 
 
@@ -265,8 +270,10 @@ async def openapi_endpoint(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the cache answers (when it is Redis) and Label Studio accepts the proxy's credentials."""
-    report = await request.app[READINESS].report(request[REQUEST_ID])
+    """Readiness of this replica: 503 only while starting or shutting down; a failing Label Studio or Redis makes
+    it ``degraded``, still 200 (proxy/readiness.py says why). Costs no request to anyone: the checks run in the
+    background."""
+    report = request.app[READINESS].report()
     return web.json_response(report.body(), status=200 if report.ready else 503)
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("proxy.service")
 # credentials are answers, not failures: they are never hidden.
 UNAVAILABLE = (UpstreamTimeout, UpstreamUnavailable, UpstreamBadStatus)
 
-CacheResult = Literal["hit", "miss", "stale", "negative_hit"]
+CacheResult = Literal["hit", "miss", "stale", "stale_if_error", "negative_hit"]
 
 CACHE_NAME = "annotation-proxy"
 
@@ -125,6 +125,8 @@ def cache_status(
 
 HIT = cache_status(hit=True)
 NEGATIVE_HIT = cache_status(hit=True, detail="negative")
+STALE = cache_status(hit=True, detail="stale")
+STALE_IF_ERROR = cache_status(hit=True, detail="stale-if-error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,6 @@ class Served:
     result: CacheResult
     stored: bool = False  # a miss whose answer the cache now holds
     collapsed: bool = False  # this request waited for another request's fetch
-    because_of_error: bool = False  # a stale version served because Label Studio failed (stale-if-error)
 
     @property
     def cache_status(self) -> str:
@@ -144,7 +145,9 @@ class Served:
         if self.result == "negative_hit":
             return NEGATIVE_HIT
         if self.result == "stale":
-            return cache_status(hit=True, detail="stale-if-error" if self.because_of_error else "stale")
+            return STALE
+        if self.result == "stale_if_error":
+            return STALE_IF_ERROR
         return cache_status(
             fwd_status=404 if self.entry is None else 200,
             stored=self.stored,
@@ -441,7 +444,7 @@ class AnnotationService:
                 "age_s": self._clock() - cached.stored_at,
             },
         )
-        return Served(cached, "stale", because_of_error=True)
+        return Served(cached, "stale_if_error")
 
     def _fresh(self, cached: Lookup) -> Served | None:
         """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""

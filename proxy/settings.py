@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
     proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Operations: a second listener with /metrics, /healthz and /readyz only; the dependency checks.
+    proxy_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod; serves no annotation
+    proxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    proxy_check_interval: float = Field(default=10.0, ge=0.05, le=300)
+
     @field_validator("label_studio_url")
     @classmethod
     def _plain_base_url(cls, url: HttpUrl) -> HttpUrl:
@@ -170,6 +175,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _two_listeners_apart(self) -> Settings:
+        if self.proxy_metrics_port != self.proxy_port:
+            return self
+        wildcards = {"0.0.0.0", "::", ""}  # noqa: S104
+        if self.proxy_metrics_host == self.proxy_host or {self.proxy_metrics_host, self.proxy_host} & wildcards:
+            raise ValueError("PROXY_METRICS_PORT must differ from PROXY_PORT (or listen on another address)")
+        return self
+
+    @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
         open_door = not self.client_keys() and not self.proxy_allow_anonymous
         if open_door and not is_loopback_host(self.proxy_host):
@@ -226,6 +240,10 @@ class Settings(BaseSettings):
             "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",
             "webhooks": "on" if self.proxy_webhook_secret else "off",
             "proxy_webhook_max_bytes": self.proxy_webhook_max_bytes,
+            "proxy_log_level": self.proxy_log_level,
+            "proxy_metrics_host": self.proxy_metrics_host,
+            "proxy_metrics_port": self.proxy_metrics_port,
+            "proxy_check_interval": self.proxy_check_interval,
         }
 
 

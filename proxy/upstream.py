@@ -268,10 +268,24 @@ class LabelStudioClient:
             await asyncio.sleep(self._pause(retries))
 
     async def check_credentials(self, request_id: str) -> None:
-        """Raise unless Label Studio answers and accepts the proxy's credentials (used by /readyz)."""
-        reply = await self.fetch_annotation(PROBE_ANNOTATION_ID, expand=False, request_id=request_id)
+        """Raise unless Label Studio answers and accepts the proxy's credentials (the background dependency
+        check, proxy/readiness.py).
+
+        One request for an id that never exists (a second after renewing a rejected access token), outside the
+        breaker, the connection slots, the retries and the annotation metrics: the check watches Label Studio,
+        it is not annotation traffic, and it must see a recovered Label Studio while the breaker is still open.
+        """
+        url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
+        authorization = await self._credentials.authorization()
+        reply = await self._get(url, authorization, request_id, counted=False)
+        if reply.status in (401, 403) and self._credentials.invalidate(authorization):
+            reply = await self._get(url, await self._credentials.authorization(), request_id, counted=False)
+        if reply.status in (401, 403):
+            raise UpstreamAuthRejected(upstream_status=reply.status)
         if reply.status != 404:
-            raise UpstreamBadStatus(f"Label Studio answered HTTP {reply.status} to the probe.")
+            raise UpstreamBadStatus(
+                f"Label Studio answered HTTP {reply.status} to the check.", upstream_status=reply.status
+            )
 
     async def _attempt(self, url: URL, request_id: str) -> tuple[UpstreamReply, str]:
         """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
@@ -316,7 +330,7 @@ class LabelStudioClient:
         pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
         return pause
 
-    async def _get(self, url: URL, authorization: str, request_id: str) -> UpstreamReply:
+    async def _get(self, url: URL, authorization: str, request_id: str, *, counted: bool = True) -> UpstreamReply:
         headers = {
             hdrs.AUTHORIZATION: authorization,
             hdrs.ACCEPT: "application/json",
@@ -353,8 +367,9 @@ class LabelStudioClient:
             outcome = "too_large"
             raise
         finally:
-            self._metrics.upstream_requests.labels(outcome=outcome).inc()
-            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+            if counted:
+                self._metrics.upstream_requests.labels(outcome=outcome).inc()
+                self._metrics.upstream_duration.observe(time.perf_counter() - started)
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes

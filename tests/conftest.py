@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 
 from proxy.app import create_app
+from proxy.keys import READINESS
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.redis_server import (
@@ -138,7 +139,10 @@ def make_proxy(
         fields.update(overrides)
         settings = Settings(**fields)
         registry = CollectorRegistry()
-        client = await aiohttp_client(create_app(settings, registry=registry, clock=clock, monotonic=steady))
+        app = create_app(settings, registry=registry, clock=clock, monotonic=steady)
+        client = await aiohttp_client(app)
+        # The first dependency check runs at start-up (proxy/readiness.py); tests begin once it is done.
+        await wait_until(lambda: app[READINESS].report().checks["label_studio"]["status"] != "pending")
         return Proxy(client, registry, fake_ls, settings, upstream)
 
     return start

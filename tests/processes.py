@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
+from aiohttp import web
 
 START_TIMEOUT = 30.0
 
@@ -23,3 +26,15 @@ async def wait_until_healthy(base: str, process: asyncio.subprocess.Process) -> 
                 pass
             await asyncio.sleep(0.05)  # polling for start-up, not a timing assertion
     raise AssertionError("the proxy did not become healthy")
+
+
+@asynccontextmanager
+async def serving(app: web.Application, port: int, host: str = "127.0.0.1") -> AsyncIterator[None]:
+    """``app`` listening on ``host:port`` (a fixed port: a server back where it was) until the block ends."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        await runner.cleanup()

@@ -8,11 +8,15 @@ import logging
 
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.keys import READINESS
 from proxy.logs import JsonFormatter
-from tests.conftest import Proxy, ProxyFactory
+from proxy.metrics import Metrics
+from proxy.readiness import Readiness
+from tests.conftest import Proxy, ProxyFactory, wait_until
+from tests.processes import serving
 from tests.redis_server import free_port
 
 
@@ -34,48 +38,71 @@ async def test_ready_when_redis_answers_and_label_studio_accepts_the_credentials
         "status": "ready",
         "checks": {"cache": {"status": "ok", "backend": "redis"}, "label_studio": {"status": "ok"}},
     }
-    (probe,) = proxy.fake.annotation_gets()
-    assert probe.path == "/api/annotations/0/"
+    (check,) = proxy.fake.checks
+    assert check.path == "/api/annotations/0/"
+    assert proxy.metric("dependency_up", dependency="label_studio") == 1
+    assert proxy.metric("dependency_up", dependency="redis") == 1
+    assert proxy.metric("label_studio_credentials_refused") == 0
 
 
-async def test_not_ready_when_label_studio_rejects_the_credentials(make_proxy: ProxyFactory) -> None:
+async def test_still_ready_but_degraded_when_label_studio_rejects_the_credentials(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy(label_studio_api_key="e" * 40)
     response = await proxy.client.get("/readyz")
-    assert response.status == 503
+    assert response.status == 200  # the cached annotations can still be served
     body = await response.json()
-    assert body["status"] == "not ready"
+    assert body["status"] == "degraded"
     assert body["checks"]["cache"] == {"status": "ok", "backend": "memory"}
     assert body["checks"]["label_studio"]["status"] == "failing"
     assert "LABEL_STUDIO_API_KEY" in body["checks"]["label_studio"]["error"]
     assert "e" * 40 not in await response.text()
+    assert proxy.metric("dependency_up", dependency="label_studio") == 0
+    assert proxy.metric("label_studio_credentials_refused") == 1
 
 
-async def test_not_ready_when_label_studio_is_unreachable(make_proxy: ProxyFactory) -> None:
+async def test_still_ready_but_degraded_when_label_studio_is_unreachable(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy(label_studio_url=f"http://127.0.0.1:{free_port()}/")
     response = await proxy.client.get("/readyz")
-    assert response.status == 503
-    assert (await response.json())["checks"]["label_studio"] == {
-        "status": "failing",
-        "error": "Label Studio could not be reached.",
-    }
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["label_studio"] == {"status": "failing", "error": "Label Studio could not be reached."}
+    assert proxy.metric("dependency_up", dependency="label_studio") == 0
+    assert proxy.metric("label_studio_credentials_refused") == 0
+    # The check is not annotation traffic: it neither opens the breaker nor shows in the upstream counters.
+    assert proxy.metric("upstream_requests_total", outcome="connection_error") == 0
+    assert proxy.metric("upstream_circuit_state", state="closed") == 1
 
 
-async def test_not_ready_when_the_url_does_not_lead_to_label_studios_api(
+async def test_degraded_when_the_url_does_not_lead_to_label_studios_api(
     make_proxy: ProxyFactory, upstream: TestServer
 ) -> None:
     proxy = await make_proxy(label_studio_url=str(upstream.make_url("/wrong-prefix/")))
     response = await proxy.client.get("/readyz")
-    assert response.status == 503
+    assert response.status == 200
     assert "LABEL_STUDIO_URL" in (await response.json())["checks"]["label_studio"]["error"]
 
 
-async def test_readiness_probes_are_shared_and_reused(make_proxy: ProxyFactory) -> None:
+async def test_readiness_probes_cost_label_studio_nothing(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy()
     responses = await asyncio.gather(*(proxy.client.get("/readyz") for _ in range(20)))
     assert {r.status for r in responses} == {200}
-    for _ in range(5):
-        assert (await proxy.client.get("/readyz")).status == 200
-    assert len(proxy.fake.annotation_gets()) == 1  # one probe of Label Studio for 25 readiness requests
+    assert len(proxy.fake.checks) == 1  # the start-up check; the probes read its result
+    assert proxy.fake.requests == []
+
+
+async def test_the_checks_run_in_the_background_and_follow_label_studio(
+    make_proxy: ProxyFactory, upstream: TestServer
+) -> None:
+    proxy = await make_proxy(proxy_check_interval=0.05)
+    await wait_until(lambda: len(proxy.fake.checks) >= 3)  # nobody probed: the checks ran by themselves
+    port = upstream.port
+    await upstream.close()
+    await wait_until(lambda: proxy.metric("dependency_up", dependency="label_studio") == 0)
+    assert (await (await proxy.client.get("/readyz")).json())["status"] == "degraded"
+    async with serving(proxy.fake.app(), port):
+        await wait_until(lambda: proxy.metric("dependency_up", dependency="label_studio") == 1)
+        response = await proxy.client.get("/readyz")
+        assert (response.status, (await response.json())["status"]) == (200, "ready")
 
 
 async def test_degraded_but_ready_when_redis_is_down(make_proxy: ProxyFactory) -> None:
@@ -88,6 +115,20 @@ async def test_degraded_but_ready_when_redis_is_down(make_proxy: ProxyFactory) -
     assert body["checks"]["cache"]["backend"] == "redis"
     assert body["checks"]["label_studio"] == {"status": "ok"}
     assert proxy.metric("cache_errors_total", operation="ping") == 1
+    assert proxy.metric("dependency_up", dependency="redis") == 0
+    assert proxy.metric("dependency_up", dependency="label_studio") == 1
+
+
+async def test_not_ready_while_starting_and_while_shutting_down(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    readiness = proxy.client.app[READINESS]
+    fresh = Readiness(Metrics.create(CollectorRegistry(), version="test"), backend="memory", interval=1.0)
+    assert (fresh.report().status, fresh.report().ready) == ("starting", False)
+    await proxy.client.app.shutdown()  # what SIGTERM runs first
+    response = await proxy.client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["status"] == "shutting down"
+    assert readiness.report().ready is False
 
 
 async def served(proxy: Proxy) -> None:

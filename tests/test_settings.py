@@ -81,6 +81,9 @@ def test_missing_settings_are_named_in_one_line() -> None:
         ("PROXY_STALE_TTL", "-5", "PROXY_STALE_TTL"),
         ("PROXY_WEBHOOK_SECRET", "short", "PROXY_WEBHOOK_SECRET"),
         ("PROXY_ADMIN_KEYS", "short", "PROXY_ADMIN_KEYS"),
+        ("PROXY_METRICS_PORT", "0", "PROXY_METRICS_PORT"),
+        ("PROXY_METRICS_PORT", "8080", "PROXY_METRICS_PORT must differ from PROXY_PORT"),  # PROXY_PORT's default
+        ("PROXY_CHECK_INTERVAL", "0", "PROXY_CHECK_INTERVAL"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -245,3 +248,14 @@ class TestRedisTopologies:
     def test_passwords_are_percent_decoded_and_a_plus_stays_a_plus(self) -> None:
         parsed = parse_sentinel_url("redis+sentinel://:a%40b%23c@s1/svc?sentinel_password=d+e%26f")
         assert (parsed.password, parsed.sentinel_password) == ("a@b#c", "d+e&f")
+
+
+def test_the_operations_listener_may_share_the_port_on_another_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv("PROXY_METRICS_PORT", "8080")
+    monkeypatch.setenv("PROXY_METRICS_HOST", "127.0.0.2")
+    assert load_settings().proxy_metrics_port == 8080
+    monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - a wildcard overlaps every address
+    monkeypatch.setenv("PROXY_ALLOW_ANONYMOUS", "true")
+    with pytest.raises(ConfigError, match="PROXY_METRICS_PORT must differ"):
+        load_settings()

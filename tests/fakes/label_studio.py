@@ -62,6 +62,7 @@ LEGACY_DISABLED = (
     "Authentication token no longer valid: legacy token authentication has been disabled for this organization"
 )
 NOT_FOUND = "No Annotation matches the given query."
+CHECK_PATH = "/api/annotations/0/"  # what the proxy asks for to check Label Studio (proxy/upstream.py)
 
 # DRF sets these from the first authenticator (LS: TokenAuthenticationPhaseout) and, for the
 # refresh view, from simplejwt's TokenViewBase.get_authenticate_header.
@@ -194,6 +195,7 @@ class FakeLabelStudio:
         self._clock = clock
 
         self.requests: list[RecordedRequest] = []
+        self.checks: list[RecordedRequest] = []  # the proxy's dependency checks (GET /api/annotations/0/)
         self.refresh_calls = 0
 
         self._annotations: dict[int, dict[str, Any]] = {}
@@ -377,13 +379,15 @@ class FakeLabelStudio:
             query=dict(request.query),
             headers={str(name): value for name, value in request.headers.items()},
         )
-        self.requests.append(recorded)
+        # The proxy's dependency check asks for id 0, which never exists: kept apart, so that what tests count is
+        # the traffic that callers caused.
+        (self.checks if request.rel_url.raw_path.endswith(CHECK_PATH) else self.requests).append(recorded)
         request[_RECORDED] = recorded
         return await handler(request)
 
     async def _annotation(self, request: web.Request) -> web.StreamResponse:
         pk = int(request.match_info["pk"])  # Django's <int:pk>: "06" is 6
-        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) and pk != 0:  # checks are never held nor failed
             canned = await self._arrive(pk, request[_RECORDED])
             if canned is not None:
                 return self._canned_response(canned)
