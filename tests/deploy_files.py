@@ -25,6 +25,8 @@ IDENTIFIER = re.compile(r"(?<![\w:$\"])[a-zA-Z_:][a-zA-Z0-9_:]*")
 # A selector of one of the proxy's metrics: name{matchers}.
 SELECTOR = re.compile(r"\b(annotation_proxy_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+# A selector of a recording rule: level:metric:operations{matchers}.
+RULE_SELECTOR = re.compile(r"(?<![\w:])([a-zA-Z_]+:[a-zA-Z0-9_]+:[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
 
 
 def require_binary(name: str) -> str:
@@ -126,3 +128,10 @@ def selectors(text: str) -> Iterator[tuple[str, str, str, str]]:
     for metric, body in SELECTOR.findall(text):
         for label, operator, value in MATCHER.findall(body):
             yield metric, label, operator, value
+
+
+def rule_selectors(text: str) -> Iterator[tuple[str, str, str, str]]:
+    """(recording rule, label, operator, value) for every label matcher on a recording rule."""
+    for rule, body in RULE_SELECTOR.findall(text):
+        for label, operator, value in MATCHER.findall(body):
+            yield rule, label, operator, value

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from proxy import metrics as proxy_metrics
 from proxy.app import create_app
 from proxy.breaker import State
+from proxy.ops_listener import create_ops_app
 from proxy.settings import Settings, is_loopback_host
 from tests.conftest import ProxyFactory, ServerFactory
 from tests.deploy_files import (
@@ -44,6 +45,7 @@ from tests.deploy_files import (
     recording_rules_used,
     require_binary,
     rule_files,
+    rule_selectors,
     rules,
     selectors,
     substitute_grafana_variables,
@@ -103,7 +105,13 @@ def known_label_values(families: list[Any]) -> dict[tuple[str, str], set[str]]:
         ("annotation_proxy_webhook_events_total", "action"): proxy_metrics.WEBHOOK_ACTIONS,
         ("annotation_proxy_webhook_events_total", "outcome"): proxy_metrics.WEBHOOK_OUTCOMES,
         ("annotation_proxy_http_requests_total", "route"): proxy_metrics.ROUTES,
+        ("annotation_proxy_http_request_duration_seconds_bucket", "route"): proxy_metrics.ROUTES,
+        ("annotation_proxy_http_request_duration_seconds_bucket", "cache"): proxy_metrics.REQUEST_CACHE_LABELS,
+        ("annotation_proxy_http_request_duration_seconds_count", "cache"): proxy_metrics.REQUEST_CACHE_LABELS,
+        ("annotation_proxy_http_request_duration_seconds_sum", "cache"): proxy_metrics.REQUEST_CACHE_LABELS,
         ("annotation_proxy_upstream_circuit_state", "state"): tuple(state.value for state in State),
+        # Set by the background checks: redis only with REDIS_URL, so a scrape need not show every value.
+        ("annotation_proxy_dependency_up", "dependency"): proxy_metrics.DEPENDENCIES,
     }
     for key, values in declared.items():
         known.setdefault(key, set()).update(values)
@@ -166,6 +174,28 @@ async def test_every_label_matcher_names_a_label_and_values_the_proxy_uses(scrap
     assert not problems, "\n".join(problems)
 
 
+def test_recording_rule_matchers_name_labels_the_rule_keeps_and_values_the_proxy_uses() -> None:
+    """A rule named level:metric:operations keeps the labels of its level (job_cache: job and cache); a matcher on
+    any other label selects nothing, and a cache value the proxy never produces selects nothing either."""
+    values = {"cache": set(proxy_metrics.REQUEST_CACHE_LABELS)}
+    problems: list[str] = []
+    matched = 0
+    for expression in expressions():
+        for rule, label, operator, value in rule_selectors(expression.text):
+            matched += 1
+            kept = set(rule.split(":")[0].split("_"))
+            if label not in kept:
+                problems.append(f"{expression.where}: {rule} keeps {sorted(kept)}, not {label!r}")
+            elif label in values and operator in ("=", "=~") and re.fullmatch(r"\w+(\|\w+)*", value):
+                problems.extend(
+                    f"{expression.where}: {rule}{{{label}={literal!r}}} never recorded"
+                    for literal in value.split("|")
+                    if literal not in values[label]
+                )
+    assert matched, "the dashboard selects recording rules by label"
+    assert not problems, "\n".join(problems)
+
+
 def test_recording_rules_used_by_the_dashboard_and_the_alerts_are_defined() -> None:
     defined = recording_rule_names()
     used = {
@@ -225,8 +255,53 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
         "annotation_proxy_cache_available",  # fail-open
         "annotation_proxy_coalesced_requests_total",
         "annotation_proxy_upstream_circuit_state",  # breaker state
+        'result="stale_if_error"',  # copies served instead of a Label Studio error
+        "annotation_proxy_dependency_up",  # the background dependency checks
+        "annotation_proxy_label_studio_credentials_refused",
     ):
         assert needed in text, needed
+
+
+def test_every_dashboard_query_selects_the_chosen_job_only() -> None:
+    """The shared service and the sidecars are scraped under jobs of their own (prometheus-kubernetes*.yml): each
+    query selects $job, so the dashboard shows either, never the two mixed."""
+    dashboard = load_dashboard()
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["name"] == "job"
+    assert variable["definition"] == "label_values(annotation_proxy_build_info, job)", "every job that runs a proxy"
+    selector = re.compile(r"(\b[a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+    unselected = [
+        f"{panel['title']}: {name}"
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+        for name, body in selector.findall(target["expr"])
+        if not name.startswith(("by", "without")) and 'job=~"$job"' not in body
+    ]
+    assert not unselected, unselected
+
+
+def test_the_dashboard_shows_hit_and_miss_latency_side_by_side_and_every_cache_result() -> None:
+    panels = list(dashboard_panels(load_dashboard()))
+
+    def latency_panel(cache: str) -> dict[str, Any]:
+        (panel,) = [p for p in panels if any(f'cache="{cache}"' in t["expr"] for t in p.get("targets", []))]
+        exprs = sorted(t["expr"] for t in panel["targets"])
+        assert [e.split("{")[0].rsplit(":", 1)[1] for e in exprs] == ["p50_rate5m", "p99_rate5m"], exprs
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+        return panel
+
+    hit, miss = latency_panel("hit"), latency_panel("miss")
+    assert hit["gridPos"]["y"] == miss["gridPos"]["y"], "side by side"
+    assert hit["gridPos"]["x"] + hit["gridPos"]["w"] <= miss["gridPos"]["x"]
+    # The cache results panel shows each result as its own series: it groups by result and filters none out.
+    (results,) = [p for p in panels if p["title"] == "Answers by cache result"]
+    (target,) = results["targets"]
+    assert target["expr"].startswith("sum by (result) (")
+    assert "result=" not in target["expr"]
+    assert all(result in results["description"] for result in proxy_metrics.CACHE_RESULTS)
+    # One series per dependency, whichever job (the shared service's, the sidecars') is selected.
+    (dependencies,) = [p for p in panels if any("dependency_up" in t["expr"] for t in p.get("targets", []))]
+    assert any(t["expr"].startswith("avg by (dependency) (") for t in dependencies["targets"])
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -498,12 +573,11 @@ def literal_env(container: dict[str, Any], secret_values: dict[str, str]) -> dic
 
 
 def probe_target(probe: dict[str, Any], ports: dict[str, int]) -> tuple[int, str]:
-    """(port, path) a probe asks: an HTTP probe's, or the URL inside an exec probe's command."""
-    if "httpGet" in probe:
-        port = probe["httpGet"]["port"]
-        return (ports[port] if isinstance(port, str) else port), probe["httpGet"]["path"]
-    (port, path) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(probe["exec"]["command"]))[0]
-    return int(port), path
+    """(port, path) an HTTP probe asks. The kubelet's HTTP probes need no program in the image (an exec probe
+    would start a Python for each), and they reach the pod IP: only a listener on all addresses answers them."""
+    assert "httpGet" in probe, f"an HTTP probe, not {sorted(probe)}"
+    port = probe["httpGet"]["port"]
+    return (ports[port] if isinstance(port, str) else port), probe["httpGet"]["path"]
 
 
 def kubernetes_settings(pod: dict[str, Any], container: dict[str, Any], tmp_path: Path) -> Settings:
@@ -543,30 +617,44 @@ def test_kubernetes_proxy_runs_with_real_settings_probes_and_ports(example: str,
     names = {entry["name"] for entry in container["env"]}
     assert names <= SETTING_NAMES, f"not settings: {sorted(names - SETTING_NAMES)}"
     settings = kubernetes_settings(pod, container, tmp_path)
-    # Ports and probes.
-    routes = routes_of(proxy_app())
+    # Ports and probes: each declared port is one the proxy listens on, on an address the pod IP reaches, and
+    # each probe asks a path that listener serves (the operations listener: /metrics, /healthz, /readyz only).
+    app = proxy_app()
+    listeners = {settings.proxy_port: (settings.proxy_host, routes_of(app))}
+    if settings.proxy_metrics_port is not None:
+        listeners[settings.proxy_metrics_port] = (settings.proxy_metrics_host, routes_of(create_ops_app(app)))
     ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
-    for port in ports.values():
-        assert port == settings.proxy_port
+    assert ports, "a named port for the probes"
+    for name, port in ports.items():
+        assert port in listeners, f"port {name} ({port}): the proxy listens on {sorted(listeners)}"
+        assert not is_loopback_host(listeners[port][0]), f"port {name} ({port}) listens on loopback only"
     kinds = ("startupProbe", "livenessProbe", "readinessProbe")
     probes = {kind: probe_target(container[kind], ports) for kind in kinds if kind in container}
     for kind, (port, probe_path) in probes.items():
-        assert port == settings.proxy_port, kind
-        assert probe_path in routes, f"{kind} asks {probe_path}"
+        assert port in ports.values(), f"{kind} asks port {port}, which the container does not declare"
+        assert probe_path in listeners[port][1], f"{kind} asks {probe_path} on port {port}"
     assert probes["livenessProbe"][1] == "/healthz"
+    # Readiness is 503 only while the proxy starts or shuts down (a failing Label Studio or Redis leaves it 200
+    # "degraded"): an ordinary probe, with no long failureThreshold to ride out outages, and answered at once
+    # (the dependency checks run in the background).
+    assert probes["readinessProbe"][1] == "/readyz"
+    readiness = container["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 15
+    assert readiness["timeoutSeconds"] <= 2
     # Draining fits in the grace period (after the preStop hook, which runs first and counts against it).
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_seconds = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + settings.proxy_shutdown_timeout
     if example == "sidecar":
-        assert is_loopback_host(settings.proxy_host), "the sidecar listens on the pod's loopback only"
+        assert is_loopback_host(settings.proxy_host), "the sidecar serves annotations on the pod's loopback only"
         assert settings.anonymous_access, "no client keys needed on loopback"
         assert container.get("restartPolicy") == "Always", "a native sidecar"
+        # The application starts once the startup probe passes: the operations listener is up before the proxy
+        # has set up its cache and Label Studio client, so /healthz there would pass too early.
+        assert probes["startupProbe"] == (settings.proxy_metrics_port, "/readyz")
     else:
         assert not is_loopback_host(settings.proxy_host)
         assert settings.client_keys(), "a shared service needs client keys"
-        assert probes["readinessProbe"][1] == "/readyz"
-        assert container["readinessProbe"]["timeoutSeconds"] > 5, "/readyz checks take up to 5 s"
 
 
 @pytest.mark.parametrize("example", ["shared", "sidecar"])
@@ -625,6 +713,129 @@ def test_kubernetes_shared_service_has_every_part_and_they_select_the_same_pods(
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in {
         o["metadata"]["name"] for o in shared if o["kind"] == "ServiceAccount"
     }
+
+
+# --- Prometheus in Kubernetes: what its service discovery and relabelling make of the example pods -------------
+
+POD_IP = "10.1.2.3"
+
+
+def sanitized(name: str) -> str:
+    """A Kubernetes label or annotation name as Prometheus' discovery spells it in a meta label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def pod_targets(template: dict[str, Any], phase: str = "Running") -> list[dict[str, str]]:
+    """The targets Prometheus' Kubernetes discovery (role: pod) makes of a pod from ``template``: one per declared
+    container port, init containers included (a native sidecar is one), and one for a container without ports."""
+    common = {
+        "__meta_kubernetes_namespace": "apps",
+        "__meta_kubernetes_pod_name": "pod-0",
+        "__meta_kubernetes_pod_ip": POD_IP,
+        "__meta_kubernetes_pod_phase": phase,
+    }
+    metadata = template["metadata"]
+    for key, value in metadata.get("labels", {}).items():
+        common[f"__meta_kubernetes_pod_label_{sanitized(key)}"] = value
+    for key, value in metadata.get("annotations", {}).items():
+        common[f"__meta_kubernetes_pod_annotation_{sanitized(key)}"] = value
+        common[f"__meta_kubernetes_pod_annotationpresent_{sanitized(key)}"] = "true"
+    spec = template["spec"]
+    targets: list[dict[str, str]] = []
+    for init, containers in ((False, spec["containers"]), (True, spec.get("initContainers", []))):
+        for container in containers:
+            base = common | {
+                "__meta_kubernetes_pod_container_name": container["name"],
+                "__meta_kubernetes_pod_container_image": container["image"],
+                "__meta_kubernetes_pod_container_init": str(init).lower(),
+            }
+            if not container.get("ports"):
+                targets.append(base | {"__address__": POD_IP})
+            for port in container.get("ports", []):
+                targets.append(
+                    base
+                    | {
+                        "__address__": f"{POD_IP}:{port['containerPort']}",
+                        "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                        "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                        "__meta_kubernetes_pod_container_port_protocol": port.get("protocol", "TCP"),
+                    }
+                )
+    return targets
+
+
+def relabelled(target: dict[str, str], job: dict[str, Any]) -> dict[str, str] | None:
+    """``target`` after the job's relabel_configs (keep, drop, replace: the actions the configs use), or None
+    if they drop it. Regexes are anchored, as Prometheus anchors them."""
+    labels = target | {"job": job["job_name"], "__metrics_path__": job.get("metrics_path", "/metrics")}
+    for config in job.get("relabel_configs", []):
+        action = config.get("action", "replace")
+        value = config.get("separator", ";").join(labels.get(name, "") for name in config.get("source_labels", []))
+        match = re.fullmatch(config.get("regex", "(.*)"), value)
+        if action == "keep" and match is None:
+            return None
+        if action == "drop" and match is not None:
+            return None
+        if action == "replace" and match is not None:
+            result = match.expand(re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", config.get("replacement", "$1")))
+            if result:
+                labels[config["target_label"]] = result
+            else:
+                labels.pop(config["target_label"], None)
+        elif action not in ("keep", "drop", "replace"):
+            pytest.fail(f"relabel action {action!r}: not simulated here")
+    return labels
+
+
+def scraped(template: dict[str, Any], job: dict[str, Any], phase: str = "Running") -> list[dict[str, str]]:
+    return [t for t in (relabelled(target, job) for target in pod_targets(template, phase)) if t is not None]
+
+
+def example_template(example: str) -> dict[str, Any]:
+    (deployment,) = [o for p, o in kubernetes_objects() if o["kind"] == "Deployment" and p.parent.name == example]
+    template: dict[str, Any] = deployment["spec"]["template"]
+    return template
+
+
+def test_prometheus_scrapes_each_sidecar_on_its_operations_port(tmp_path: Path) -> None:
+    """The sidecar's metrics port, its probes, its pod's prometheus.io/* annotations and the Prometheus job that
+    finds it all name PROXY_METRICS_PORT; the job keeps exactly that target of the pod, and no shared pod."""
+    template = example_template("sidecar")
+    (container,) = proxy_containers(template["spec"])
+    env = {entry["name"]: entry["value"] for entry in container["env"] if "value" in entry}
+    metrics_port = int(env["PROXY_METRICS_PORT"])
+    settings = kubernetes_settings(template["spec"], container, tmp_path)
+    assert settings.proxy_metrics_port == metrics_port
+    assert not is_loopback_host(settings.proxy_metrics_host), "the kubelet and Prometheus reach the pod IP"
+    assert metrics_port != settings.proxy_port
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == metrics_port
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe_target(container[kind], ports)[0] == metrics_port, kind
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert annotations["prometheus.io/path"] in routes_of(create_ops_app(proxy_app()))
+
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus-kubernetes-sidecar.yml")
+    assert config["rule_files"] == ["rules/*.yml"]
+    (job,) = config["scrape_configs"]
+    assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
+    (target,) = scraped(template, job)
+    assert target["__address__"] == f"{POD_IP}:{metrics_port}"
+    assert target["__metrics_path__"] == annotations["prometheus.io/path"]
+    assert (target["namespace"], target["pod"]) == ("apps", "pod-0")
+    assert scraped(template, job, phase="Succeeded") == []
+    # The shared service's pods are annotated too (on their main port), and scraped by their own job only.
+    shared = example_template("shared")
+    assert shared["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert scraped(shared, job) == []
+    (shared_job,) = load_yaml(DEPLOY / "prometheus" / "prometheus-kubernetes.yml")["scrape_configs"]
+    assert shared_job["job_name"] != job["job_name"], "the dashboard tells the two apart by job"
+    # And a pod that asks for no scrape, or for another port, is left alone.
+    for key, value in (("prometheus.io/scrape", "false"), ("prometheus.io/port", str(settings.proxy_port))):
+        other = template | {"metadata": template["metadata"] | {"annotations": annotations | {key: value}}}
+        assert scraped(other, job) == [], key
 
 
 def test_shutdown_defaults_agree_with_the_manifests() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.metrics import CACHE_RESULTS
 from tests.conftest import Proxy, ProxyFactory
 from tests.deploy_files import (
     RULES,
@@ -134,7 +135,7 @@ async def test_prometheus_answers_the_dashboard_hit_ratio_with_the_ratio_served(
 
         # Prometheus has scraped the proxy before any request: rate() then starts from zero for every result.
         before = await prometheus.wait_for("a first scrape of the proxy", counters)
-        assert before == {"hit": 0.0, "miss": 0.0, "stale": 0.0, "negative_hit": 0.0}
+        assert before == dict.fromkeys(CACHE_RESULTS, 0.0)
 
         await serve(proxy, HITS, MISSES)
         assert proxy.metric("cache_requests_total", result="hit") == HITS
