@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - a platform without uvloop (Windows)
 
 from proxy import __version__
 from proxy.app import create_app
+from proxy.budget import MiB, container_memory_limit
 from proxy.errors import ConfigError
 from proxy.logs import configure_logging
 from proxy.settings import load_settings
@@ -35,7 +36,17 @@ def main() -> int:
         print(f"annotation-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.proxy_log_level)
-    log.info("starting annotation-proxy", extra={"version": __version__, "config": settings.redacted()})
+    budget = settings.memory_budget()
+    log.info(
+        "starting annotation-proxy",
+        extra={"version": __version__, "config": settings.redacted(), "memory_budget_mib": budget.in_mib()},
+    )
+    limit = container_memory_limit()
+    if limit is not None and budget.total > limit:
+        log.warning(
+            "the memory budget is larger than the container's memory limit: lower the byte bounds or raise the limit",
+            extra={"memory_budget_mib": budget.in_mib()["total"], "container_limit_mib": limit // MiB},
+        )
     try:
         web.run_app(
             create_app(settings),

@@ -18,11 +18,13 @@ from yarl import URL
 from proxy import __version__
 from proxy.auth import ClientKeys, parse_entry
 from proxy.breaker import CircuitBreaker, State
+from proxy.budget import BODY_FACTOR, ByteBudget
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.hot import HotTier
 from proxy.keys import (
     ADMIN_KEYS,
+    BODIES,
     CLIENT_KEYS,
     CLOCK,
     LIVE_BODIES,
@@ -33,6 +35,7 @@ from proxy.keys import (
     SETTINGS,
     STORE,
     UPSTREAM,
+    WEBHOOK_BODIES,
 )
 from proxy.logs import redact_aiohttp_parser_errors
 from proxy.metrics import Metrics
@@ -53,6 +56,8 @@ CACHE_BREAKER_COOLDOWN = 5.0
 # After this many failed requests to Label Studio in a row (no answer, or a 5xx), stop for this many seconds.
 UPSTREAM_BREAKER_THRESHOLD = 5
 UPSTREAM_BREAKER_COOLDOWN = 5.0
+# A webhook's version holds older ones back for as long as a fetch can take, and this much more.
+FENCE_MARGIN = 2.0
 
 
 def create_app(
@@ -76,14 +81,17 @@ def create_app(
     app[CLIENT_KEYS] = ClientKeys(settings.client_keys())
     app[ADMIN_KEYS] = ClientKeys(parse_entry(k.get_secret_value()) for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
-    app[LIVE_BODIES] = LiveBodies()
+    app[LIVE_BODIES] = LiveBodies(settings.proxy_render_max_bytes)
+    # Bodies being read (from Label Studio or, when large, from Redis), validated and served from such a read.
+    app[BODIES] = ByteBudget(settings.proxy_inflight_max_bytes)
+    app[WEBHOOK_BODIES] = ByteBudget(BODY_FACTOR * settings.proxy_webhook_max_bytes)
     app[MONOTONIC] = monotonic
     app[READINESS] = Readiness(
         app[METRICS], backend="redis" if settings.redis_url else "memory", interval=settings.proxy_check_interval
     )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE] = store if store is not None else open_store(settings, app[METRICS], app[MONOTONIC])
+        app[STORE] = store if store is not None else open_store(settings, app[METRICS], app[MONOTONIC], app[BODIES])
         yield
         await app[STORE].close()
 
@@ -96,18 +104,21 @@ def create_app(
     return app
 
 
-def open_store(settings: Settings, metrics: Metrics, monotonic: Callable[[], float]) -> AnnotationStore:
+def open_store(
+    settings: Settings, metrics: Metrics, monotonic: Callable[[], float], bodies: ByteBudget
+) -> AnnotationStore:
     if settings.redis_url is None:
         log.info(
             "no REDIS_URL: caching in process memory",
             extra={"max_bytes": settings.proxy_memory_cache_max_bytes},
         )
-        return MemoryStore(settings.proxy_memory_cache_max_bytes)
+        return MemoryStore(settings.proxy_memory_cache_max_bytes, clock=monotonic)
     redis = RedisStore.from_url(
         settings.redis_url.get_secret_value(),
         KeyScheme(settings.proxy_key_prefix),
         timeout=settings.proxy_redis_timeout,
         mode=settings.proxy_redis_mode,
+        bodies=bodies,
     )
     breaker = CircuitBreaker(
         threshold=CACHE_BREAKER_THRESHOLD,
@@ -169,6 +180,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             max_body_bytes=settings.proxy_max_body_bytes,
             user_agent=USER_AGENT,
+            bodies=app[BODIES],
         )
         yield
 
@@ -189,6 +201,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         stale_if_error_ttl=settings.proxy_stale_if_error_ttl,
         # The claim outlives the fetch it covers (the upstream deadline), so it lapses only if its holder died.
         claim_ttl=settings.proxy_upstream_timeout + 1.0 if settings.redis_url else 0.0,
+        fence_ttl=settings.proxy_upstream_timeout + FENCE_MARGIN,
     )
     hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
     service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], hot=hot)

@@ -177,4 +177,5 @@ def with_created_ago(body: bytes, span: tuple[int, int] | None, value: str) -> b
     if span is None:
         return body
     start, end = span
-    return b"".join((body[:start], encode_created_ago(value), body[end:]))
+    whole = memoryview(body)  # slices of a view copy nothing: the join is the only copy of a large body
+    return b"".join((whole[:start], encode_created_ago(value), whole[end:]))

@@ -56,6 +56,12 @@ class ServiceUnavailable(ProxyError):
     detail = "Service unavailable."
 
 
+class ProxyBusy(ServiceUnavailable):
+    """Label Studio answered, but the proxy had no room in its memory budget for the body before the deadline."""
+
+    detail = "The proxy is busy with other large annotations; try again."
+
+
 class AnnotationNotFound(ProxyError):
     """The annotation does not exist, or the id can never name one."""
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy.auth import ClientKeys
+from proxy.budget import ByteBudget
 from proxy.cache import AnnotationStore
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
@@ -25,6 +26,8 @@ READINESS = web.AppKey("readiness", Readiness)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
 LIVE_BODIES = web.AppKey("live_bodies", LiveBodies)
+BODIES = web.AppKey("bodies", ByteBudget)  # the memory budget of bodies in flight (proxy/budget.py)
+WEBHOOK_BODIES = web.AppKey("webhook_bodies", ByteBudget)  # webhook bodies being read and parsed
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
 MONOTONIC = web.AppKey[Callable[[], float]]("monotonic")  # for intervals; tests move it by hand too
 
@@ -36,6 +39,7 @@ CACHE_RESULT = web.RequestKey("cache_result", str)
 
 __all__ = [
     "ADMIN_KEYS",
+    "BODIES",
     "CACHE_RESULT",
     "CLIENT_KEYS",
     "CLOCK",
@@ -47,4 +51,5 @@ __all__ = [
     "SETTINGS",
     "STORE",
     "UPSTREAM",
+    "WEBHOOK_BODIES",
 ]

@@ -18,6 +18,8 @@ from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.http_guard import redact_parser_error_responses
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -194,7 +196,9 @@ class _ParserErrorRedaction(logging.Filter):
 
 
 def redact_aiohttp_parser_errors() -> None:
-    """Install the redaction on aiohttp.server (idempotent: create_app calls it for every app)."""
+    """Install the redaction on aiohttp.server, and on the 400 body aiohttp answers such a request with (both
+    idempotent: create_app calls this for every app)."""
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _ParserErrorRedaction) for f in logger.filters):
         logger.addFilter(_ParserErrorRedaction())
+    redact_parser_error_responses()

@@ -311,6 +311,9 @@ def _paths() -> dict[str, Schema]:
                     "400": _error("A malformed body (not JSON, or not an event of the shape its action names)."),
                     "401": _error("A missing or wrong `X-Webhook-Secret`."),
                     "404": _error("Webhooks are off: `PROXY_WEBHOOK_SECRET` is not set."),
+                    "408": _error(
+                        "The body did not arrive within `PROXY_REQUEST_BODY_TIMEOUT`; the connection is closed."
+                    ),
                     "413": _error("The body is larger than `PROXY_WEBHOOK_MAX_BYTES`."),
                     "503": _error("The cache could not apply the event; cached copies may be stale until their TTL."),
                 },
@@ -459,7 +462,9 @@ def document() -> dict[str, Any]:
             "list is answered 405 with `Allow`; any path not listed, 404. Nothing but the annotation route ever "
             "reaches Label Studio. Every error has Label Studio's shape (`Error`), except a request the HTTP parser "
             "cannot read (a malformed request line or header, a line past 8190 bytes, more than 128 headers): that is "
-            "answered `400 Bad Request` in plain text before any path is matched.",
+            "answered `400 Bad Request` in plain text before any path is matched, never quoting the request. Any "
+            "HTTP version but 1.0 and 1.1 that the parser reads (2.0, 0.9) is answered `505` (`Error`) on every "
+            "path.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [

@@ -13,14 +13,14 @@ against ``timesince`` itself; its property test found the third grid).
 from __future__ import annotations
 
 from proxy.cache import CachedAnnotation
-from proxy.created_ago import timesince, with_created_ago
+from proxy.created_ago import encode_created_ago, timesince, with_created_ago
 from proxy.models import from_epoch_micros
 
 MINUTE_US = 60_000_000
 SECOND_US = 1_000_000
 
-# Bodies kept: each version being served needs one (two around a minute boundary). 4096 bodies of about 1 KiB.
-DEFAULT_MAX_BODIES = 4096
+# What one kept body costs beyond its bytes (the key tuple, the dict slot, the bytes object's header).
+RECORD_OVERHEAD = 250
 
 CellKey = tuple[int, int, str, int, int, int]
 
@@ -39,15 +39,37 @@ def render_body(entry: CachedAnnotation, now_us: int) -> bytes:
     return with_created_ago(entry.body, entry.created_ago_span, timesince(then, from_epoch_micros(now_us)))
 
 
-class LiveBodies:
-    """Rendered bodies, at most ``max_bodies`` of them, the oldest rendered dropped first."""
+def body_parts(entry: CachedAnnotation, now_us: int) -> tuple[memoryview | bytes, ...]:
+    """The body rendered for ``now_us`` as parts to write one after another, without copying the stored bytes:
+    for annotations too large for the memo, which would otherwise be copied whole for every response."""
+    if entry.created_ago_span is None or entry.created_at is None:
+        return (entry.body,)
+    start, end = entry.created_ago_span
+    whole = memoryview(entry.body)
+    value = timesince(from_epoch_micros(entry.created_at), from_epoch_micros(now_us))
+    return whole[:start], encode_created_ago(value), whole[end:]
 
-    def __init__(self, max_bodies: int = DEFAULT_MAX_BODIES) -> None:
-        self._max = max_bodies
+
+class LiveBodies:
+    """Rendered bodies, at most ``max_bytes`` of them (bytes and a per-body overhead), the oldest rendered dropped
+    first. A body larger than a quarter of the bound is rendered for its response and not kept: one huge
+    annotation must not flush every other one."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._bodies: dict[CellKey, bytes] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._bodies)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def keeps(self, entry: CachedAnnotation) -> bool:
+        """Whether a body of this size is kept here (larger ones are rendered for each response)."""
+        return len(entry.body) + RECORD_OVERHEAD <= self.max_bytes // 4
 
     def body(self, entry: CachedAnnotation, now_us: int) -> bytes:
         created_at = entry.created_at
@@ -57,7 +79,10 @@ class LiveBodies:
         body = self._bodies.get(key)
         if body is None:
             body = render_body(entry, now_us)
-            if len(self._bodies) >= self._max:
-                del self._bodies[next(iter(self._bodies))]
-            self._bodies[key] = body
+            size = len(body) + RECORD_OVERHEAD
+            if size <= self.max_bytes // 4:
+                while self._bytes + size > self.max_bytes:
+                    self._bytes -= len(self._bodies.pop(next(iter(self._bodies)))) + RECORD_OVERHEAD
+                self._bodies[key] = body
+                self._bytes += size
         return body

@@ -30,6 +30,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.freshness import if_none_match
+from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
 from proxy.keys import (
     ADMIN_KEYS,
     CACHE_RESULT,
@@ -45,6 +46,7 @@ from proxy.keys import (
 from proxy.logs import ACCESS_LOG
 from proxy.models import INT64_MAX
 from proxy.openapi import document
+from proxy.render import body_parts
 from proxy.service import cache_status
 from proxy.webhooks import label_studio_webhook
 
@@ -132,8 +134,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
     request[REQUEST_ID] = request_id
+    response: web.StreamResponse
     try:
-        response = await handler(request)
+        if unsupported_version(request):  # HTTP/0.9 or 2.0: aiohttp's parser reads them, the proxy does not
+            response = error_response(505, "HTTP version not supported: use HTTP/1.1 or HTTP/1.0.")
+            response.force_close()
+        else:
+            response = await handler(request)
     except Exception as exc:  # noqa: BLE001 - every error is answered here; CancelledError is not an Exception
         response = error_to_response(request, exc)
     response.headers[REQUEST_ID_HEADER] = request_id
@@ -158,6 +165,11 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 def error_to_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The one place where exceptions become responses, in Label Studio's error shape (aiohttp's redirects and
     other non-errors are raised again, for aiohttp to answer)."""
+    if isinstance(exc, ClientClosedRequest):  # the caller's doing: one line, no traceback, counted as 499
+        log.info("client closed the request", extra={"request_id": request[REQUEST_ID], "path": request.path[:256]})
+        return web.Response(status=exc.status)  # never written: there is nobody to read it
+    if isinstance(exc, RequestBodyTimeout):  # close at once, without reading the rest of a slow body
+        return ClosingResponse(status=exc.status, body=error_body(exc.status, exc.detail), content_type=JSON)
     if isinstance(exc, ProxyError):
         headers: dict[str, str] = {}
         if isinstance(exc, NotAuthenticated):
@@ -202,18 +214,26 @@ def id_from_path(request: web.Request) -> int:
     return parse_annotation_id(request.rel_url.raw_path.split("/")[3])
 
 
-async def get_annotation(request: web.Request) -> web.Response:
+async def get_annotation(request: web.Request) -> web.StreamResponse:
     scope = request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
     annotation_id = id_from_path(request)
     expand = wants_expanded(request.query.getall("expand", []))
+    allowed = None if scope is None else scope.__contains__
     try:
-        served = await request.app[SERVICE].lookup(annotation_id, expand=expand, request_id=request[REQUEST_ID])
+        served = await request.app[SERVICE].lookup(
+            annotation_id, expand=expand, request_id=request[REQUEST_ID], allowed=allowed
+        )
+    except AnnotationNotFound:
+        request[CACHE_RESULT] = "hit"  # of another project, known to the cache: nothing was fetched
+        raise
     except ProxyError:
         request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
         raise
     request[CACHE_RESULT] = served.result
-    if scope is not None and served.entry is not None and served.entry.project not in scope:
-        raise AnnotationNotFound()  # the same answer as for an id that does not exist
+    if scope is not None and (served.entry is None or served.entry.project not in scope):
+        # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
+        # tell a cached annotation of another project from a remembered 404), no ETag.
+        raise AnnotationNotFound()
     headers = {"Cache-Status": served.cache_status}
     entry = served.entry
     if entry is None:
@@ -226,7 +246,26 @@ async def get_annotation(request: web.Request) -> web.Response:
             # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
             headers[hdrs.CONTENT_TYPE] = JSON
             now_us = int(request.app[CLOCK]() * 1_000_000)
-            response = web.Response(body=request.app[LIVE_BODIES].body(entry, now_us), headers=headers)
+            bodies = request.app[LIVE_BODIES]
+            if bodies.keeps(entry) or request.method == hdrs.METH_HEAD:
+                response = web.Response(body=bodies.body(entry, now_us), headers=headers)
+            else:
+                return await write_in_parts(request, headers, body_parts(entry, now_us))
+    return response
+
+
+async def write_in_parts(
+    request: web.Request, headers: dict[str, str], parts: tuple[memoryview | bytes, ...]
+) -> web.StreamResponse:
+    """A large body written as views of the stored bytes around its rendered created_ago: no copy of it per
+    response (proxy/budget.py). Each write waits while the caller's socket is behind."""
+    headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # sent with prepare(), before the edge would add it
+    response = web.StreamResponse(headers=headers)
+    response.content_length = sum(len(part) for part in parts)
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    await response.write_eof()
     return response
 
 

@@ -19,6 +19,7 @@ from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotatio
 from proxy.cache.keyspace import FENCE
 from proxy.created_ago import find_created_ago
 from proxy.errors import (
+    AnnotationNotFound,
     CacheCircuitOpen,
     CacheError,
     InvalidUpstreamBody,
@@ -28,6 +29,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.failures import RecentFailures
 from proxy.freshness import Freshness, entity_tag, freshness
 from proxy.hot import HotTier
 from proxy.metrics import Metrics
@@ -39,6 +41,11 @@ log = logging.getLogger("proxy.service")
 # Label Studio failures that a cached version may hide (stale-if-error). A 404, an invalid body or rejected
 # credentials are answers, not failures: they are never hidden.
 UNAVAILABLE = (UpstreamTimeout, UpstreamUnavailable, UpstreamBadStatus)
+# How far past this proxy's clock a webhook's updated_at may lie (clocks differ); later ones are bounded to it.
+MAX_CLOCK_SKEW = 300.0
+
+# Answers that say Label Studio as a whole is unwell (a gateway, an overload), not one annotation.
+GATEWAY = frozenset({502, 503, 504})
 
 CacheResult = Literal["hit", "miss", "stale", "stale_if_error", "negative_hit"]
 
@@ -164,6 +171,10 @@ class CachePolicy:
     negative_ttl: float  # a Label Studio 404 is remembered this long
     stale_if_error_ttl: float = 0.0  # while Label Studio fails, a version this young is served instead of an error
     claim_ttl: float = 0.0  # > 0: a miss claims its fetch across replicas for this long (see AnnotationStore.claim)
+    # A version that only a webhook vouches for holds back older ones this long: as long as a fetch that began
+    # before the webhook can take. Label Studio confirms it by serving it (the fetch stores it for `retention`);
+    # a version it never serves (a forged or far-future updated_at, a clock that went back) stops blocking then.
+    fence_ttl: float = 15.0
 
     @property
     def retention(self) -> float:
@@ -188,6 +199,7 @@ class AnnotationService:
         self._policy = policy
         self._clock = clock
         self.hot = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
+        self._failures = RecentFailures(clock=clock)
         self._listener: asyncio.Task[None] | None = None
         self._announced: dict[int, asyncio.Event] = {}  # annotation ids whose change a claim's waiters await
         self._inflight: dict[AnnotationKey, asyncio.Task[Served]] = {}  # the load a request for a key joins
@@ -199,8 +211,16 @@ class AnnotationService:
         if self.hot.ttl > 0 and self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="hot-tier-listener")
 
-    async def lookup(self, annotation_id: int, *, expand: bool, request_id: str) -> Served:
-        """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404."""
+    async def lookup(
+        self, annotation_id: int, *, expand: bool, request_id: str, allowed: Callable[[int | None], bool] | None = None
+    ) -> Served:
+        """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404.
+
+        ``allowed`` (a scoped client key) says which projects the caller may read: an annotation the cache knows
+        to be of another project is :class:`AnnotationNotFound` at once, without asking Label Studio, so a key
+        cannot make the proxy fetch (or revalidate) what it may not read. The caller still checks the project
+        of what a fetch brings.
+        """
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
         served = self.hot.get(key)
         if served is not None:
@@ -208,6 +228,9 @@ class AnnotationService:
             return served
         epoch = self.hot.epoch
         cached = await self._read(key)
+        if allowed is not None and isinstance(cached, CachedAnnotation) and not allowed(cached.project):
+            self._metrics.cache_request("hit")  # the cache answered: no fetch
+            raise AnnotationNotFound()
         served = self._fresh(cached)
         if served is not None:
             self._keep_hot(key, served, epoch)
@@ -216,6 +239,9 @@ class AnnotationService:
             served = Served(cached, "stale")
         try:
             if served is None:
+                failure = self._failures.recall(annotation_id)
+                if failure is not None:
+                    raise failure
                 served = await self._join_or_load(key, request_id)
         except UNAVAILABLE as exc:
             served = self._stale_if_error(cached, exc)
@@ -232,11 +258,24 @@ class AnnotationService:
     # that the cache did not hear it.
 
     async def annotation_changed(self, annotation_id: int, version: int, request_id: str) -> None:
-        """The annotation now has ``version``: stop serving older ones and re-fetch what was cached."""
+        """The annotation now has ``version``: stop serving older ones and re-fetch what was cached.
+
+        ``version`` comes from a webhook, not from Label Studio's answer: it holds back older versions only for
+        ``fence_ttl`` (until Label Studio serves it, which stores it for good), and never further than
+        :data:`MAX_CLOCK_SKEW` past this proxy's clock.
+        """
+        latest_plausible = round((self._clock() + MAX_CLOCK_SKEW) * 1_000_000)
+        if version > latest_plausible:
+            log.warning(
+                "a webhook's updated_at is in the future: bounded by the proxy's clock",
+                extra={"annotation_id": annotation_id, "request_id": request_id},
+            )
+            version = latest_plausible
         with self._counting_cache_errors("invalidate"):
             cached = {variant: await self._store.get(AnnotationKey(annotation_id, variant)) for variant in Variant}
-            await self._store.invalidate(annotation_id, version, self._policy.retention)
+            await self._store.invalidate(annotation_id, version, self._policy.fence_ttl)
         self.hot.drop(annotation_id)
+        self._failures.forget(annotation_id)
         for variant, entry in cached.items():
             key = AnnotationKey(annotation_id, variant)
             previous = entry if isinstance(entry, CachedAnnotation) else None
@@ -250,6 +289,7 @@ class AnnotationService:
         with self._counting_cache_errors("invalidate"):
             await self._store.put_missing(annotation_id, self._policy.retention, since=FENCE)
         self.hot.drop(annotation_id)
+        self._failures.forget(annotation_id)
 
     async def task_deleted(self, task_id: int) -> int:
         """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
@@ -265,6 +305,7 @@ class AnnotationService:
         with self._counting_cache_errors("invalidate"):
             await self._store.drop(annotation_id)
         self.hot.drop(annotation_id)
+        self._failures.forget(annotation_id)
 
     async def close(self) -> None:
         """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""
@@ -364,7 +405,15 @@ class AnnotationService:
             if reply.status == 404:
                 stored = await self._remember_missing(key.annotation_id, since=round(started * 1_000_000))
                 return Served(None, "miss", stored=stored)
-            annotation = validate_annotation(reply.body, annotation_id=key.annotation_id, expand=expand)
+            try:
+                annotation = validate_annotation(reply.body, annotation_id=key.annotation_id, expand=expand)
+            except BaseException:
+                reply.release()
+                raise
+        except UpstreamBadStatus as exc:
+            if exc.upstream_status is not None and exc.upstream_status >= 500 and exc.upstream_status not in GATEWAY:
+                self._failures.remember(key.annotation_id, exc)  # this id fails, not Label Studio as a whole
+            raise
         except InvalidUpstreamBody as exc:  # from validation, or a body past PROXY_MAX_BODY_BYTES
             self._metrics.validation_failures.inc()
             log.warning(
@@ -384,7 +433,10 @@ class AnnotationService:
             created_at=epoch_micros(annotation.created_at),
             created_ago_span=span,
         )
-        stored = await self._remember(key, entry)
+        try:
+            stored = await self._remember(key, entry)  # encoding it for the store copies it once more
+        finally:
+            reply.release()  # parsed, checked and stored: its share of the memory budget goes back
         return Served(entry, "miss", stored=stored)
 
     # One fetch per key across replicas: the first claims it in the store; the others wait for its result.

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 from proxy.auth import ClientKey, parse_entry, read_entries
+from proxy.budget import BODY_FACTOR, MemoryBudget, memory_budget
 from proxy.cache.topology import SENTINEL_SCHEMES, RedisMode, check_url, parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
@@ -66,6 +67,8 @@ class Settings(BaseSettings):
     proxy_memory_cache_max_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
     proxy_hot_ttl: float = Field(default=5.0, ge=0, le=300)
     proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
+    proxy_render_max_bytes: int = Field(default=16 * MiB, ge=0)
+    proxy_inflight_max_bytes: int = Field(default=128 * MiB, ge=MiB)
     proxy_cache_ttl: float = Field(default=300.0, gt=0)
     proxy_stale_ttl: float = Field(default=3600.0, ge=0)
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
@@ -82,6 +85,7 @@ class Settings(BaseSettings):
     proxy_admin_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     proxy_webhook_secret: SecretStr | None = None
     proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
+    proxy_request_body_timeout: float = Field(default=10.0, gt=0, le=300)
     proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Operations: a second listener with /metrics, /healthz and /readyz only; the dependency checks.
@@ -175,6 +179,25 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _room_for_the_largest_body(self) -> Settings:
+        if self.proxy_inflight_max_bytes < BODY_FACTOR * self.proxy_max_body_bytes:
+            raise ValueError(
+                f"PROXY_INFLIGHT_MAX_BYTES must be at least {BODY_FACTOR} x PROXY_MAX_BODY_BYTES "
+                f"({BODY_FACTOR * self.proxy_max_body_bytes}): a body costs that much while it is read and validated"
+            )
+        return self
+
+    def memory_budget(self) -> MemoryBudget:
+        """What this configuration may hold in memory at most, part by part (proxy/budget.py)."""
+        return memory_budget(
+            memory_store_bytes=0 if self.redis_url else self.proxy_memory_cache_max_bytes,
+            hot_bytes=self.proxy_hot_max_bytes,
+            render_bytes=self.proxy_render_max_bytes,
+            inflight_bytes=self.proxy_inflight_max_bytes,
+            webhook_max_bytes=self.proxy_webhook_max_bytes if self.proxy_webhook_secret else 0,
+        )
+
+    @model_validator(mode="after")
     def _two_listeners_apart(self) -> Settings:
         if self.proxy_metrics_port != self.proxy_port:
             return self
@@ -235,11 +258,14 @@ class Settings(BaseSettings):
             "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
             "proxy_hot_ttl": self.proxy_hot_ttl,
             "proxy_hot_max_bytes": self.proxy_hot_max_bytes,
+            "proxy_render_max_bytes": self.proxy_render_max_bytes,
+            "proxy_inflight_max_bytes": self.proxy_inflight_max_bytes,
             "proxy_client_keys": f"<{len(self.client_keys())} keys>",
             "proxy_allow_anonymous": self.proxy_allow_anonymous,
             "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",
             "webhooks": "on" if self.proxy_webhook_secret else "off",
             "proxy_webhook_max_bytes": self.proxy_webhook_max_bytes,
+            "proxy_request_body_timeout": self.proxy_request_body_timeout,
             "proxy_log_level": self.proxy_log_level,
             "proxy_metrics_host": self.proxy_metrics_host,
             "proxy_metrics_port": self.proxy_metrics_port,

@@ -25,8 +25,10 @@ from pydantic import SecretStr
 from yarl import URL
 
 from proxy.breaker import CircuitBreaker
+from proxy.budget import BODY_FACTOR, ByteBudget, Lease
 from proxy.errors import (
     InvalidUpstreamBody,
+    ProxyBusy,
     UpstreamAuthRejected,
     UpstreamBadStatus,
     UpstreamCircuitOpen,
@@ -177,10 +179,19 @@ class PersonalAccessToken:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
-    """What the proxy keeps of Label Studio's answer: a status and, for a 200, the body bytes."""
+    """What the proxy keeps of Label Studio's answer: a status and, for a 200, the body bytes.
+
+    A 200's body holds its share of the memory budget (``lease``) until the caller has validated it and calls
+    :meth:`release`.
+    """
 
     status: int
     body: bytes = b""
+    lease: Lease | None = None
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,7 @@ class UpstreamPolicy:
 
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+MAX_FAILING_IDS = 1024
 
 
 class LabelStudioClient:
@@ -216,6 +228,7 @@ class LabelStudioClient:
         metrics: Metrics,
         max_body_bytes: int,
         user_agent: str,
+        bodies: ByteBudget | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
@@ -223,9 +236,14 @@ class LabelStudioClient:
         self._policy = policy
         self._breaker = breaker
         self._slots = asyncio.Semaphore(policy.max_connections)
+        # Ids whose 5xx (other than 502/503/504) the breaker has counted since the last success: bounded by the
+        # breaker's threshold, since that many distinct ids open it.
+        self._failing_ids: set[int] = set()
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
         self._user_agent = user_agent
+        # Bodies being read and validated, in bytes of memory (proxy/budget.py); unbounded when None (tests).
+        self._bodies = bodies
 
     def annotation_url(self, annotation_id: int, *, expand: bool) -> URL:
         url = self._base_url.join(URL(ANNOTATION_PATH.format(id=annotation_id)))
@@ -243,10 +261,13 @@ class LabelStudioClient:
         retries = 0
         credentials_renewed = False
         while True:
+            waiting = _MemoryWait()
             try:
                 async with asyncio.timeout_at(deadline):
-                    reply, authorization = await self._attempt(url, request_id)
-            except TimeoutError as exc:  # the deadline passed while waiting for a slot or an answer
+                    reply, authorization = await self._attempt(annotation_id, url, request_id, waiting)
+            except TimeoutError as exc:  # the deadline passed while waiting for a slot, an answer or memory
+                if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
+                    raise ProxyBusy() from exc
                 self._breaker.failed()
                 raise UpstreamTimeout() from exc
             except UpstreamUnavailable as exc:
@@ -287,10 +308,13 @@ class LabelStudioClient:
                 f"Label Studio answered HTTP {reply.status} to the check.", upstream_status=reply.status
             )
 
-    async def _attempt(self, url: URL, request_id: str) -> tuple[UpstreamReply, str]:
+    async def _attempt(
+        self, annotation_id: int, url: URL, request_id: str, waiting: _MemoryWait
+    ) -> tuple[UpstreamReply, str]:
         """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
 
-        The breaker hears how it went: no answer or a 5xx is a failure, any other answer a success.
+        The breaker hears how it went: no answer is a failure, a 5xx as :meth:`_tell_breaker` says, any other
+        answer a success.
         """
         if not self._breaker.allow():
             raise UpstreamCircuitOpen()
@@ -299,7 +323,7 @@ class LabelStudioClient:
                 await self._slots.acquire()
             try:
                 authorization = await self._credentials.authorization()
-                reply = await self._get(url, authorization, request_id)
+                reply = await self._get(url, authorization, request_id, waiting=waiting)
             finally:
                 self._slots.release()
         except (UpstreamUnavailable, UpstreamTimeout):
@@ -311,11 +335,30 @@ class LabelStudioClient:
         except BaseException:  # cancelled: by the caller, or by the deadline (then counted as a failure above)
             self._breaker.abandoned()
             raise
-        if reply.status >= 500:
-            self._breaker.failed()
-        else:
-            self._breaker.succeeded()
+        self._tell_breaker(annotation_id, reply.status)
         return reply, authorization
+
+    def _tell_breaker(self, annotation_id: int, status: int) -> None:
+        """What an answer says of Label Studio as a whole.
+
+        A 502/503/504 (a gateway, or Label Studio overloaded) is a failure of the whole. Any other 5xx may be one
+        annotation that makes Label Studio fail (a bug on its side, or an id a caller picked to trip the
+        breaker): it counts once per id until an answer succeeds, so the breaker opens when several ids fail,
+        never when one id is asked for again and again. Every other answer is a success.
+        """
+        if status in RETRYABLE_STATUSES:
+            self._breaker.failed()
+        elif status >= 500:
+            if annotation_id in self._failing_ids:
+                self._breaker.abandoned()  # no verdict: a half-open probe lets the next call try
+            else:
+                if len(self._failing_ids) >= MAX_FAILING_IDS:  # a long outage of 500s, probed every cooldown
+                    self._failing_ids.clear()
+                self._failing_ids.add(annotation_id)
+                self._breaker.failed()
+        else:
+            self._failing_ids.clear()
+            self._breaker.succeeded()
 
     def _retry_allowed(self, retries: int, deadline: float, error: UpstreamError) -> bool:
         if isinstance(error, UpstreamCircuitOpen) or retries >= self._policy.retries:
@@ -330,7 +373,15 @@ class LabelStudioClient:
         pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
         return pause
 
-    async def _get(self, url: URL, authorization: str, request_id: str, *, counted: bool = True) -> UpstreamReply:
+    async def _get(
+        self,
+        url: URL,
+        authorization: str,
+        request_id: str,
+        *,
+        counted: bool = True,
+        waiting: _MemoryWait | None = None,
+    ) -> UpstreamReply:
         headers = {
             hdrs.AUTHORIZATION: authorization,
             hdrs.ACCEPT: "application/json",
@@ -350,7 +401,13 @@ class LabelStudioClient:
                     )
                 if response.status != 200:
                     return UpstreamReply(response.status)
-                return UpstreamReply(200, await self._read_body(response))
+                lease = await self._room_for(response, waiting)
+                try:
+                    return UpstreamReply(200, await self._read_body(response), lease)
+                except BaseException:
+                    if lease is not None:
+                        lease.release()
+                    raise
         except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
             outcome = "timeout"
             raise UpstreamTimeout() from exc
@@ -371,6 +428,20 @@ class LabelStudioClient:
                 self._metrics.upstream_requests.labels(outcome=outcome).inc()
                 self._metrics.upstream_duration.observe(time.perf_counter() - started)
 
+    async def _room_for(self, response: aiohttp.ClientResponse, waiting: _MemoryWait | None) -> Lease | None:
+        """Reserve the memory the body will cost while it is read and validated (proxy/budget.py), before a byte
+        of it is read: its Content-Length, or PROXY_MAX_BODY_BYTES when Label Studio does not say."""
+        if self._bodies is None:
+            return None
+        length = response.content_length
+        size = min(length if length is not None else self._max_body_bytes, self._max_body_bytes + 1)
+        if waiting is not None:
+            waiting.active = True
+        lease = await self._bodies.lease(BODY_FACTOR * size)
+        if waiting is not None:
+            waiting.active = False
+        return lease
+
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes
         body = await _read_at_most(response, limit)
@@ -379,6 +450,15 @@ class LabelStudioClient:
                 f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
             )
         return body
+
+
+class _MemoryWait:
+    """Whether a request is waiting for room in the memory budget (a timeout then is not Label Studio's)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = False
 
 
 def _usable_header_value(token: str) -> bool:

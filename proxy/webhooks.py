@@ -17,8 +17,10 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from proxy.budget import BODY_FACTOR
 from proxy.errors import BadWebhook, CacheError, ServiceUnavailable, WrongWebhookSecret
-from proxy.keys import METRICS, REQUEST_ID, SERVICE, SETTINGS
+from proxy.http_guard import read_body
+from proxy.keys import METRICS, REQUEST_ID, SERVICE, SETTINGS, WEBHOOK_BODIES
 from proxy.models import PositiveId, Timestamp, epoch_micros
 from proxy.service import for_each
 
@@ -31,7 +33,9 @@ HANDLED_ACTIONS = frozenset(
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # Strict: Label Studio writes ids as JSON integers; ``true``, ``1.0`` or ``"1"`` is not an id (lax mode would
+    # read each as 1 and drop another annotation's cached copy).
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
 class EventAnnotation(_Event):
@@ -107,12 +111,17 @@ async def label_studio_webhook(request: web.Request) -> web.Response:
         metrics.webhook_events.labels(action="other", outcome="unauthorized").inc()
         raise WrongWebhookSecret()
 
-    body = await request.read()  # bounded by the application's client_max_size (PROXY_WEBHOOK_MAX_BYTES)
-    try:
-        action, event = parse_event(body)
-    except BadWebhook:
-        metrics.webhook_events.labels(action="other", outcome="invalid").inc()
-        raise
+    # Bounded in size by the application's client_max_size (PROXY_WEBHOOK_MAX_BYTES), in time here, and in memory
+    # by the webhook share of the memory budget: one maximal body read and parsed at a time (proxy/budget.py).
+    length = min(request.content_length or app[SETTINGS].proxy_webhook_max_bytes, app[SETTINGS].proxy_webhook_max_bytes)
+    async with app[WEBHOOK_BODIES].reserve(BODY_FACTOR * length):
+        body = await read_body(request, app[SETTINGS].proxy_request_body_timeout)
+        try:
+            action, event = parse_event(body)
+        except BadWebhook:
+            metrics.webhook_events.labels(action="other", outcome="invalid").inc()
+            raise
+        del body
     label = action if action in HANDLED_ACTIONS else "other"
     if event is None:
         metrics.webhook_events.labels(action=label, outcome="ignored").inc()

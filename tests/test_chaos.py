@@ -300,9 +300,11 @@ class ChaosLabelStudio:
 
 # --- Label Studio failing: stale-if-error, the circuit, recovery ------------------------------------------------
 
-ALL_IDS = (1, 2, 3, 4)
+# Five ids: the breaker counts a 500 once per id (one failing annotation must not cut every caller off), so a
+# Label Studio that fails on everything opens it once five different ids have failed.
+ALL_IDS = (1, 2, 3, 4, 5)
 WARM = (1, 2)  # cached before the fault
-COLD = (3, 4)  # never asked for before the fault
+COLD = (3, 4, 5)  # never asked for before the fault
 WORKERS = 3
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from proxy.auth import ClientKey, ClientKeys, parse_entry
 from proxy.errors import ConfigError, InvalidClientKey, NotAuthenticated
 from proxy.settings import load_settings
-from tests.conftest import CLIENT_KEY, ProxyFactory
+from tests.conftest import CLIENT_KEY, Clock, ProxyFactory
 
 SCOPED_KEY = "scoped-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
@@ -117,3 +118,44 @@ class TestProjectScope:
         etag = (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).headers["ETag"]
         probe = await proxy.client.get("/api/annotations/1/", headers={**proxy.auth(SCOPED_KEY), "If-None-Match": etag})
         assert probe.status == 404
+
+
+def comparable(headers: Mapping[str, str], body: bytes) -> tuple[list[tuple[str, str]], dict[str, object]]:
+    """Every header but the ones that differ per response anyway (request id, date), and the body but its random
+    error id."""
+    kept = [(name, value) for name, value in headers.items() if name not in ("X-Request-ID", "Date")]
+    document = json.loads(body) if body else {}
+    document.pop("id", None)
+    return kept, document
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("variant", ["GET", "HEAD", "If-None-Match"])
+async def test_another_projects_annotation_is_answered_exactly_like_one_that_does_not_exist(
+    make_proxy: ProxyFactory, request: pytest.FixtureRequest, backend: str, variant: str
+) -> None:
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    proxy = await make_proxy(redis_url=redis_url, proxy_client_keys=(CLIENT_KEY, f"{SCOPED_KEY}:1"))
+    proxy.fake.add_annotation(project=2)  # id 1, another project's
+    etag = (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).headers["ETag"]
+    method = "HEAD" if variant == "HEAD" else "GET"
+    headers = proxy.auth(SCOPED_KEY) | ({"If-None-Match": etag} if variant == "If-None-Match" else {})
+    answers: dict[int, list[tuple[int, object]]] = {1: [], 99: []}
+    for _ in range(2):  # the first asks Label Studio for 99 (a miss), the second is a remembered 404
+        for annotation_id in (1, 99):
+            response = await proxy.client.request(method, f"/api/annotations/{annotation_id}/", headers=headers)
+            answers[annotation_id].append((response.status, comparable(response.headers, await response.read())))
+    assert answers[1] == answers[99]
+    assert answers[1][0][0] == 404
+
+
+async def test_a_scoped_key_makes_no_fetch_for_another_projects_cached_annotation(
+    make_proxy: ProxyFactory, clock: Clock
+) -> None:
+    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, f"{SCOPED_KEY}:1"), proxy_hot_ttl=0)
+    proxy.fake.add_annotation(project=2)
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    clock.now += proxy.settings.proxy_cache_ttl + 1  # stale: any reader would revalidate it
+    for _ in range(5):
+        assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth(SCOPED_KEY))).status == 404
+    assert len(proxy.fake.annotation_gets(1)) == 1  # only the unscoped key's fetch

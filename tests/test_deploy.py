@@ -557,6 +557,15 @@ def kubernetes_objects() -> list[tuple[Path, dict[str, Any]]]:
     return [(path, doc) for path in sorted(KUBERNETES.rglob("*.yaml")) for doc in load_yaml_documents(path)]
 
 
+def memory_quantity(text: str) -> int:
+    """A Kubernetes memory quantity in bytes (the binary suffixes the manifests use)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(text.removesuffix(suffix)) * factor
+    return int(text)
+
+
 def proxy_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     containers = pod.get("initContainers", []) + pod["containers"]
     return [c for c in containers if "annotation-proxy" in c["image"]]
@@ -634,6 +643,10 @@ def test_kubernetes_proxy_runs_with_real_settings_probes_and_ports(example: str,
         assert port in ports.values(), f"{kind} asks port {port}, which the container does not declare"
         assert probe_path in listeners[port][1], f"{kind} asks {probe_path} on port {port}"
     assert probes["livenessProbe"][1] == "/healthz"
+    # Every byte bound of this configuration adds up to no more than the container may use (proxy/budget.py).
+    budget = settings.memory_budget()
+    limit = memory_quantity(container["resources"]["limits"]["memory"])
+    assert budget.total <= limit, f"memory budget {budget.in_mib()} MiB over the limit of {limit // 2**20} MiB"
     # Readiness is 503 only while the proxy starts or shuts down (a failing Label Studio or Redis leaves it 200
     # "degraded"): an ordinary probe, with no long failureThreshold to ride out outages, and answered at once
     # (the dependency checks run in the background).

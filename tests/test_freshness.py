@@ -347,3 +347,33 @@ class TestPurge:
         response = await proxy.client.delete("/cache/annotations/1", headers=proxy.auth())
         assert response.status == 403
         assert "PROXY_ADMIN_KEYS" in json.loads(await response.read())["detail"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_webhook_version_label_studio_never_serves_blocks_caching_only_briefly(
+    make_proxy: ProxyFactory, request: pytest.FixtureRequest, steady: Clock, backend: str
+) -> None:
+    """A far-future updated_at (a forged webhook, a clock gone wrong) once turned caching off for the id for 24 h:
+    every lookup a miss that was never stored. It holds older versions back only as long as a fetch can take."""
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    proxy = await make_proxy(
+        redis_url=redis_url, proxy_webhook_secret=SECRET, proxy_upstream_timeout=0.2, proxy_hot_ttl=0
+    )
+    record = proxy.fake.add_annotation()
+    await get(proxy)
+    assert (
+        await send(proxy, annotation_event("ANNOTATION_UPDATED", record | {"updated_at": "9999-01-01T00:00:00Z"}))
+        == 200
+    )
+    assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200"  # not stored
+
+    async def cached_again() -> bool:
+        steady.now += 1  # the memory store's clock; Redis keeps its own time
+        return (await get(proxy))[1]["Cache-Status"].endswith("stored")
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await cached_again():
+        assert loop.time() < deadline, "still not stored: the webhook's version blocks caching"
+        await asyncio.sleep(0.1)
+    assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; hit"

@@ -80,6 +80,27 @@ class TestCaching:
         assert response.headers["Content-Type"] == "application/json"
         assert await response.read() == await upstream_body(proxy.fake, 1)
 
+    @pytest.mark.parametrize("backend", ["memory", "redis"])
+    async def test_a_body_too_large_for_the_memo_is_label_studios_bytes_too(
+        self, make_proxy: ProxyFactory, request: pytest.FixtureRequest, backend: str
+    ) -> None:
+        """Written as views of the cached bytes around created_ago (no copy per response): the same bytes, the
+        same headers as a memoized body."""
+        redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+        proxy = await make_proxy(redis_url=redis_url, proxy_render_max_bytes=64 * 1024)
+        proxy.fake.add_annotation(result=[{"id": f"r{i}", "value": {"text": ["naïve ✓" * 20]}} for i in range(2000)])
+        for expected in ("annotation-proxy; fwd=miss; fwd-status=200; stored", "annotation-proxy; hit"):
+            response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+            body = await response.read()
+            assert len(body) > 64 * 1024
+            assert response.status == 200
+            assert response.headers["Cache-Status"] == expected
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.headers["Content-Length"] == str(len(body))
+            assert "ETag" in response.headers
+            assert "X-Request-ID" in response.headers
+            assert body == await upstream_body(proxy.fake, 1)
+
     async def test_both_paths_are_served_not_redirected(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
         for path in ("/api/annotations/1/", "/api/annotations/1", "/api/annotations/0001/"):

@@ -16,10 +16,11 @@ from proxy.cache import CachedAnnotation
 from proxy.created_ago import find_created_ago, timesince
 from proxy.freshness import entity_tag
 from proxy.models import epoch_micros, from_epoch_micros
-from proxy.render import MINUTE_US, SECOND_US, LiveBodies, age_cells, render_body
+from proxy.render import MINUTE_US, RECORD_OVERHEAD, SECOND_US, LiveBodies, age_cells, render_body
 from tests.samples import encode, sample
 from tests.test_timesince import FAR_FUTURE, FAR_PAST, MOMENTS, OFFSETS, PROPERTY, shifted
 
+MiB = 1024 * 1024
 EARLIEST, LATEST = epoch_micros(FAR_PAST), epoch_micros(FAR_FUTURE)
 
 
@@ -70,7 +71,7 @@ def test_a_month_counted_at_midnight_is_a_cell_edge() -> None:
 
 def test_a_memoized_body_is_the_body_rendered_afresh_across_minutes() -> None:
     entry = entry_for("2026-11-28T12:00:00.700000Z")
-    bodies = LiveBodies()
+    bodies = LiveBodies(MiB)
     start = entry.created_at
     assert start is not None
     for seconds in (0, 59, 60, 61, 119, 3_600, 86_400 * 40 + 0.5, 86_400 * 40 + 0.8):
@@ -79,18 +80,33 @@ def test_a_memoized_body_is_the_body_rendered_afresh_across_minutes() -> None:
     assert b'"created_ago":"1\xc2\xa0month, 1\xc2\xa0week"' in bodies.body(entry, start + 86_400 * 40 * SECOND_US)
 
 
-def test_one_render_per_cell_and_the_memo_is_bounded() -> None:
+def test_one_render_per_cell_and_the_memo_is_bounded_in_bytes() -> None:
     entry = entry_for("2026-11-28T12:00:00Z")
-    bodies = LiveBodies(max_bodies=3)
+    size = len(render_body(entry, 0)) + RECORD_OVERHEAD
+    bodies = LiveBodies(max_bytes=size * 12)  # room for 12 bodies; each may take a quarter
     start = entry.created_at
     assert start is not None
     first = bodies.body(entry, start + 61 * SECOND_US)
     assert bodies.body(entry, start + 119 * SECOND_US) is first  # the same bytes object: not rendered again
-    for minute in range(2, 10):
+    for minute in range(2, 40):
         bodies.body(entry, start + minute * MINUTE_US)
-    assert len(bodies) == 3
+    assert bodies.size_bytes <= bodies.max_bytes
+    assert len(bodies) >= 11
+
+
+def test_large_bodies_cannot_push_the_memo_past_its_bound() -> None:
+    """40 distinct 5 MB annotations once took the proxy from 100 to 570 MiB: the memo counted bodies, not bytes."""
+    bodies = LiveBodies(max_bytes=16 * MiB)
+    result = [{"id": f"r{i}", "value": {"text": "x" * 1000}} for i in range(5000)]  # about 5 MB
+    for annotation_id in range(1, 41):
+        entry = entry_for("2026-11-28T12:00:00Z", id=annotation_id, result=result)
+        assert entry.created_at is not None
+        served = bodies.body(entry, entry.created_at + 61 * SECOND_US)
+        assert served == render_body(entry, entry.created_at + 61 * SECOND_US)
+        assert bodies.size_bytes <= 16 * MiB
+    assert len(bodies) <= 3
 
 
 def test_a_body_without_created_ago_is_served_as_stored() -> None:
     entry = CachedAnnotation(annotation_id=1, version=1, stored_at=0.0, body=b'{"id":1}')
-    assert LiveBodies().body(entry, 10**15) is entry.body
+    assert LiveBodies(MiB).body(entry, 10**15) is entry.body

@@ -7,18 +7,22 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.keys import SERVICE
-from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
+from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, ServerFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.processes import wait_until_healthy
 from tests.redis_server import free_port, running_redis
 from tests.samples import encode, sample
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TTL = 300.0
 STALE_TTL = 60.0
@@ -121,28 +125,92 @@ class TestUpstreamProtection:
         self, make_proxy: ProxyFactory, steady: Clock
     ) -> None:
         proxy = await make_proxy()
-        for _ in range(3):
+        for _ in range(8):
             proxy.fake.add_annotation()
         proxy.fake.fail_next(5, status=500)
-        for _ in range(5):
-            assert (await get(proxy)).status == 502
+        for annotation_id in range(1, 6):  # five different annotations fail: Label Studio as a whole is unwell
+            assert (await get(proxy, annotation_id)).status == 502
         assert proxy.metric("upstream_circuit_state", state="open") == 1
 
-        refused = await get(proxy)  # not sent: Label Studio gets a rest
+        refused = await get(proxy, 6)  # not sent: Label Studio gets a rest
         assert refused.status == 503
         assert "stopped calling it" in json.loads(await refused.read())["detail"]
         assert len(proxy.fake.annotation_gets()) == 5
 
         steady.now += 6  # the cooldown has passed: one probe may go
         proxy.fake.hold()
-        probe = asyncio.create_task(get(proxy, 2))
+        probe = asyncio.create_task(get(proxy, 6))
         await proxy.fake.wait_for_annotation_gets(6)
         assert proxy.metric("upstream_circuit_state", state="half_open") == 1
-        assert (await get(proxy, 3)).status == 503  # only one probe at a time
+        assert (await get(proxy, 7)).status == 503  # only one probe at a time
         proxy.fake.release()
         assert (await probe).status == 200
         assert proxy.metric("upstream_circuit_state", state="closed") == 1
-        assert (await get(proxy, 3)).status == 200
+        assert (await get(proxy, 7)).status == 200
+
+    @pytest.mark.parametrize("status", [502, 503, 504])
+    async def test_gateway_errors_for_one_id_count_as_label_studio_failing(
+        self, make_proxy: ProxyFactory, status: int
+    ) -> None:
+        proxy = await make_proxy(proxy_upstream_timeout=0.5)
+        proxy.fake.add_annotation()
+        proxy.fake.fail_next(100, status=status)
+        for _ in range(5):
+            await get(proxy)
+            if proxy.metric("upstream_circuit_state", state="open") == 1:
+                break
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+
+
+class TestOneFailingAnnotation:
+    """One annotation that makes Label Studio answer 500 (a bug on its side, or an id a hostile caller picked)
+    must not cut every other caller off: it counts once for the breaker, and is remembered for a few seconds."""
+
+    async def test_a_caller_repeating_an_id_that_fails_does_not_open_the_circuit_for_everyone(
+        self, make_proxy: ProxyFactory, aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio, clock: Clock
+    ) -> None:
+        asked_for_1: list[str] = []
+
+        @web.middleware
+        async def annotation_1_is_broken(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/api/annotations/1/":
+                asked_for_1.append(request.path)
+                return web.json_response({"detail": "A server error occurred."}, status=500)
+            return await handler(request)
+
+        app = fake_ls.app()
+        app.middlewares.insert(0, annotation_1_is_broken)
+        broken = await aiohttp_server(app)
+        proxy = await make_proxy(label_studio_url=str(broken.make_url("/")))
+        for _ in range(31):
+            fake_ls.add_annotation()
+        for round_ in range(6):  # what the review did: six GETs for the failing id every second, for six seconds
+            for _ in range(6):
+                response = await get(proxy, 1)
+                assert response.status == 502
+                assert response.headers["Cache-Status"] == (
+                    "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status"
+                )
+            assert proxy.metric("upstream_circuit_state", state="closed") == 1
+            for other in range(2 + 5 * round_, 7 + 5 * round_):  # other callers' cold lookups all succeed
+                assert (await get(proxy, other)).status == 200
+            clock.now += 1
+        assert len(asked_for_1) == 2  # remembered for 5 s, then asked again
+
+    async def test_the_failure_is_remembered_for_that_id_alone_then_asked_again(
+        self, make_proxy: ProxyFactory, clock: Clock
+    ) -> None:
+        proxy = await make_proxy()
+        proxy.fake.add_annotation()
+        proxy.fake.add_annotation()
+        proxy.fake.fail_next(1, status=500)
+        assert (await get(proxy, 1)).status == 502
+        assert (await get(proxy, 1)).status == 502  # from memory
+        assert (await get(proxy, 2)).status == 200  # another id is asked for as usual
+        assert len(proxy.fake.annotation_gets(1)) == 1
+        clock.now += 5
+        assert (await get(proxy, 1)).status == 200
+        assert len(proxy.fake.annotation_gets(1)) == 2
 
 
 class TestRedisFailsOpen:

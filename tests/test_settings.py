@@ -3,9 +3,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from proxy.budget import container_memory_limit
 from proxy.cache.topology import parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.settings import Settings, is_loopback_host, load_settings
@@ -84,6 +86,7 @@ def test_missing_settings_are_named_in_one_line() -> None:
         ("PROXY_METRICS_PORT", "0", "PROXY_METRICS_PORT"),
         ("PROXY_METRICS_PORT", "8080", "PROXY_METRICS_PORT must differ from PROXY_PORT"),  # PROXY_PORT's default
         ("PROXY_CHECK_INTERVAL", "0", "PROXY_CHECK_INTERVAL"),
+        ("PROXY_INFLIGHT_MAX_BYTES", str(32 * 1024 * 1024), "PROXY_INFLIGHT_MAX_BYTES must be at least 10 x"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -259,3 +262,30 @@ def test_the_operations_listener_may_share_the_port_on_another_address(monkeypat
     monkeypatch.setenv("PROXY_ALLOW_ANONYMOUS", "true")
     with pytest.raises(ConfigError, match="PROXY_METRICS_PORT must differ"):
         load_settings()
+
+
+def test_the_memory_budget_adds_up_every_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    without_redis = load_settings().memory_budget()
+    assert without_redis.in_mib() == {
+        "baseline": 80,
+        "memory_store": 64,
+        "hot_tier": 16,
+        "render_memo": 16,
+        "upstream_bodies": 128,
+        "webhook_bodies": 0,
+        "total": 304,
+    }
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("PROXY_WEBHOOK_SECRET", "a-webhook-secret-0123456789")
+    with_redis = load_settings().memory_budget()
+    assert (with_redis.memory_store, with_redis.webhook_bodies) == (0, 10 * 1024 * 1024)
+
+
+def test_the_container_limit_is_read_from_cgroup_v2(tmp_path: Path) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text("536870912\n")
+    assert container_memory_limit(limit) == 512 * 1024 * 1024
+    limit.write_text("max\n")
+    assert container_memory_limit(limit) is None
+    assert container_memory_limit(tmp_path / "absent") is None

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 from proxy.breaker import CircuitBreaker, State
+from proxy.budget import ByteBudget
 from proxy.cache import (
     MISSING,
     AnnotationKey,
@@ -29,11 +30,13 @@ from proxy.cache import (
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
+from proxy.cache.redis_store import LARGE_ENTRY
 from proxy.errors import CacheBusy, CacheError
 from tests.redis_server import RedisServer, SentinelTopology, free_port, running_redis
 
 PREFIX = "test-proxy:"
 TTL = 60.0
+BUDGET = 16 * 1024 * 1024  # the memory budget Redis stores read large entries in
 
 
 def entry(annotation_id: int = 7, version: int = 1_000, body: bytes | None = None) -> CachedAnnotation:
@@ -95,13 +98,15 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore]:
     kind: str = request.param
     if kind == "memory":
-        yield MemoryStore(1024 * 1024)
+        yield MemoryStore(4 * 1024 * 1024)
         return
     if kind == "redis-sentinel":  # PROXY_REDIS_MODE=sentinel: the primary found through the sentinels
         topology: SentinelTopology = request.getfixturevalue("redis_sentinel")
         with topology.client(topology.primary) as primary:
             primary.flushall()
-        sentinel_store = RedisStore.from_url(topology.url, KeyScheme(PREFIX), timeout=1.0, mode="sentinel")
+        sentinel_store = RedisStore.from_url(
+            topology.url, KeyScheme(PREFIX), timeout=1.0, mode="sentinel", bodies=ByteBudget(BUDGET)
+        )
         yield sentinel_store
         await sentinel_store.close()
         return
@@ -109,7 +114,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         url = request.getfixturevalue("redis_cluster")
         with SyncRedisCluster.from_url(url) as sync_cluster:
             sync_cluster.flushall()
-        cluster_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, mode="cluster")
+        cluster_store = RedisStore.from_url(
+            url, KeyScheme(PREFIX), timeout=1.0, mode="cluster", bodies=ByteBudget(BUDGET)
+        )
         yield cluster_store
         await cluster_store.close()
         return
@@ -117,7 +124,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         url = request.getfixturevalue("unix_redis" if kind == "redis-unix" else "tls_redis")
         with SyncRedis.from_url(url) as sync_client:
             sync_client.flushall()
-        unix_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0)
+        unix_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, bodies=ByteBudget(BUDGET))
         yield unix_store
         await unix_store.close()
         return
@@ -128,7 +135,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         server: RedisServer = request.getfixturevalue("redis_server")
         client = Redis.from_url(server.url)
         await client.flushall()
-    store = RedisStore(client, KeyScheme(PREFIX))
+    store = RedisStore(client, KeyScheme(PREFIX), bodies=ByteBudget(BUDGET))
     yield store
     await store.close()
 
@@ -141,6 +148,14 @@ class TestStoreContract:
         stored = entry()
         assert await store.put(PLAIN, stored, TTL) is True
         assert await store.get(PLAIN) == stored
+
+    async def test_a_large_entry_reads_back_whole(self, store: AnnotationStore) -> None:
+        """Past LARGE_ENTRY a Redis store reads in two steps, making room in its memory budget first."""
+        body = b'{"id":7,"result":"' + b"x" * (LARGE_ENTRY * 3) + b'"}'
+        stored = entry(body=body)
+        assert await store.put(PLAIN, stored, TTL) is True
+        assert await store.get(PLAIN) == stored
+        assert await store.get(EXPANDED) is None
 
     async def test_body_bytes_survive_exactly(self, store: AnnotationStore) -> None:
         body = '{"id":7,"created_ago":"1\u00a0day","r":"\\n\n"}'.encode()

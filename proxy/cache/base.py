@@ -39,7 +39,7 @@ class Missing(enum.Enum):
 MISSING = Missing.MISSING
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weak references: a read's memory lease ends with it
 class CachedAnnotation:
     """One validated version of an annotation, as Label Studio sent it."""
 

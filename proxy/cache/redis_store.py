@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AskError, ClusterError, MovedError, RedisError, TryAgainError
 
+from proxy.budget import ByteBudget
 from proxy.cache.base import (
     MISSING,
     AnnotationKey,
@@ -28,14 +30,24 @@ from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect
 from proxy.errors import CacheBusy, CacheError
 
-# KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>".
-# Returns 1 for a remembered 404, the entry bytes, or nil.
+# KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>", the largest entry to return.
+# Returns 1 for a remembered 404, the entry bytes, {its size, the version} for an entry larger than ARGV[3] (the
+# caller makes room in its memory budget, then GETs it), or nil.
 READ_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 local version = redis.call('GET', KEYS[2])
 if not version then return false end
-return redis.call('GET', ARGV[1] .. version .. ARGV[2])
+local key = ARGV[1] .. version .. ARGV[2]
+local size = redis.call('STRLEN', key)
+if size > tonumber(ARGV[3]) then return {size, version} end
+return redis.call('GET', key)
 """
+
+# Entries up to this size come back in the read's one round trip; larger ones wait for room in the memory budget
+# first (proxy/budget.py), so that many callers reading distinct large annotations cannot each hold a copy.
+LARGE_ENTRY = 256 * 1024
+# How long a read waits for that room before it gives up (served as a miss).
+ROOM_WAIT = 5.0
 
 # Every script that changes what a read answers ends by announcing the id: PUBLISH <changes channel> <id>, the
 # last two ARGV of each (the channel is not a key: on a cluster PUBLISH reaches every node from any slot).
@@ -143,8 +155,16 @@ def _translated(operation: str) -> Iterator[None]:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: Redis | RedisCluster, keys: KeyScheme, *, close: Closer | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        keys: KeyScheme,
+        *,
+        close: Closer | None = None,
+        bodies: ByteBudget | None = None,
+    ) -> None:
         self._client = client
+        self._bodies = bodies  # the memory budget large entries are read in (None: unbounded, for tests)
         self._keys = keys
         self._close = close or client.aclose
         self._read = client.register_script(READ_SCRIPT)
@@ -166,23 +186,58 @@ class RedisStore:
         timeout: float,
         max_connections: int = 64,
         mode: RedisMode = "standalone",
+        bodies: ByteBudget | None = None,
     ) -> RedisStore:
         """A store on redis-py's own client for ``mode`` (see :mod:`proxy.cache.topology`): short timeouts, no
         retries, a bounded pool. Every script touches the keys of one annotation, which share a cluster slot."""
         client, close = connect(url, mode, timeout=timeout, max_connections=max_connections)
-        return cls(client, keys, close=close)
+        return cls(client, keys, close=close, bodies=bodies)
 
     async def get(self, key: AnnotationKey) -> Lookup:
         annotation_id, variant = key
+        prefix, suffix = self._keys.version_prefix(annotation_id), f":{variant.value}"
         with _translated("read"):
             raw = await self._read(
                 keys=[self._keys.missing(annotation_id), self._keys.pointer(annotation_id)],
-                args=[self._keys.version_prefix(annotation_id), f":{variant.value}"],
+                args=[prefix, suffix, LARGE_ENTRY if self._bodies is not None else 2**62],
             )
         if raw is None:
             return None
         if isinstance(raw, int):
             return MISSING
+        if isinstance(raw, list):
+            return await self._get_large(annotation_id, int(raw[0]), f"{prefix}{raw[1].decode()}{suffix}")
+        return self._decoded(annotation_id, raw)
+
+    async def _get_large(self, annotation_id: int, size: int, version_key: str) -> Lookup:
+        """A large entry, read once there is room for it in the memory budget: twice its size while it is read
+        and decoded, then its body's size for as long as the decoded entry lives (the response being written,
+        the hot tier)."""
+        assert self._bodies is not None  # noqa: S101 - only asked for when there is a budget
+        try:
+            async with asyncio.timeout(ROOM_WAIT):
+                lease = await self._bodies.lease(2 * size)
+        except TimeoutError:
+            raise CacheBusy("no room in the memory budget to read a large entry") from None
+        try:
+            with _translated("read"):
+                raw = await self._client.get(version_key)
+            if raw is None:  # replaced or evicted since the script looked: a miss
+                lease.release()
+                return None
+            entry = self._decoded(annotation_id, raw)
+        except BaseException:
+            lease.release()
+            raise
+        del raw
+        lease.keep(len(entry.body))
+        weakref.finalize(entry, lease.release)
+        return entry
+
+    @staticmethod
+    def _decoded(annotation_id: int, raw: bytes | str) -> CachedAnnotation:
+        if not isinstance(raw, bytes):
+            raise CacheError("undecodable cache entry: not bytes")
         entry = decode_entry(raw)
         if entry.annotation_id != annotation_id:
             raise CacheError("cache entry belongs to another annotation")

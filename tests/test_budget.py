@@ -1,0 +1,96 @@
+"""The memory budget's gate (proxy.budget.ByteBudget) and a Redis store reading large entries within it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+from redis.asyncio import Redis
+
+from proxy.budget import ByteBudget
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, redis_store
+from proxy.errors import CacheBusy
+from tests.conftest import wait_until
+
+KEY = AnnotationKey(7, Variant.PLAIN)
+
+
+async def test_what_fits_is_granted_at_once_and_the_rest_waits_for_room() -> None:
+    budget = ByteBudget(100)
+    first = await budget.lease(60)
+    waiting = asyncio.create_task(budget.lease(50))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    small = await budget.lease(30)  # fits beside the first: not held up by the large one waiting
+    assert budget.reserved == 90
+    first.release()
+    first.release()  # once only
+    second = await waiting
+    assert budget.reserved == 80
+    small.release()
+    second.release()
+    assert budget.reserved == 0
+
+
+async def test_a_reservation_larger_than_the_budget_waits_for_everything_else_then_goes() -> None:
+    budget = ByteBudget(100)
+    held = await budget.lease(10)
+    huge = asyncio.create_task(budget.lease(1_000))
+    await asyncio.sleep(0)
+    assert not huge.done()
+    held.release()
+    lease = await huge
+    assert lease.size == 100
+    lease.release()
+
+
+async def test_a_cancelled_wait_gives_nothing_away_and_blocks_no_one() -> None:
+    budget = ByteBudget(100)
+    held = await budget.lease(100)
+    waiting = asyncio.create_task(budget.lease(80))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.release()
+    assert budget.reserved == 0
+    (await budget.lease(100)).release()
+
+
+def large_entry(size: int) -> CachedAnnotation:
+    body = b'{"id":7,"r":"' + b"x" * size + b'"}'
+    return CachedAnnotation(annotation_id=7, version=1, stored_at=1.0, body=body, project=1, task=1)
+
+
+async def test_a_large_entry_read_from_redis_holds_its_size_while_it_lives(redis_url: str) -> None:
+    budget = ByteBudget(64 * 1024 * 1024)
+    store = RedisStore(Redis.from_url(redis_url), KeyScheme("budget-test:"), bodies=budget)
+    try:
+        stored = large_entry(redis_store.LARGE_ENTRY * 4)
+        assert await store.put(KEY, stored, 60.0)
+        got = await store.get(KEY)
+        assert got == stored
+        assert isinstance(got, CachedAnnotation)
+        assert budget.reserved == len(got.body)  # the decoded body, while something holds it
+        del got
+        gc.collect()
+        assert budget.reserved == 0
+    finally:
+        await store.close()
+
+
+async def test_a_large_read_without_room_gives_up_as_busy(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "ROOM_WAIT", 0.05)
+    budget = ByteBudget(redis_store.LARGE_ENTRY * 4)
+    store = RedisStore(Redis.from_url(redis_url), KeyScheme("budget-test:"), bodies=budget)
+    try:
+        assert await store.put(KEY, large_entry(redis_store.LARGE_ENTRY * 3), 60.0)
+        held = await budget.lease(budget.capacity)
+        with pytest.raises(CacheBusy):
+            await store.get(KEY)
+        held.release()
+        await wait_until(lambda: budget.reserved == 0)
+        assert isinstance(await store.get(KEY), CachedAnnotation)
+    finally:
+        await store.close()

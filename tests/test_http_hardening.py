@@ -1,0 +1,252 @@
+"""Hardening at the HTTP level, over real sockets: what aiohttp's parser refuses never echoes a client key, only
+HTTP/1.0 and 1.1 are spoken, request bodies have a deadline, a caller that goes away is not a server error, and
+webhook ids are JSON integers and nothing else.
+
+Requests that a client library would normalise or refuse to send are written byte for byte on a plain socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
+from tests.fakes.label_studio import FakeLabelStudio
+from tests.webhooks import annotation_event, annotations_deleted, tasks_deleted
+
+KEY = CLIENT_KEY.encode()
+SECRET = "webhook-secret-0123456789"
+AUTH = b"Authorization: Token " + KEY
+HANG_GUARD = 5.0  # seconds; only so that a broken proxy fails the test instead of hanging it
+
+
+async def exchange(proxy: Proxy, raw: bytes) -> bytes:
+    """Write ``raw`` and read until the proxy closes the connection."""
+    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
+    try:
+        writer.write(raw)
+        async with asyncio.timeout(HANG_GUARD):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def head_and_body(answer: bytes) -> tuple[list[bytes], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), body
+
+
+def header(lines: list[bytes], name: bytes) -> bytes | None:
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def error_json(body: bytes) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(body)
+    assert set(parsed) == {"id", "status_code", "version", "detail", "exc_info"}  # Label Studio's error shape
+    return parsed
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory) -> Proxy:
+    proxy = await make_proxy(proxy_webhook_secret=SECRET, proxy_request_body_timeout=0.2)
+    proxy.fake.add_annotation()
+    return proxy
+
+
+@dataclass
+class Served:
+    """The proxy served as ``python -m proxy`` serves it (web.run_app's defaults)."""
+
+    host: str
+    port: int
+    server: web.Server
+    registry: CollectorRegistry
+
+    def requests(self, **labels: str) -> float:
+        labels = {"route": "webhook", "method": "POST"} | labels
+        return self.registry.get_sample_value("annotation_proxy_http_requests_total", labels) or 0.0
+
+
+@pytest.fixture
+async def served(upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock) -> AsyncIterator[Served]:
+    """Unlike aiohttp's TestServer, web.run_app does not cancel a handler whose caller goes away: the handler
+    sees the connection fail, which is the case to test."""
+    settings = Settings(
+        label_studio_url=str(upstream.make_url("/")),
+        label_studio_api_key=fake_ls.legacy_token,
+        proxy_client_keys=(CLIENT_KEY,),
+        proxy_webhook_secret=SECRET,
+        redis_url=None,
+    )
+    registry = CollectorRegistry()
+    runner = web.AppRunner(create_app(settings, registry=registry, clock=clock, monotonic=steady), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert runner.server is not None
+    try:
+        yield Served("127.0.0.1", runner.addresses[0][1], runner.server, registry)
+    finally:
+        await runner.cleanup()
+
+
+class TestParserErrorsNeverEchoTheKey:
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"\x00tail\r\n\r\n",
+            b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"\nX-Next: y\r\n\r\n",
+            b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"\x7f\r\n\r\n",
+            b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"\x01\r\n\r\n",
+            b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"a" * 9000 + b"\r\n\r\n",
+            b"GET /api/annotations/1/?t=" + KEY + b"\x01 HTTP/1.1\r\nHost: p\r\n\r\n",
+            b"GET /api/annotations/1/?t=" + KEY + b" HTTP/1.1 junk\r\nHost: p\r\n\r\n",
+            b"GET /api/annotations/1/?t=" + KEY + b"a" * 9000 + b" HTTP/1.1\r\nHost: p\r\n\r\n",
+        ],
+        ids=[
+            "nul-after-key",
+            "bare-lf-after-key",
+            "del-after-key",
+            "control-char-after-key",
+            "overlong-authorization-header",
+            "control-char-in-request-line-after-key",
+            "junk-after-version",
+            "overlong-request-line",
+        ],
+    )
+    async def test_the_400_says_only_that_the_request_could_not_be_parsed(self, proxy: Proxy, raw: bytes) -> None:
+        answer = await exchange(proxy, raw)
+        lines, body = head_and_body(answer)
+        assert lines[0].split(b" ")[1] == b"400"
+        assert KEY not in answer
+        assert KEY[:8] not in answer  # not even a prefix of it (aiohttp cuts long lines short)
+        assert body.startswith(b"Bad request: the request could not be parsed (")
+        assert proxy.fake.annotation_gets() == []
+
+
+class TestHttpVersions:
+    @pytest.mark.parametrize(
+        "request_line",
+        [b"GET /api/annotations/1/", b"GET /api/annotations/1/ HTTP/0.9", b"GET /api/annotations/1/ HTTP/2.0"],
+        ids=["no-version", "http-0.9", "http-2.0"],
+    )
+    async def test_versions_the_parser_reads_are_refused_with_505_in_http_1_1(
+        self, proxy: Proxy, request_line: bytes
+    ) -> None:
+        answer = await exchange(proxy, request_line + b"\r\nHost: p\r\n" + AUTH + b"\r\n\r\n")
+        lines, body = head_and_body(answer)
+        assert lines[0] == b"HTTP/1.1 505 HTTP Version Not Supported"
+        assert header(lines, b"Connection") == b"close"
+        assert header(lines, b"Content-Type") == b"application/json"
+        assert error_json(body)["status_code"] == 505
+        assert proxy.fake.annotation_gets() == []  # nothing reached Label Studio
+        assert proxy.metric("http_requests_total", route="annotation", method="GET", status="505") == 1
+
+    @pytest.mark.parametrize("version", [b"HTTP/3.0", b"HTTP/1.2", b"HTTP/9.9"])
+    async def test_versions_the_parser_refuses_stay_400(self, proxy: Proxy, version: bytes) -> None:
+        answer = await exchange(proxy, b"GET /healthz " + version + b"\r\nHost: p\r\n\r\n")
+        assert head_and_body(answer)[0][0].split(b" ")[1] == b"400"
+
+    @pytest.mark.parametrize("version", [b"HTTP/1.0", b"HTTP/1.1"])
+    async def test_http_1_0_and_1_1_are_served(self, proxy: Proxy, version: bytes) -> None:
+        raw = b"GET /api/annotations/1/ " + version + b"\r\nHost: p\r\n" + AUTH + b"\r\nConnection: close\r\n\r\n"
+        lines, body = head_and_body(await exchange(proxy, raw))
+        assert lines[0] == version + b" 200 OK"
+        assert json.loads(body)["id"] == 1
+
+
+def webhook_head(length: int) -> bytes:
+    return (
+        b"POST /webhooks/label-studio HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n"
+        b"X-Webhook-Secret: " + SECRET.encode() + b"\r\nContent-Length: %d\r\n\r\n" % length
+    )
+
+
+class TestRequestBodies:
+    async def test_a_slow_body_is_answered_408_and_the_connection_closed(self, proxy: Proxy) -> None:
+        reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
+
+        async def drip() -> None:  # one byte every 50 ms, as long as the proxy lets it
+            writer.write(webhook_head(600) + b"{")
+            for _ in range(599):
+                await asyncio.sleep(0.05)
+                if writer.is_closing():
+                    return
+                writer.write(b" ")
+
+        dripping = asyncio.create_task(drip())
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                answer = await reader.read()  # to EOF: the proxy must close, not linger over the rest
+        finally:
+            dripping.cancel()
+            writer.close()
+        lines, body = head_and_body(answer)
+        assert lines[0] == b"HTTP/1.1 408 Request Timeout"
+        assert header(lines, b"Connection") == b"close"
+        assert error_json(body)["detail"] == "The request body did not arrive in time."
+        assert proxy.metric("http_requests_total", route="webhook", method="POST", status="408") == 1
+
+    async def test_a_caller_that_goes_away_mid_body_is_no_server_error(
+        self, served: Served, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        _, writer = await asyncio.open_connection(served.host, served.port)
+        writer.write(webhook_head(600) + b'{"action": ')
+        await writer.drain()
+        await wait_until(lambda: served.server.requests_count == 1)  # its headers are in: the body is awaited
+        writer.close()
+        await wait_until(lambda: any(r.name == "proxy.access" for r in caplog.records))  # it was answered
+        assert served.requests(status="500") == 0
+        assert served.requests(status="499") == 1
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert all(r.exc_info is None for r in caplog.records if not r.name.startswith("asyncio"))
+        [gone] = [r for r in caplog.records if r.getMessage() == "client closed the request"]
+        assert gone.levelno == logging.INFO
+
+
+class TestStrictWebhookIds:
+    @pytest.mark.parametrize("bad_id", [True, 1.0, "1"], ids=["true", "float", "string"])
+    @pytest.mark.parametrize("kind", ["annotation_updated", "annotations_deleted", "tasks_deleted"])
+    async def test_an_id_that_is_not_a_json_integer_is_invalid_and_changes_nothing(
+        self, proxy: Proxy, bad_id: object, kind: str
+    ) -> None:
+        headers = {**proxy.auth()}
+        assert (await proxy.client.get("/api/annotations/1/", headers=headers)).status == 200
+        record = proxy.fake.update_annotation(1, lead_time=2.5)  # a change only an applied event would show
+        event: dict[str, Any]
+        if kind == "annotation_updated":
+            event = annotation_event("ANNOTATION_UPDATED", record)
+            event["annotation"]["id"] = bad_id
+        elif kind == "annotations_deleted":
+            event = annotations_deleted(1)
+            event["annotations"][0]["id"] = bad_id
+        else:
+            event = tasks_deleted(1)
+            event["tasks"][0]["id"] = bad_id
+        answer = await proxy.client.post("/webhooks/label-studio", json=event, headers={"X-Webhook-Secret": SECRET})
+        assert answer.status == 400
+        assert error_json(await answer.read())["detail"].startswith("Malformed webhook body")
+        assert proxy.metric("webhook_events_total", action="other", outcome="invalid") == 1
+
+        gets = len(proxy.fake.annotation_gets())
+        after = await proxy.client.get("/api/annotations/1/", headers=headers)
+        assert after.status == 200
+        assert after.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert json.loads(await after.read())["lead_time"] != 2.5  # the cached copy, untouched
+        assert len(proxy.fake.annotation_gets()) == gets
