@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 
 from proxy.cache import KeyScheme, RedisStore
+from proxy.exchange import UpstreamReply
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService, CachePolicy
-from proxy.upstream import UpstreamReply
 from tests.fakes.source import ScriptedSource
-from tests.redis_server import running_redis
-from tests.samples import encode, sample
+from tests.support.redis_servers import running_redis
+from tests.support.samples import encode, sample
 
 ANNOTATIONS = 200
 SIZES = (600, 2_000, 10_000, 100_000)

@@ -42,7 +42,8 @@ from pathlib import Path
 
 from bench.soak import proc_rss
 from bench.upstream import LEGACY_TOKEN
-from tests.redis_server import free_port, running_redis
+from tests.support.ports import free_port
+from tests.support.redis_servers import running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"

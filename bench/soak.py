@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/soak.py --seconds 60 --concurrency 32      (or: make soak)
 
-Starts, all on 127.0.0.1 and all its own: a redis-server on a free port (tests/redis_server.py), the fake Label
+Starts, all on 127.0.0.1 and all its own: a redis-server on a free port (tests/support/redis_servers.py), the fake Label
 Studio of the tests (tests/fakes/label_studio.py) and the proxy as a subprocess (``python -m proxy``). Then drives
 ``--concurrency`` clients for ``--seconds`` (or ``--max-requests``, whichever comes first) with a mix of cache hits,
 misses, 404s (remembered and not), invalid ids, ``?expand=completed_by`` variants, annotations changing upstream,
@@ -40,8 +40,9 @@ from yarl import URL
 
 try:
     from tests.fakes.label_studio import FakeLabelStudio
-    from tests.metrics_text import parse_metrics
-    from tests.redis_server import free_port, running_redis
+    from tests.support.metrics_text import parse_metrics
+    from tests.support.ports import free_port
+    from tests.support.redis_servers import running_redis
 except ImportError:  # pragma: no cover - how it is run, not what it tests
     sys.exit("soak: cannot import the fake Label Studio: run from the repository root with PYTHONPATH=.")
 

@@ -21,7 +21,8 @@ from proxy.breaker import CircuitBreaker, State
 from proxy.budget import BODY_FACTOR, ByteBudget
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
 from proxy.cache.breaker import CircuitBreakingStore
-from proxy.hot import HotTier
+from proxy.cache.hot import HotTier
+from proxy.credentials import Credentials, LegacyToken, PersonalAccessToken
 from proxy.keys import (
     ADMIN_KEYS,
     BODIES,
@@ -45,7 +46,7 @@ from proxy.render import LiveBodies
 from proxy.routes import edge, setup_routes
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
-from proxy.upstream import Credentials, LabelStudioClient, LegacyToken, PersonalAccessToken, UpstreamPolicy
+from proxy.upstream import LabelStudioClient, UpstreamPolicy
 
 log = logging.getLogger("proxy.app")
 
@@ -204,7 +205,9 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         fence_ttl=settings.proxy_upstream_timeout + FENCE_MARGIN,
     )
     hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
-    service = AnnotationService(app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], hot=hot)
+    service = AnnotationService(
+        app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], monotonic=app[MONOTONIC], hot=hot
+    )
     app[SERVICE] = service
     service.start()
     app[READINESS].start(app[STORE], app[UPSTREAM])

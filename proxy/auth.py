@@ -56,8 +56,10 @@ def read_entries(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+def secret_digest(secret: str) -> bytes:
+    """What secrets are compared by (client keys here, the webhook secret in proxy/webhooks.py): their SHA-256,
+    so that :func:`hmac.compare_digest` compares equal lengths and the time taken says nothing of the secret."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 ACCEPTED_HEADERS_KEPT = 1024
@@ -72,7 +74,7 @@ class _Accepted(dict[str, Scope]):
 
 class ClientKeys:
     def __init__(self, keys: Iterable[ClientKey]) -> None:
-        self._keys = tuple((_digest(k.key), k.scope) for k in keys)
+        self._keys = tuple((secret_digest(k.key), k.scope) for k in keys)
         # Authorization headers already accepted, exactly as sent: a hit needs no digest. Only accepted ones are
         # kept, so it tells a caller nothing its 200 did not; bounded, since spelling variants are few per key.
         self._accepted = _Accepted()
@@ -92,7 +94,7 @@ class ClientKeys:
         presented = presented.strip()
         if scheme.lower() != "token" or not presented:
             raise NotAuthenticated()
-        candidate = _digest(presented)
+        candidate = secret_digest(presented)
         matched = False
         scope: Scope = None
         for digest, key_scope in self._keys:  # every key, always: the time taken says nothing

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class State(enum.Enum):
@@ -76,7 +77,63 @@ class CircuitBreaker:
         """A call that was let through ended without a verdict (it was cancelled): let another one probe."""
         self._probing = False
 
+    @contextmanager
+    def guard(
+        self,
+        refused: Callable[[], BaseException],
+        *,
+        failures: tuple[type[BaseException], ...] = (),
+        answers: tuple[type[BaseException], ...] = (),
+    ) -> Iterator[Verdict]:
+        """One call through the breaker, the one protocol both breakers follow.
+
+        Refused at once (``refused()`` is raised) while open. The call's outcome is the breaker's verdict: an
+        exception in ``failures`` is a failure; one in ``answers`` a success (the dependency answered, if not
+        usefully); any other exception (a cancellation, a slot on the move) no verdict, so that another call
+        may probe. A call that ends normally is a success, unless it gave its own verdict through the
+        :class:`Verdict` it is handed (an answer that says the dependency is unwell).
+        """
+        if not self.allow():
+            raise refused()
+        verdict = Verdict(self)
+        try:
+            yield verdict
+        except failures:
+            verdict.failed()
+            raise
+        except answers:
+            verdict.succeeded()
+            raise
+        except BaseException:
+            verdict.abandoned()
+            raise
+        verdict.succeeded()
+
     def _set(self, state: State) -> None:
         self._state = state
         if self._on_change is not None:
             self._on_change(state)
+
+
+class Verdict:
+    """How one guarded call went, told to its breaker once (the first verdict counts)."""
+
+    __slots__ = ("_breaker",)
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker: CircuitBreaker | None = breaker
+
+    def succeeded(self) -> None:
+        if self._breaker is not None:
+            self._breaker.succeeded()
+            self._breaker = None
+
+    def failed(self) -> None:
+        if self._breaker is not None:
+            self._breaker.failed()
+            self._breaker = None
+
+    def abandoned(self) -> None:
+        if self._breaker is not None:
+            self._breaker.abandoned()
+            self._breaker = None

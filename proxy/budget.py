@@ -2,7 +2,7 @@
 
 A hostile caller (or an unlucky workload) decides which annotations the proxy holds, and how large they are; what
 it cannot decide is how much memory the proxy uses. Each part below has a byte bound, and :func:`memory_budget`
-adds them up, so that the start-up log, the README's sizing and a container's memory limit can be compared:
+adds them up, so that the start-up log, docs/memory.md and a container's memory limit can be compared:
 
 - the in-process store (``PROXY_MEMORY_CACHE_MAX_BYTES``; none with Redis);
 - the hot tier (``PROXY_HOT_MAX_BYTES``);

@@ -7,6 +7,7 @@ only (never an annotation id). Label values are created up front so dashboards s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,35 +20,33 @@ from prometheus_client import (
 
 PREFIX = "annotation_proxy"
 
+# Every label value, once, as a type; the tuples the metrics are created with are derived from the types.
 # How the cache answered an annotation request; stale_if_error: a cached copy instead of a Label Studio error.
-CACHE_RESULTS = ("hit", "miss", "stale", "stale_if_error", "negative_hit")
+CacheResult = Literal["hit", "miss", "stale", "stale_if_error", "negative_hit"]
+# What the background dependency check watches (proxy.readiness); redis only when REDIS_URL is set.
+Dependency = Literal["label_studio", "redis"]
+UpstreamOutcome = Literal["ok", "not_found", "auth_rejected", "bad_status", "too_large", "timeout", "connection_error"]
+CacheOperation = Literal["get", "put", "put_missing", "ping", "invalidate", "claim"]
+RevalidationOutcome = Literal["unchanged", "updated", "not_found", "error"]
+WebhookAction = Literal[
+    "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "TASKS_DELETED", "other"
+]
+WebhookOutcome = Literal["applied", "ignored", "unauthorized", "invalid", "cache_error"]
+Route = Literal["annotation", "webhook", "purge", "metrics", "healthz", "readyz", "openapi", "unmatched"]
+TokenRefreshOutcome = Literal["ok", "rejected", "error"]
+
+CACHE_RESULTS: tuple[CacheResult, ...] = get_args(CacheResult)
 # The request duration histogram's cache label: a CACHE_RESULTS value, or none for requests that look nothing
 # up (other routes, and annotation requests refused before the lookup).
 REQUEST_CACHE_LABELS = (*CACHE_RESULTS, "none")
-# What the background dependency check watches (proxy.readiness); redis only when REDIS_URL is set.
-DEPENDENCIES = ("label_studio", "redis")
-UPSTREAM_OUTCOMES = (
-    "ok",
-    "not_found",
-    "auth_rejected",
-    "bad_status",
-    "too_large",
-    "timeout",
-    "connection_error",
-)
-CACHE_OPERATIONS = ("get", "put", "put_missing", "ping", "invalidate", "claim")
-REVALIDATION_OUTCOMES = ("unchanged", "updated", "not_found", "error")
-WEBHOOK_ACTIONS = (
-    "ANNOTATION_CREATED",
-    "ANNOTATION_UPDATED",
-    "ANNOTATIONS_CREATED",
-    "ANNOTATIONS_DELETED",
-    "TASKS_DELETED",
-    "other",
-)
-WEBHOOK_OUTCOMES = ("applied", "ignored", "unauthorized", "invalid", "cache_error")
-ROUTES = ("annotation", "webhook", "purge", "metrics", "healthz", "readyz", "openapi", "unmatched")
-TOKEN_REFRESH_OUTCOMES = ("ok", "rejected", "error")
+DEPENDENCIES: tuple[Dependency, ...] = get_args(Dependency)
+UPSTREAM_OUTCOMES: tuple[UpstreamOutcome, ...] = get_args(UpstreamOutcome)
+CACHE_OPERATIONS: tuple[CacheOperation, ...] = get_args(CacheOperation)
+REVALIDATION_OUTCOMES: tuple[RevalidationOutcome, ...] = get_args(RevalidationOutcome)
+WEBHOOK_ACTIONS: tuple[WebhookAction, ...] = get_args(WebhookAction)
+WEBHOOK_OUTCOMES: tuple[WebhookOutcome, ...] = get_args(WebhookOutcome)
+ROUTES: tuple[Route, ...] = get_args(Route)
+TOKEN_REFRESH_OUTCOMES: tuple[TokenRefreshOutcome, ...] = get_args(TokenRefreshOutcome)
 # (route, method, status) of the ordinary answers, created up front like every other label value.
 USUAL_ANSWERS = (
     ("annotation", "GET", "200"),
@@ -125,7 +124,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def cache_request(self, result: str) -> None:
+    def cache_request(self, result: CacheResult) -> None:
         """Count one annotation request by how the cache served it (one of :data:`CACHE_RESULTS`)."""
         child = self._cache_children.get(result)
         if child is None:
@@ -134,16 +133,15 @@ class Metrics:
 
     def _create_label_values(self) -> None:
         """Every label value up front, so that a dashboard sees zeros and rate() works from the first scrape."""
-        for result in CACHE_RESULTS:
-            self.cache_requests.labels(result=result)
-        for outcome in UPSTREAM_OUTCOMES:
-            self.upstream_requests.labels(outcome=outcome)
-        for outcome in TOKEN_REFRESH_OUTCOMES:
-            self.token_refreshes.labels(outcome=outcome)
-        for operation in CACHE_OPERATIONS:
-            self.cache_errors.labels(operation=operation)
-        for outcome in REVALIDATION_OUTCOMES:
-            self.revalidations.labels(outcome=outcome)
+        for counter, label, values in (
+            (self.cache_requests, "result", CACHE_RESULTS),
+            (self.upstream_requests, "outcome", UPSTREAM_OUTCOMES),
+            (self.token_refreshes, "outcome", TOKEN_REFRESH_OUTCOMES),
+            (self.cache_errors, "operation", CACHE_OPERATIONS),
+            (self.revalidations, "outcome", REVALIDATION_OUTCOMES),
+        ):
+            for value in values:
+                counter.labels(**{label: value})
         for action in WEBHOOK_ACTIONS:
             for webhook_outcome in WEBHOOK_OUTCOMES:
                 self.webhook_events.labels(action=action, outcome=webhook_outcome)
@@ -151,121 +149,126 @@ class Metrics:
             for cache in REQUEST_CACHE_LABELS if route == "annotation" else ("none",):
                 self.http_duration.labels(route=route, cache=cache)
         # The status label is open (any status a route answers); its usual values exist from the start.
-        for route, method, status in USUAL_ANSWERS:
-            self.http_requests.labels(route=route, method=method, status=status)
+        for answered_route, method, status in USUAL_ANSWERS:
+            self.http_requests.labels(route=answered_route, method=method, status=status)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, version: str, process_metrics: bool = True) -> Metrics:
         if process_metrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
-        metrics = cls(
-            registry=registry,
-            cache_requests=Counter(
-                f"{PREFIX}_cache_requests",
-                "Annotation requests answered, by how the cache served them.",
-                ["result"],
-                registry=registry,
-            ),
-            upstream_requests=Counter(
-                f"{PREFIX}_upstream_requests",
-                "Requests the proxy sent to Label Studio for annotations, by outcome.",
-                ["outcome"],
-                registry=registry,
-            ),
-            upstream_duration=Histogram(
-                f"{PREFIX}_upstream_request_duration_seconds",
-                "Time to get a complete annotation response from Label Studio.",
-                buckets=LATENCY_BUCKETS,
-                registry=registry,
-            ),
-            token_refreshes=Counter(
-                f"{PREFIX}_token_refreshes",
-                "Exchanges of the personal access token for an access token, by outcome.",
-                ["outcome"],
-                registry=registry,
-            ),
-            http_requests=Counter(
-                f"{PREFIX}_http_requests",
-                "HTTP requests the proxy answered.",
-                ["route", "method", "status"],
-                registry=registry,
-            ),
-            http_duration=Histogram(
-                f"{PREFIX}_http_request_duration_seconds",
-                "Time from request to response, by route and by how the cache answered (none: no lookup).",
-                ["route", "cache"],
-                buckets=LATENCY_BUCKETS,
-                registry=registry,
-            ),
-            coalesced_requests=Counter(
-                f"{PREFIX}_coalesced_requests",
-                "Annotation requests that waited for another request's upstream fetch.",
-                registry=registry,
-            ),
-            validation_failures=Counter(
-                f"{PREFIX}_validation_failures",
-                "Upstream bodies rejected by validation (never served, never cached).",
-                registry=registry,
-            ),
-            cache_errors=Counter(
-                f"{PREFIX}_cache_errors",
-                "Cache store failures; each is served as if it were a miss.",
-                ["operation"],
-                registry=registry,
-            ),
-            revalidations=Counter(
-                f"{PREFIX}_revalidations",
-                "Background re-fetches of a stale or invalidated version, by outcome.",
-                ["outcome"],
-                registry=registry,
-            ),
-            webhook_events=Counter(
-                f"{PREFIX}_webhook_events",
-                "Label Studio webhook deliveries, by action and what the proxy did with them.",
-                ["action", "outcome"],
-                registry=registry,
-            ),
-            cache_available=Gauge(
-                f"{PREFIX}_cache_available",
-                "1 while the cache is used; 0 while its circuit breaker is open (requests go to Label Studio).",
-                registry=registry,
-            ),
-            upstream_circuit_state=Gauge(
-                f"{PREFIX}_upstream_circuit_state",
-                "1 for the current state of the circuit breaker in front of Label Studio, 0 for the others.",
-                ["state"],
-                registry=registry,
-            ),
-            upstream_retries=Counter(
-                f"{PREFIX}_upstream_retries",
-                "Upstream requests sent again after a connection error or a 502/503/504.",
-                registry=registry,
-            ),
-            upstream_waiting=Gauge(
-                f"{PREFIX}_upstream_waiting",
-                "Requests waiting for one of the PROXY_UPSTREAM_MAX_CONNECTIONS slots to Label Studio.",
-                registry=registry,
-            ),
-            dependency_up=Gauge(
-                f"{PREFIX}_dependency_up",
-                "1 if the last background check of the dependency passed, 0 if it failed (PROXY_CHECK_INTERVAL).",
-                ["dependency"],
-                registry=registry,
-            ),
-            credentials_refused=Gauge(
-                f"{PREFIX}_label_studio_credentials_refused",
-                "1 if Label Studio refused the proxy's credentials at the last background check, else 0.",
-                registry=registry,
-            ),
-            build_info=Gauge(
-                f"{PREFIX}_build_info",
-                "Always 1; the proxy's version as a label.",
-                ["version"],
-                registry=registry,
-            ),
-        )
+        metrics = cls(**_families(registry))
         metrics.build_info.labels(version=version).set(1)
         metrics.cache_available.set(1)
         metrics._create_label_values()
         return metrics
+
+
+def _families(registry: CollectorRegistry) -> dict[str, Any]:
+    """Every metric family, registered on ``registry``, by the :class:`Metrics` field that holds it."""
+    return dict(
+        registry=registry,
+        cache_requests=Counter(
+            f"{PREFIX}_cache_requests",
+            "Annotation requests answered, by how the cache served them.",
+            ["result"],
+            registry=registry,
+        ),
+        upstream_requests=Counter(
+            f"{PREFIX}_upstream_requests",
+            "Requests the proxy sent to Label Studio for annotations, by outcome.",
+            ["outcome"],
+            registry=registry,
+        ),
+        upstream_duration=Histogram(
+            f"{PREFIX}_upstream_request_duration_seconds",
+            "Time to get a complete annotation response from Label Studio.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        token_refreshes=Counter(
+            f"{PREFIX}_token_refreshes",
+            "Exchanges of the personal access token for an access token, by outcome.",
+            ["outcome"],
+            registry=registry,
+        ),
+        http_requests=Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests the proxy answered.",
+            ["route", "method", "status"],
+            registry=registry,
+        ),
+        http_duration=Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from request to response, by route and by how the cache answered (none: no lookup).",
+            ["route", "cache"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        coalesced_requests=Counter(
+            f"{PREFIX}_coalesced_requests",
+            "Annotation requests that waited for another request's upstream fetch.",
+            registry=registry,
+        ),
+        validation_failures=Counter(
+            f"{PREFIX}_validation_failures",
+            "Upstream bodies rejected by validation (never served, never cached).",
+            registry=registry,
+        ),
+        cache_errors=Counter(
+            f"{PREFIX}_cache_errors",
+            "Cache store failures; each is served as if it were a miss.",
+            ["operation"],
+            registry=registry,
+        ),
+        revalidations=Counter(
+            f"{PREFIX}_revalidations",
+            "Background re-fetches of a stale or invalidated version, by outcome.",
+            ["outcome"],
+            registry=registry,
+        ),
+        webhook_events=Counter(
+            f"{PREFIX}_webhook_events",
+            "Label Studio webhook deliveries, by action and what the proxy did with them.",
+            ["action", "outcome"],
+            registry=registry,
+        ),
+        cache_available=Gauge(
+            f"{PREFIX}_cache_available",
+            "1 while the cache is used; 0 while its circuit breaker is open (requests go to Label Studio).",
+            registry=registry,
+        ),
+        upstream_circuit_state=Gauge(
+            f"{PREFIX}_upstream_circuit_state",
+            "1 for the current state of the circuit breaker in front of Label Studio, 0 for the others.",
+            ["state"],
+            registry=registry,
+        ),
+        upstream_retries=Counter(
+            f"{PREFIX}_upstream_retries",
+            "Upstream requests sent again after a connection error or a 502/503/504.",
+            registry=registry,
+        ),
+        upstream_waiting=Gauge(
+            f"{PREFIX}_upstream_waiting",
+            "Requests waiting for one of the PROXY_UPSTREAM_MAX_CONNECTIONS slots to Label Studio.",
+            registry=registry,
+        ),
+        dependency_up=Gauge(
+            f"{PREFIX}_dependency_up",
+            "1 if the last background check of the dependency passed, 0 if it failed (PROXY_CHECK_INTERVAL).",
+            ["dependency"],
+            registry=registry,
+        ),
+        credentials_refused=Gauge(
+            f"{PREFIX}_label_studio_credentials_refused",
+            "1 if Label Studio refused the proxy's credentials at the last background check, else 0.",
+            registry=registry,
+        ),
+        build_info=Gauge(
+            f"{PREFIX}_build_info",
+            "Always 1; the proxy's version as a label.",
+            ["version"],
+            registry=registry,
+        ),
+    )

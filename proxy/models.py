@@ -123,14 +123,16 @@ def from_epoch_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def _summarize(exc: ValidationError) -> str:
-    """A short reason naming the fields at fault, without echoing upstream values."""
+def summarize(exc: ValidationError, *, count_the_rest: bool = True) -> str:
+    """A short reason naming the fields at fault (the first three), never echoing the values: for Label Studio's
+    bodies here and webhook events (:mod:`proxy.events`); settings name their variables instead
+    (:func:`proxy.settings.format_validation_error`)."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:3]:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         problems.append(f"{where}: {error['msg']}")
     more = exc.error_count() - len(problems)
-    if more > 0:
+    if more > 0 and count_the_rest:
         problems.append(f"and {more} more")
     return "; ".join(problems)
 
@@ -155,7 +157,7 @@ def validate_annotation(body: bytes, *, annotation_id: int, expand: bool) -> Ann
         elif any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             reason = "the body is not a JSON object"
         else:
-            reason = _summarize(exc)
+            reason = summarize(exc)
         raise InvalidUpstreamBody(f"Label Studio returned an invalid annotation body: {reason}.") from None
     if annotation.id != annotation_id:
         raise InvalidUpstreamBody(

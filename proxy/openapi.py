@@ -3,7 +3,7 @@
 Every path the proxy routes is here with every status its code can answer on it, so a client generator (or
 schemathesis, tests/test_schemathesis.py) may rely on the list. The annotation body is derived from the pydantic
 models that validate Label Studio's bodies (:mod:`proxy.models`), and the webhook events from
-:mod:`proxy.webhooks`: the document cannot drift from what the proxy accepts. Unknown fields stay allowed, as
+:mod:`proxy.events`: the document cannot drift from what the proxy accepts. Unknown fields stay allowed, as
 newer Label Studio versions add them.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from proxy import __version__
+from proxy.events import EVENT, HANDLED_ACTIONS, SECRET_HEADER
 from proxy.models import INT64_MAX, Annotation, ExpandedAnnotation
-from proxy.webhooks import EVENT, HANDLED_ACTIONS, SECRET_HEADER
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"

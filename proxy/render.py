@@ -13,6 +13,7 @@ against ``timesince`` itself; its property test found the third grid).
 from __future__ import annotations
 
 from proxy.cache import CachedAnnotation
+from proxy.cache.bounded import ByteBoundedMap
 from proxy.created_ago import encode_created_ago, timesince, with_created_ago
 from proxy.models import from_epoch_micros
 
@@ -57,15 +58,14 @@ class LiveBodies:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._bodies: dict[CellKey, bytes] = {}
-        self._bytes = 0
+        self._bodies: ByteBoundedMap[CellKey, bytes] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
 
     def __len__(self) -> int:
         return len(self._bodies)
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return self._bodies.size_bytes
 
     def keeps(self, entry: CachedAnnotation) -> bool:
         """Whether a body of this size is kept here (larger ones are rendered for each response)."""
@@ -79,10 +79,6 @@ class LiveBodies:
         body = self._bodies.get(key)
         if body is None:
             body = render_body(entry, now_us)
-            size = len(body) + RECORD_OVERHEAD
-            if size <= self.max_bytes // 4:
-                while self._bytes + size > self.max_bytes:
-                    self._bytes -= len(self._bodies.pop(next(iter(self._bodies)))) + RECORD_OVERHEAD
-                self._bodies[key] = body
-                self._bytes += size
+            if len(body) + RECORD_OVERHEAD <= self.max_bytes // 4:
+                self._bodies.put(key, body, len(body))  # the oldest rendered out first
         return body

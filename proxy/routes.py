@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__
+from proxy.cache_status import cache_status, served_status
 from proxy.errors import (
     AnnotationNotFound,
     CacheError,
@@ -47,7 +48,6 @@ from proxy.logs import ACCESS_LOG
 from proxy.models import INT64_MAX
 from proxy.openapi import document
 from proxy.render import body_parts
-from proxy.service import cache_status
 from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
@@ -234,7 +234,7 @@ async def get_annotation(request: web.Request) -> web.StreamResponse:
         # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
         # tell a cached annotation of another project from a remembered 404), no ETag.
         raise AnnotationNotFound()
-    headers = {"Cache-Status": served.cache_status}
+    headers = {"Cache-Status": served_status(served)}
     entry = served.entry
     if entry is None:
         response = error_response(404, AnnotationNotFound.detail, headers=headers)

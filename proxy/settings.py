@@ -1,7 +1,7 @@
 """Configuration, read from the environment once at start-up.
 
-Every setting has the environment variable name it is documented under in the README (field names are those
-names in lower case). :func:`load_settings` turns pydantic's errors into one line per start-up that names the
+Every setting has the environment variable name it is documented under in docs/configuration.md (field names
+are those names in lower case). :func:`load_settings` turns pydantic's errors into one line per start-up that names the
 variables at fault, so a misconfigured deployment says what to fix instead of printing a traceback.
 """
 
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     Field,
     FilePath,
     HttpUrl,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +44,86 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _plain_base_url(url: HttpUrl) -> HttpUrl:
+    if url.query or url.fragment:
+        raise ValueError("must be a base URL without query or fragment")
+    if url.username or url.password:
+        raise ValueError("must not carry credentials; use LABEL_STUDIO_API_KEY")
+    return url
+
+
+def _usable_api_key(key: SecretStr) -> SecretStr:
+    value = key.get_secret_value().strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+        raise ValueError("must be printable ASCII without whitespace")
+    if is_personal_access_token(value):
+        exp = jwt_expiry(value)
+        if exp is not None and exp <= time.time():
+            raise ValueError("the personal access token has expired; create a new one")
+    return SecretStr(value)
+
+
+def _no_hash_tag_braces(prefix: str) -> str:
+    if "{" in prefix or "}" in prefix:
+        raise ValueError("must not contain '{' or '}' (they would break Redis Cluster hash tags)")
+    return prefix
+
+
+def _split_keys(raw: object) -> object:
+    if isinstance(raw, str):
+        return tuple(k.strip() for k in raw.split(",") if k.strip())
+    return raw
+
+
+def _sane_client_keys(entries: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    for entry in entries:
+        parse_entry(entry.get_secret_value())
+    return entries
+
+
+def _sane_admin_keys(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    for key in keys:
+        if parse_entry(key.get_secret_value()).scope is not None:
+            raise ValueError("admin keys have no project scope")
+    return keys
+
+
+def _readable_key_file(path: Path | None) -> Path | None:
+    if path is not None:
+        try:
+            entries = read_entries(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
+        for number, entry in enumerate(entries, 1):
+            try:
+                parse_entry(entry)
+            except ValueError as exc:
+                raise ValueError(f"{path}, entry {number}: {exc}") from None
+    return path
+
+
+def _strong_secret(secret: SecretStr | None) -> SecretStr | None:
+    if secret is not None:
+        value = secret.get_secret_value()
+        if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must be at least 16 printable characters without spaces")
+    return secret
+
+
+# Field types with their checks (pydantic reports a check's ValueError under the variable's name).
+LabelStudioUrl = Annotated[HttpUrl, AfterValidator(_plain_base_url)]
+ApiKey = Annotated[SecretStr, AfterValidator(_usable_api_key)]
+KeyPrefix = Annotated[str, Field(max_length=64), AfterValidator(_no_hash_tag_braces)]
+ClientKeyEntries = Annotated[
+    tuple[SecretStr, ...], NoDecode, BeforeValidator(_split_keys), AfterValidator(_sane_client_keys)
+]
+AdminKeys = Annotated[tuple[SecretStr, ...], NoDecode, BeforeValidator(_split_keys), AfterValidator(_sane_admin_keys)]
+KeyFile = Annotated[FilePath | None, AfterValidator(_readable_key_file)]
+WebhookSecret = Annotated[SecretStr | None, AfterValidator(_strong_secret)]
+
+
 class Settings(BaseSettings):
     """The proxy's settings. Tests build it directly: ``Settings(label_studio_url=..., ...)``."""
 
@@ -54,8 +135,8 @@ class Settings(BaseSettings):
     )
 
     # Upstream
-    label_studio_url: HttpUrl
-    label_studio_api_key: SecretStr
+    label_studio_url: LabelStudioUrl
+    label_studio_api_key: ApiKey
     proxy_upstream_timeout: float = Field(default=10.0, gt=0, le=300)
     proxy_upstream_max_connections: int = Field(default=32, ge=1, le=1000)
     proxy_max_body_bytes: int = Field(default=10 * MiB, ge=1024)
@@ -73,17 +154,17 @@ class Settings(BaseSettings):
     proxy_stale_ttl: float = Field(default=3600.0, ge=0)
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
     proxy_stale_if_error_ttl: float = Field(default=86400.0, ge=0)
-    proxy_key_prefix: str = Field(default="annotation-proxy:", max_length=64)
+    proxy_key_prefix: KeyPrefix = "annotation-proxy:"
 
     # Server
     proxy_host: str = "127.0.0.1"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
-    proxy_client_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    proxy_client_keys_file: FilePath | None = None
+    proxy_client_keys: ClientKeyEntries = ()
+    proxy_client_keys_file: KeyFile = None
     proxy_allow_anonymous: bool = False
     proxy_shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
-    proxy_admin_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    proxy_webhook_secret: SecretStr | None = None
+    proxy_admin_keys: AdminKeys = ()
+    proxy_webhook_secret: WebhookSecret = None
     proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
     proxy_request_body_timeout: float = Field(default=10.0, gt=0, le=300)
     proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -92,82 +173,6 @@ class Settings(BaseSettings):
     proxy_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod; serves no annotation
     proxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     proxy_check_interval: float = Field(default=10.0, ge=0.05, le=300)
-
-    @field_validator("label_studio_url")
-    @classmethod
-    def _plain_base_url(cls, url: HttpUrl) -> HttpUrl:
-        if url.query or url.fragment:
-            raise ValueError("must be a base URL without query or fragment")
-        if url.username or url.password:
-            raise ValueError("must not carry credentials; use LABEL_STUDIO_API_KEY")
-        return url
-
-    @field_validator("label_studio_api_key")
-    @classmethod
-    def _usable_api_key(cls, key: SecretStr) -> SecretStr:
-        value = key.get_secret_value().strip()
-        if not value:
-            raise ValueError("must not be empty")
-        if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
-            raise ValueError("must be printable ASCII without whitespace")
-        if is_personal_access_token(value):
-            exp = jwt_expiry(value)
-            if exp is not None and exp <= time.time():
-                raise ValueError("the personal access token has expired; create a new one")
-        return SecretStr(value)
-
-    @field_validator("proxy_key_prefix")
-    @classmethod
-    def _no_hash_tag_braces(cls, prefix: str) -> str:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError("must not contain '{' or '}' (they would break Redis Cluster hash tags)")
-        return prefix
-
-    @field_validator("proxy_client_keys", "proxy_admin_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, raw: object) -> object:
-        if isinstance(raw, str):
-            return tuple(k.strip() for k in raw.split(",") if k.strip())
-        return raw
-
-    @field_validator("proxy_client_keys")
-    @classmethod
-    def _sane_client_keys(cls, entries: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        for entry in entries:
-            parse_entry(entry.get_secret_value())
-        return entries
-
-    @field_validator("proxy_admin_keys")
-    @classmethod
-    def _sane_admin_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        for key in keys:
-            if parse_entry(key.get_secret_value()).scope is not None:
-                raise ValueError("admin keys have no project scope")
-        return keys
-
-    @field_validator("proxy_client_keys_file")
-    @classmethod
-    def _readable_key_file(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            try:
-                entries = read_entries(path)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
-            for number, entry in enumerate(entries, 1):
-                try:
-                    parse_entry(entry)
-                except ValueError as exc:
-                    raise ValueError(f"{path}, entry {number}: {exc}") from None
-        return path
-
-    @field_validator("proxy_webhook_secret")
-    @classmethod
-    def _strong_secret(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None:
-            value = secret.get_secret_value()
-            if len(value) < 16 or any(c.isspace() or not c.isprintable() for c in value):
-                raise ValueError("must be at least 16 printable characters without spaces")
-        return secret
 
     @model_validator(mode="after")
     def _redis_url_fits_the_mode(self) -> Settings:
@@ -235,42 +240,32 @@ class Settings(BaseSettings):
         return not self.client_keys()
 
     def redacted(self) -> dict[str, object]:
-        """The effective configuration for the start-up log line, with every secret masked."""
-        return {
-            "label_studio_url": str(self.label_studio_url),
-            "label_studio_api_key": "<personal access token>" if self.uses_personal_access_token else "<legacy token>",
-            "redis_url": describe_redis_url(self.redis_url.get_secret_value()) if self.redis_url else None,
-            "cache": "redis" if self.redis_url else "memory",
-            "proxy_host": self.proxy_host,
-            "proxy_port": self.proxy_port,
-            "proxy_cache_ttl": self.proxy_cache_ttl,
-            "proxy_stale_ttl": self.proxy_stale_ttl,
-            "proxy_stale_if_error_ttl": self.proxy_stale_if_error_ttl,
-            "proxy_upstream_max_connections": self.proxy_upstream_max_connections,
-            "proxy_shutdown_timeout": self.proxy_shutdown_timeout,
-            "proxy_client_keys_file": str(self.proxy_client_keys_file) if self.proxy_client_keys_file else None,
-            "proxy_negative_ttl": self.proxy_negative_ttl,
-            "proxy_upstream_timeout": self.proxy_upstream_timeout,
-            "proxy_max_body_bytes": self.proxy_max_body_bytes,
-            "proxy_key_prefix": self.proxy_key_prefix,
-            "proxy_redis_timeout": self.proxy_redis_timeout,
-            "proxy_redis_mode": self.proxy_redis_mode,
-            "proxy_memory_cache_max_bytes": self.proxy_memory_cache_max_bytes,
-            "proxy_hot_ttl": self.proxy_hot_ttl,
-            "proxy_hot_max_bytes": self.proxy_hot_max_bytes,
-            "proxy_render_max_bytes": self.proxy_render_max_bytes,
-            "proxy_inflight_max_bytes": self.proxy_inflight_max_bytes,
-            "proxy_client_keys": f"<{len(self.client_keys())} keys>",
-            "proxy_allow_anonymous": self.proxy_allow_anonymous,
-            "proxy_admin_keys": f"<{len(self.proxy_admin_keys)} keys>",
-            "webhooks": "on" if self.proxy_webhook_secret else "off",
-            "proxy_webhook_max_bytes": self.proxy_webhook_max_bytes,
-            "proxy_request_body_timeout": self.proxy_request_body_timeout,
-            "proxy_log_level": self.proxy_log_level,
-            "proxy_metrics_host": self.proxy_metrics_host,
-            "proxy_metrics_port": self.proxy_metrics_port,
-            "proxy_check_interval": self.proxy_check_interval,
-        }
+        """The effective configuration for the start-up log line: every field, with every secret masked.
+
+        Derived from the model, so a new setting is logged without anyone remembering to: a plain value as it
+        is, a secret as ``<secret>`` and a tuple of secrets as ``<N keys>``, unless :meth:`_shown` says better.
+        """
+        shown: dict[str, object] = {"cache": "redis" if self.redis_url else "memory"}
+        for name in type(self).model_fields:
+            shown[name] = self._shown(name, getattr(self, name))
+        return shown
+
+    def _shown(self, name: str, value: object) -> object:
+        if name == "label_studio_api_key":
+            return "<personal access token>" if self.uses_personal_access_token else "<legacy token>"
+        if name == "redis_url":
+            return describe_redis_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        if name == "proxy_client_keys":  # with the file's entries: the keys in force
+            return f"<{len(self.client_keys())} keys>"
+        if name == "proxy_webhook_secret":
+            return "on" if value else "off"
+        if isinstance(value, SecretStr):
+            return "<secret>"
+        if isinstance(value, tuple) and all(isinstance(item, SecretStr) for item in value):
+            return f"<{len(value)} keys>"
+        if isinstance(value, HttpUrl | Path):
+            return str(value)
+        return value
 
 
 def describe_redis_url(url: str) -> str:

@@ -11,23 +11,17 @@ aiohttp's exceptions are translated into :mod:`proxy.errors` here, once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import aiohttp
-from aiohttp import hdrs
-from pydantic import SecretStr
 from yarl import URL
 
-from proxy.breaker import CircuitBreaker
-from proxy.budget import BODY_FACTOR, ByteBudget, Lease
+from proxy.breaker import CircuitBreaker, Verdict
+from proxy.budget import ByteBudget
+from proxy.credentials import Credentials
 from proxy.errors import (
-    InvalidUpstreamBody,
     ProxyBusy,
     UpstreamAuthRejected,
     UpstreamBadStatus,
@@ -36,162 +30,15 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.exchange import Exchange, MemoryWait, UpstreamReply
 from proxy.metrics import Metrics
-from proxy.tokens import jwt_claims
 
 log = logging.getLogger("proxy.upstream")
 
 ANNOTATION_PATH = "api/annotations/{id}/"
-TOKEN_REFRESH_PATH = "api/token/refresh/"  # noqa: S105 - a path, not a secret
 # Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
 # 404 proves they are accepted, with no other endpoint involved.
 PROBE_ANNOTATION_ID = 0
-NOT_FOUND_BODY_LIMIT = 64 * 1024
-
-
-class Credentials(Protocol):
-    """How the proxy authenticates to Label Studio."""
-
-    async def authorization(self) -> str:
-        """The ``Authorization`` header value to send now."""
-        ...
-
-    def invalidate(self, used: str) -> bool:
-        """Label Studio answered 401 to ``used``; return True if a retry with new credentials may succeed."""
-        ...
-
-
-class LegacyToken:
-    """A legacy API key, sent as ``Authorization: Token <key>``. Nothing to refresh."""
-
-    def __init__(self, key: SecretStr) -> None:
-        self._key = key
-
-    async def authorization(self) -> str:
-        return f"Token {self._key.get_secret_value()}"
-
-    def invalidate(self, used: str) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "LegacyToken(<secret>)"
-
-
-class PersonalAccessToken:
-    """A personal access token (a JWT refresh token), exchanged for short-lived access tokens.
-
-    The access token is refreshed before it expires (``margin`` seconds early, or half its lifetime when that
-    is shorter) and after Label Studio rejects it. One exchange is in flight at a time: concurrent requests
-    wait for it instead of each starting their own.
-    """
-
-    def __init__(
-        self,
-        refresh_token: SecretStr,
-        *,
-        session: aiohttp.ClientSession,
-        refresh_url: URL,
-        timeout: float,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.time,
-        margin: float = 30.0,
-    ) -> None:
-        self._refresh_token = refresh_token
-        self._session = session
-        self._refresh_url = refresh_url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._metrics = metrics
-        self._clock = clock
-        self._margin = margin
-        self._access: str | None = None
-        self._refresh_at = 0.0
-        self._lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return "PersonalAccessToken(<secret>)"
-
-    def _current(self) -> str | None:
-        if self._access is not None and self._clock() < self._refresh_at:
-            return self._access
-        return None
-
-    async def authorization(self) -> str:
-        access = self._current()
-        if access is None:
-            async with self._lock:
-                access = self._current() or await self._refresh()
-        return f"Bearer {access}"
-
-    def invalidate(self, used: str) -> bool:
-        if self._access is not None and used == f"Bearer {self._access}":
-            self._access = None
-        return True
-
-    async def _refresh(self) -> str:
-        try:
-            access = await self._exchange()
-        except UpstreamAuthRejected:
-            self._metrics.token_refreshes.labels(outcome="rejected").inc()
-            raise
-        except UpstreamError:
-            self._metrics.token_refreshes.labels(outcome="error").inc()
-            raise
-        self._metrics.token_refreshes.labels(outcome="ok").inc()
-        return access
-
-    async def _exchange(self) -> str:
-        now = self._clock()
-        try:
-            async with self._session.post(
-                self._refresh_url,
-                json={"refresh": self._refresh_token.get_secret_value()},
-                headers={hdrs.ACCEPT: "application/json"},
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                if response.status in (400, 401, 403):
-                    log.error(
-                        "label studio rejected the personal access token",
-                        extra={"upstream_status": response.status},
-                    )
-                    raise UpstreamAuthRejected(upstream_status=response.status)
-                if response.status != 200:
-                    raise UpstreamBadStatus(
-                        f"Label Studio answered HTTP {response.status} to the token refresh.",
-                        upstream_status=response.status,
-                    )
-                payload = await response.json(content_type=None)
-        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
-            raise UpstreamTimeout("Label Studio did not answer the token refresh in time.") from exc
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamUnavailable("The token refresh with Label Studio failed.") from exc
-
-        access = payload.get("access") if isinstance(payload, dict) else None
-        claims = jwt_claims(access) if isinstance(access, str) else None
-        if not isinstance(access, str) or claims is None or not _usable_header_value(access):
-            raise UpstreamBadStatus("Label Studio's token refresh returned no access token.")
-        exp = claims.get("exp")
-        lifetime = float(exp) - now if isinstance(exp, int | float) else 60.0
-        self._access = access
-        self._refresh_at = now + max(0.0, lifetime - min(self._margin, lifetime / 2))
-        return access
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """What the proxy keeps of Label Studio's answer: a status and, for a 200, the body bytes.
-
-    A 200's body holds its share of the memory budget (``lease``) until the caller has validated it and calls
-    :meth:`release`.
-    """
-
-    status: int
-    body: bytes = b""
-    lease: Lease | None = None
-
-    def release(self) -> None:
-        if self.lease is not None:
-            self.lease.release()
 
 
 @dataclass(frozen=True)
@@ -230,7 +77,6 @@ class LabelStudioClient:
         user_agent: str,
         bodies: ByteBudget | None = None,
     ) -> None:
-        self._session = session
         self._base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
         self._credentials = credentials
         self._policy = policy
@@ -240,10 +86,7 @@ class LabelStudioClient:
         # breaker's threshold, since that many distinct ids open it.
         self._failing_ids: set[int] = set()
         self._metrics = metrics
-        self._max_body_bytes = max_body_bytes
-        self._user_agent = user_agent
-        # Bodies being read and validated, in bytes of memory (proxy/budget.py); unbounded when None (tests).
-        self._bodies = bodies
+        self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
     def annotation_url(self, annotation_id: int, *, expand: bool) -> URL:
         url = self._base_url.join(URL(ANNOTATION_PATH.format(id=annotation_id)))
@@ -261,7 +104,7 @@ class LabelStudioClient:
         retries = 0
         credentials_renewed = False
         while True:
-            waiting = _MemoryWait()
+            waiting = MemoryWait()
             try:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting)
@@ -298,9 +141,9 @@ class LabelStudioClient:
         """
         url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
         authorization = await self._credentials.authorization()
-        reply = await self._get(url, authorization, request_id, counted=False)
+        reply = await self._exchange.get(url, authorization, request_id, counted=False)
         if reply.status in (401, 403) and self._credentials.invalidate(authorization):
-            reply = await self._get(url, await self._credentials.authorization(), request_id, counted=False)
+            reply = await self._exchange.get(url, await self._credentials.authorization(), request_id, counted=False)
         if reply.status in (401, 403):
             raise UpstreamAuthRejected(upstream_status=reply.status)
         if reply.status != 404:
@@ -309,36 +152,29 @@ class LabelStudioClient:
             )
 
     async def _attempt(
-        self, annotation_id: int, url: URL, request_id: str, waiting: _MemoryWait
+        self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait
     ) -> tuple[UpstreamReply, str]:
         """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
 
         The breaker hears how it went: no answer is a failure, a 5xx as :meth:`_tell_breaker` says, any other
         answer a success.
         """
-        if not self._breaker.allow():
-            raise UpstreamCircuitOpen()
-        try:
+        # No answer is a failure; an answer that is not useful (a body too large, a foreign 404) a success; a
+        # cancellation (by the caller, or by the deadline: counted as a failure by fetch_annotation) no verdict.
+        with self._breaker.guard(
+            UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
+        ) as verdict:
             with self._metrics.upstream_waiting.track_inprogress():
                 await self._slots.acquire()
             try:
                 authorization = await self._credentials.authorization()
-                reply = await self._get(url, authorization, request_id, waiting=waiting)
+                reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
             finally:
                 self._slots.release()
-        except (UpstreamUnavailable, UpstreamTimeout):
-            self._breaker.failed()
-            raise
-        except UpstreamError:  # Label Studio answered, if not usefully (a body too large, a foreign 404)
-            self._breaker.succeeded()
-            raise
-        except BaseException:  # cancelled: by the caller, or by the deadline (then counted as a failure above)
-            self._breaker.abandoned()
-            raise
-        self._tell_breaker(annotation_id, reply.status)
+            self._tell_breaker(verdict, annotation_id, reply.status)
         return reply, authorization
 
-    def _tell_breaker(self, annotation_id: int, status: int) -> None:
+    def _tell_breaker(self, verdict: Verdict, annotation_id: int, status: int) -> None:
         """What an answer says of Label Studio as a whole.
 
         A 502/503/504 (a gateway, or Label Studio overloaded) is a failure of the whole. Any other 5xx may be one
@@ -347,18 +183,18 @@ class LabelStudioClient:
         never when one id is asked for again and again. Every other answer is a success.
         """
         if status in RETRYABLE_STATUSES:
-            self._breaker.failed()
+            verdict.failed()
         elif status >= 500:
             if annotation_id in self._failing_ids:
-                self._breaker.abandoned()  # no verdict: a half-open probe lets the next call try
+                verdict.abandoned()  # no verdict: a half-open probe lets the next call try
             else:
                 if len(self._failing_ids) >= MAX_FAILING_IDS:  # a long outage of 500s, probed every cooldown
                     self._failing_ids.clear()
                 self._failing_ids.add(annotation_id)
-                self._breaker.failed()
+                verdict.failed()
         else:
             self._failing_ids.clear()
-            self._breaker.succeeded()
+            verdict.succeeded()
 
     def _retry_allowed(self, retries: int, deadline: float, error: UpstreamError) -> bool:
         if isinstance(error, UpstreamCircuitOpen) or retries >= self._policy.retries:
@@ -372,143 +208,6 @@ class LabelStudioClient:
     def _pause(self, retry: int) -> float:
         pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
         return pause
-
-    async def _get(
-        self,
-        url: URL,
-        authorization: str,
-        request_id: str,
-        *,
-        counted: bool = True,
-        waiting: _MemoryWait | None = None,
-    ) -> UpstreamReply:
-        headers = {
-            hdrs.AUTHORIZATION: authorization,
-            hdrs.ACCEPT: "application/json",
-            hdrs.USER_AGENT: self._user_agent,
-            "X-Request-ID": request_id,
-        }
-        outcome = "timeout"  # unless classified below: interrupted by the lookup's deadline
-        started = time.perf_counter()
-        try:
-            async with self._session.get(url, headers=headers, allow_redirects=False) as response:
-                outcome = _outcome_of(response.status)
-                if response.status == 404 and not await _is_label_studio_404(response):
-                    outcome = "bad_status"
-                    raise UpstreamBadStatus(
-                        "Something other than Label Studio's API answered 404; operators: check LABEL_STUDIO_URL.",
-                        upstream_status=404,
-                    )
-                if response.status != 200:
-                    return UpstreamReply(response.status)
-                lease = await self._room_for(response, waiting)
-                try:
-                    return UpstreamReply(200, await self._read_body(response), lease)
-                except BaseException:
-                    if lease is not None:
-                        lease.release()
-                    raise
-        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
-            outcome = "timeout"
-            raise UpstreamTimeout() from exc
-        except aiohttp.ClientConnectorError as exc:
-            outcome = "connection_error"
-            raise UpstreamUnavailable() from exc
-        except aiohttp.ClientError as exc:  # the connection broke after it was made
-            outcome = "connection_error"
-            raise UpstreamUnavailable("The connection to Label Studio failed during the response.") from exc
-        except ValueError as exc:  # aiohttp refuses to send a header it cannot encode (an unusable token)
-            outcome = "connection_error"
-            raise UpstreamUnavailable("The request to Label Studio could not be sent.") from exc
-        except InvalidUpstreamBody:
-            outcome = "too_large"
-            raise
-        finally:
-            if counted:
-                self._metrics.upstream_requests.labels(outcome=outcome).inc()
-                self._metrics.upstream_duration.observe(time.perf_counter() - started)
-
-    async def _room_for(self, response: aiohttp.ClientResponse, waiting: _MemoryWait | None) -> Lease | None:
-        """Reserve the memory the body will cost while it is read and validated (proxy/budget.py), before a byte
-        of it is read: its Content-Length, or PROXY_MAX_BODY_BYTES when Label Studio does not say."""
-        if self._bodies is None:
-            return None
-        length = response.content_length
-        size = min(length if length is not None else self._max_body_bytes, self._max_body_bytes + 1)
-        if waiting is not None:
-            waiting.active = True
-        lease = await self._bodies.lease(BODY_FACTOR * size)
-        if waiting is not None:
-            waiting.active = False
-        return lease
-
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        limit = self._max_body_bytes
-        body = await _read_at_most(response, limit)
-        if body is None:
-            raise InvalidUpstreamBody(
-                f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
-            )
-        return body
-
-
-class _MemoryWait:
-    """Whether a request is waiting for room in the memory budget (a timeout then is not Label Studio's)."""
-
-    __slots__ = ("active",)
-
-    def __init__(self) -> None:
-        self.active = False
-
-
-def _usable_header_value(token: str) -> bool:
-    return token.isascii() and token.isprintable() and not any(c.isspace() for c in token)
-
-
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it proves longer than ``limit`` bytes (never buffered past it)."""
-    if response.content_length is not None and response.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _is_label_studio_404(response: aiohttp.ClientResponse) -> bool:
-    """Label Studio's "not found" is its JSON error shape; a proxy's or web server's HTML 404 is not one."""
-    if response.content_type != "application/json":
-        return False
-    body = await _read_at_most(response, NOT_FOUND_BODY_LIMIT)
-    try:
-        error = json.loads(body) if body is not None else None
-    except ValueError:
-        return False
-    return isinstance(error, dict) and error.get("status_code") == 404 and "detail" in error
-
-
-def _outcome_of(status: int) -> str:
-    if status == 200:
-        return "ok"
-    if status == 404:
-        return "not_found"
-    if status in (401, 403):
-        return "auth_rejected"
-    return "bad_status"
-
-
-__all__ = [
-    "Credentials",
-    "LabelStudioClient",
-    "LegacyToken",
-    "PersonalAccessToken",
-    "UpstreamError",
-    "UpstreamReply",
-]
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

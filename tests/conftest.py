@@ -1,13 +1,13 @@
+"""The suite's fixtures: private Redis servers, a clock moved by hand, the fake Label Studio, and ``make_proxy``.
+What tests import lives in tests/support (tests/test_layout.py keeps it so)."""
+
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from redis import Redis
 
@@ -15,39 +15,16 @@ from proxy.app import create_app
 from proxy.keys import READINESS
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import (
+from tests.support.clock import Clock
+from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory, ServerFactory
+from tests.support.redis_servers import (
     RedisServer,
     SentinelTopology,
     running_redis,
     running_redis_cluster,
     running_redis_sentinel,
 )
-
-CLIENT_KEY = "client-key-for-tests-0123456789"
-START = 1_795_868_853.0  # 2026-11-28T12:27:33Z
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    """Wait for ``condition`` to hold, checking between event-loop turns (a condition, not a timing assert)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {limit} s")
-        await asyncio.sleep(0.005)
-
-
-class Clock:
-    """Wall-clock seconds that a test moves by hand, shared by the fake and the proxy."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -101,26 +78,6 @@ def fake_ls(clock: Clock) -> FakeLabelStudio:
 async def upstream(aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio) -> TestServer:
     """The fake Label Studio, listening on a free port."""
     return await aiohttp_server(fake_ls.app())
-
-
-@dataclass
-class Proxy:
-    """A running proxy (real sockets), its metrics registry, and the fake behind it."""
-
-    client: TestClient[web.Request, web.Application]
-    registry: CollectorRegistry
-    fake: FakeLabelStudio
-    settings: Settings
-    upstream: TestServer
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(f"annotation_proxy_{name}", labels) or 0.0
-
-    def auth(self, key: str = CLIENT_KEY) -> dict[str, str]:
-        return {"Authorization": f"Token {key}"}
-
-
-ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from proxy.budget import ByteBudget
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, redis_store
 from proxy.errors import CacheBusy
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 KEY = AnnotationKey(7, Variant.PLAIN)
 

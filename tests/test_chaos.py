@@ -6,7 +6,7 @@ What must hold across all of it (issue 4, item 5):
 
 - **no wrong body**: every 200 is, apart from ``created_ago``, a body Label Studio actually served for that id;
 - **no 5xx while a valid stale copy exists** when Label Studio *fails* (stale-if-error); an *invalid* body is an
-  answer, not a failure, and is never hidden (README, Responses: 502), nor ever served;
+  answer, not a failure, and is never hidden (docs/api.md, Responses: 502), nor ever served;
 - **the proxy recovers on its own**: caching resumes when Redis returns, the upstream circuit closes after its
   cooldown, and the process still shuts down cleanly.
 
@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
-import sys
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import ExitStack, asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +36,12 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from proxy.app import CACHE_BREAKER_COOLDOWN, UPSTREAM_BREAKER_COOLDOWN
-from tests.conftest import CLIENT_KEY, ServerFactory
 from tests.fakes.label_studio import LS_VERSION, FakeLabelStudio, drf_json
-from tests.metrics_text import parse_metrics
-from tests.processes import wait_until_healthy
-from tests.redis_server import free_port, running_redis
+from tests.support.load import PhaseStats, SteadyLoad, comparable, six_annotations
+from tests.support.processes import FETCHED, STALE_IF_ERROR, Answer, ProxyProcess, proxy_process
+from tests.support.proxies import ServerFactory
+from tests.support.redis_servers import running_redis
+from tests.support.waiting import poll_until
 
 UPSTREAM_TIMEOUT = 1.0  # PROXY_UPSTREAM_TIMEOUT of the proxies here: a hanging Label Studio costs one second
 CACHE_TTL = 0.5  # PROXY_CACHE_TTL, with PROXY_STALE_TTL=0: a cached copy soon needs Label Studio again
@@ -52,112 +51,8 @@ RECOVERY_LIMIT = 4 * max(UPSTREAM_BREAKER_COOLDOWN, CACHE_BREAKER_COOLDOWN) + 10
 HOT_TTL = 2.0  # PROXY_HOT_TTL for the Redis outage test: short, so that the test is too
 FAULT_LIMIT = 30.0
 PAUSE = 0.02  # between one worker's requests: bounded load
-CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=10 * UPSTREAM_TIMEOUT)
 
-FETCHED = "annotation-proxy; fwd=miss"  # Cache-Status of an answer fetched from Label Studio now
-HIT = "annotation-proxy; hit"
-STALE_IF_ERROR = "annotation-proxy; hit; detail=stale-if-error"
 CIRCUIT = 'annotation_proxy_upstream_circuit_state{state="%s"}'
-CACHE_AVAILABLE = "annotation_proxy_cache_available"
-
-ERROR_FIELDS = frozenset({"id", "status_code", "version", "detail", "exc_info"})
-
-
-def comparable(body: bytes) -> str | None:
-    """A body as canonical JSON without ``created_ago`` (recomputed per response); None if not a JSON object."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    data.pop("created_ago", None)
-    return json.dumps(data, sort_keys=True)
-
-
-# --- The proxy, as a process ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    cache_status: str
-    body: bytes
-
-    def error_shape_problem(self) -> str | None:
-        """Why this is not Label Studio's error shape, or None if it is."""
-        try:
-            error = json.loads(self.body)
-        except ValueError:
-            return f"a {self.status} that is not JSON: {self.body[:200]!r}"
-        if not isinstance(error, dict) or set(error) != ERROR_FIELDS or error["status_code"] != self.status:
-            return f"a {self.status} not in Label Studio's error shape: {self.body[:200]!r}"
-        return None
-
-
-@dataclass
-class ProxyProcess:
-    base: str
-    process: asyncio.subprocess.Process
-    log: Path
-
-    async def get(
-        self, session: aiohttp.ClientSession, annotation_id: int, *, expand: bool = False
-    ) -> Answer | Exception:
-        """One annotation request; what went wrong on the way, if anything, instead of raising it."""
-        query = "?expand=completed_by" if expand else ""
-        try:
-            async with session.get(
-                f"{self.base}/api/annotations/{annotation_id}/{query}",
-                headers={"Authorization": f"Token {CLIENT_KEY}"},
-                timeout=CLIENT_TIMEOUT,
-            ) as response:
-                return Answer(response.status, response.headers.get("Cache-Status", ""), await response.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return exc
-
-    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
-        async with session.get(f"{self.base}/metrics", timeout=CLIENT_TIMEOUT) as response:
-            assert response.status == 200
-            return parse_metrics(await response.text())
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@asynccontextmanager
-async def proxy_process(upstream: URL, token: str, log: Path, **settings: str) -> AsyncIterator[ProxyProcess]:
-    """``python -m proxy`` in front of ``upstream``, configured by its environment; SIGTERM at the end.
-
-    Its log goes to a file (a pipe nobody reads would fill up and stall the proxy under load).
-    """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    env |= {
-        "LABEL_STUDIO_URL": str(upstream),
-        "LABEL_STUDIO_API_KEY": token,
-        "PROXY_PORT": str(port),
-        "PROXY_CLIENT_KEYS": CLIENT_KEY,
-        "PROXY_LOG_LEVEL": "WARNING",
-        "PROXY_SHUTDOWN_TIMEOUT": "3",
-        **settings,
-    }
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink
-        )
-    proxy = ProxyProcess(f"http://127.0.0.1:{port}", process, log)
-    try:
-        await wait_until_healthy(proxy.base, process)
-        yield proxy
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 # --- A Label Studio that misbehaves ------------------------------------------------------------------------------
@@ -174,7 +69,7 @@ FIRST_ERROR = {
     "not-http": (502, "annotation-proxy; fwd=miss; detail=connection_error"),
     "refused": (502, "annotation-proxy; fwd=miss; detail=connection_error"),  # Label Studio is not listening
 }
-# Label Studio answering 200 with a body the proxy must refuse: never served, never hidden (README: 502).
+# Label Studio answering 200 with a body the proxy must refuse: never served, never hidden (docs/api.md: 502).
 INVALID_BODIES = ("not-json", "truncated-json", "wrong-types", "another-annotation")
 
 
@@ -502,7 +397,7 @@ async def test_invalid_bodies_are_never_served_and_never_hidden(
     aiohttp_server: ServerFactory, redis_url: str, tmp_path: Path, record_property: Callable[[str, Any], None]
 ) -> None:
     """A 200 whose body fails validation is Label Studio's answer, not a failure: 502 even with a stale copy
-    (README: "A 404 or an invalid body is never hidden"), never the body itself, and the circuit stays closed,
+    (docs/api.md: "A 404 or an invalid body is never hidden"), never the body itself, and the circuit stays closed,
     so the proxy is well again with the next good answer."""
     fake = FakeLabelStudio()
     for _ in ALL_IDS:
@@ -555,116 +450,6 @@ async def test_invalid_bodies_are_never_served_and_never_hidden(
 
 
 # --- Redis killed (or frozen) and back, under load ------------------------------------------------------------
-
-Variant = tuple[int, bool]  # (annotation id, expand)
-
-
-@dataclass
-class PhaseStats:
-    requests: int = 0
-    errors: int = 0
-    hits: int = 0
-    in_flight: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, other: PhaseStats) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.hits += other.hits
-
-    def __str__(self) -> str:
-        ratio = self.hits / self.requests if self.requests else 0.0
-        return f"{self.requests} requests, {self.errors} errors, {self.hits} hits (hit ratio {ratio:.1%})"
-
-
-class SteadyLoad:
-    """Concurrent GETs over a few ids and both variants, at a bounded rate; each answer checked against the body
-    Label Studio serves for it and counted in the phase the request started in."""
-
-    def __init__(self, proxy: ProxyProcess, session: aiohttp.ClientSession, bodies: dict[Variant, str]) -> None:
-        self.proxy = proxy
-        self.session = session
-        self.bodies = bodies
-        self.phase = "before"
-        self.stats: dict[str, PhaseStats] = defaultdict(PhaseStats)
-        self._stop = asyncio.Event()
-
-    async def _worker(self, offset: int) -> None:
-        variants = list(self.bodies)
-        for annotation_id, expand in itertools.cycle(variants[offset:] + variants[:offset]):
-            if self._stop.is_set():
-                return
-            stats = self.stats[self.phase]
-            stats.in_flight += 1
-            try:
-                answer = await self.proxy.get(self.session, annotation_id, expand=expand)
-            finally:
-                stats.in_flight -= 1
-            stats.requests += 1
-            if not isinstance(answer, Answer) or answer.status != 200:
-                stats.errors += 1
-                if len(stats.examples) < 5:
-                    stats.examples.append(f"id {annotation_id} (expand={expand}): {answer!r}"[:300])
-            elif comparable(answer.body) != self.bodies[annotation_id, expand]:
-                stats.errors += 1
-                stats.examples.append(f"WRONG BODY for id {annotation_id} (expand={expand}): {answer.body[:300]!r}")
-            elif answer.cache_status == HIT:
-                stats.hits += 1
-            await asyncio.sleep(PAUSE / 2)
-
-    @asynccontextmanager
-    async def running(self, workers: int) -> AsyncIterator[None]:
-        async with asyncio.TaskGroup() as group:
-            for offset in range(workers):
-                group.create_task(self._worker(offset))
-            try:
-                yield
-            finally:
-                self._stop.set()
-
-    async def until(self, condition: Callable[[], bool], limit: float, what: str) -> float:
-        """Keep the load on until ``condition`` holds (polled); the seconds it took."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while not condition():
-            assert loop.time() - started < limit, f"{what}: not within {limit:.0f} s; {self.report()}"
-            await asyncio.sleep(0.05)  # polling a condition, not a timing assertion
-        return loop.time() - started
-
-    async def enter(self, phase: str) -> None:
-        """Count new requests in ``phase``, once those of the current one have all been answered."""
-        previous, self.phase = self.phase, phase
-        await self.until(lambda: self.stats[previous].in_flight == 0, 30, f"the last requests of {previous!r}")
-
-    async def cache_available(self) -> float:
-        return (await self.proxy.metrics(self.session))[CACHE_AVAILABLE]
-
-    def report(self) -> str:
-        return "; ".join(f"{phase}: {stats}" for phase, stats in self.stats.items())
-
-
-async def six_annotations(aiohttp_server: ServerFactory) -> tuple[FakeLabelStudio, TestServer, dict[Variant, str]]:
-    """A fake Label Studio holding annotations 1 to 6, listening, and what it serves for each."""
-    fake = FakeLabelStudio()
-    for _ in range(6):
-        fake.add_annotation()
-    upstream: TestServer = await aiohttp_server(fake.app())
-    return fake, upstream, await label_studio_bodies(upstream, fake)
-
-
-async def label_studio_bodies(upstream: TestServer, fake: FakeLabelStudio) -> dict[Variant, str]:
-    """What the fake serves for each annotation and variant (without created_ago)."""
-    bodies: dict[Variant, str] = {}
-    async with aiohttp.ClientSession(headers={"Authorization": f"Token {fake.legacy_token}"}) as session:
-        for annotation_id in range(1, 7):
-            for expand in (False, True):
-                query = {"expand": "completed_by"} if expand else {}
-                async with session.get(upstream.make_url(f"/api/annotations/{annotation_id}/"), params=query) as got:
-                    assert got.status == 200
-                    body = comparable(await got.read())
-                assert body is not None
-                bodies[annotation_id, expand] = body
-    return bodies
 
 
 @pytest.mark.parametrize("outage", ["killed", "frozen"])
@@ -745,13 +530,3 @@ async def test_redis_gone_under_load_every_request_is_answered_and_hits_resume_w
     assert load.stats["during, past the hot TTL"].hits == 0  # every answer came from Label Studio
     assert load.stats["after: hits resumed"].hits > 0
     assert cache_available_at_end == 1
-
-
-async def poll_until(condition: Callable[[], Awaitable[bool]], limit: float) -> None:
-    """Await ``condition()`` until it is true (polled, a deadline, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {limit} s")
-        await asyncio.sleep(0.1)

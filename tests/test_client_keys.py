@@ -12,7 +12,8 @@ import pytest
 from proxy.auth import ClientKey, ClientKeys, parse_entry
 from proxy.errors import ConfigError, InvalidClientKey, NotAuthenticated
 from proxy.settings import load_settings
-from tests.conftest import CLIENT_KEY, Clock, ProxyFactory
+from tests.support.clock import Clock
+from tests.support.proxies import CLIENT_KEY, ProxyFactory
 
 SCOPED_KEY = "scoped-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.conftest import Clock, ProxyFactory
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.clock import Clock
+from tests.support.proxies import ProxyFactory
 
 
 def authorizations(fake: FakeLabelStudio) -> list[str]:

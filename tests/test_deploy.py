@@ -28,8 +28,8 @@ from proxy.app import create_app
 from proxy.breaker import State
 from proxy.ops_listener import create_ops_app
 from proxy.settings import Settings, is_loopback_host
-from tests.conftest import ProxyFactory, ServerFactory
-from tests.deploy_files import (
+from tests.fakes.label_studio_admin import FakeLabelStudioAdmin
+from tests.support.deploy_files import (
     DASHBOARD,
     DEPLOY,
     ROOT,
@@ -50,7 +50,7 @@ from tests.deploy_files import (
     selectors,
     substitute_grafana_variables,
 )
-from tests.fakes.label_studio_admin import FakeLabelStudioAdmin
+from tests.support.proxies import ProxyFactory, ServerFactory
 
 SETTING_NAMES = frozenset(name.upper() for name in Settings.model_fields)
 DEFAULT_PORT = Settings.model_fields["proxy_port"].default

@@ -15,8 +15,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from label_studio_sdk.client import LabelStudio
 
-from tests.conftest import ClientFactory, Clock, ServerFactory
-from tests.django_oracle import timesince
 from tests.fakes.label_studio import (
     LEGACY_DISABLED,
     LS_VERSION,
@@ -24,7 +22,10 @@ from tests.fakes.label_studio import (
     NOT_FOUND,
     FakeLabelStudio,
 )
-from tests.samples import SAMPLE_BODY
+from tests.support.clock import Clock
+from tests.support.django_oracle import timesince
+from tests.support.proxies import ClientFactory, ServerFactory
+from tests.support.samples import SAMPLE_BODY
 
 ERROR_KEYS = ["id", "status_code", "version", "detail", "exc_info"]
 START = datetime(2026, 11, 28, 12, 27, 33, 279095, tzinfo=UTC).timestamp()

@@ -13,10 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Clock, Proxy, ProxyFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.samples import encode
-from tests.webhooks import annotation_event, annotations_created, annotations_deleted, tasks_deleted
+from tests.support.clock import Clock
+from tests.support.proxies import Proxy, ProxyFactory
+from tests.support.samples import encode
+from tests.support.waiting import wait_until
+from tests.support.webhooks import annotation_event, annotations_created, annotations_deleted, tasks_deleted
 
 SECRET = "webhook-secret-0123456789"
 ADMIN_KEY = "admin-key-0123456789abcdef"

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from proxy.errors import AnnotationNotFound, InvalidUpstreamBody
 from proxy.models import INT64_MAX, Annotation, LastAction, epoch_micros, validate_annotation
 from proxy.routes import parse_annotation_id
-from tests.conftest import CLIENT_KEY
-from tests.live import Live, running_proxy
-from tests.samples import SAMPLE_BODY
+from tests.support.live import Live, running_proxy
+from tests.support.proxies import CLIENT_KEY
+from tests.support.samples import SAMPLE_BODY
 
 ANNOTATIONS = 3  # the live fake has annotations 1..3
 PLAIN_DIGITS = re.compile(r"[0-9]+")
@@ -45,7 +45,7 @@ def fuzz(max_examples: int) -> Any:
 
 
 def names_an_annotation(raw: str) -> bool:
-    """The oracle: plain ASCII digits (leading zeros allowed) for 1 to 2^63-1, as README's Responses says."""
+    """The oracle: plain ASCII digits (leading zeros allowed) for 1 to 2^63-1, as docs/api.md's Responses says."""
     return raw.isascii() and PLAIN_DIGITS.fullmatch(raw) is not None and 1 <= int(raw) <= INT64_MAX
 
 

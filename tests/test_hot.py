@@ -1,4 +1,4 @@
-"""The hot tier (proxy/hot.py): fresh answers kept in process, and dropped on every replica when they change."""
+"""The hot tier (proxy/cache/hot.py): fresh answers kept in process, and dropped on every replica when they change."""
 
 from __future__ import annotations
 
@@ -12,24 +12,26 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant
-from proxy.hot import RECORD_OVERHEAD, HotTier
+from proxy.cache.hot import RECORD_OVERHEAD, HotTier
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
-from proxy.service import AnnotationService, Served
-from tests.conftest import Clock, Proxy, ProxyFactory, wait_until
+from proxy.service import AnnotationService
 from tests.fakes.source import ScriptedSource
-from tests.redis_server import SentinelTopology
-from tests.test_service import POLICY
-from tests.webhooks import annotation_event
+from tests.support.clock import Clock
+from tests.support.lookup import POLICY
+from tests.support.proxies import Proxy, ProxyFactory
+from tests.support.redis_servers import SentinelTopology
+from tests.support.waiting import wait_until
+from tests.support.webhooks import annotation_event
 
 KEY = AnnotationKey(7, Variant.PLAIN)
 EXPANDED = AnnotationKey(7, Variant.EXPANDED)
 SECRET = "webhook-secret-0123456789"
 
 
-def served(annotation_id: int = 7, body: bytes = b"{}") -> Served:
-    entry = CachedAnnotation(annotation_id=annotation_id, version=1, stored_at=0.0, body=body)
-    return Served(entry, "hit")
+def served(annotation_id: int = 7, body: bytes = b"{}") -> CachedAnnotation:
+    """An answer the tier keeps: a fresh version (the lookup makes it a hit)."""
+    return CachedAnnotation(annotation_id=annotation_id, version=1, stored_at=0.0, body=body)
 
 
 @pytest.fixture

@@ -21,9 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.settings import Settings
-from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.webhooks import annotation_event, annotations_deleted, tasks_deleted
+from tests.support.clock import Clock
+from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory
+from tests.support.waiting import wait_until
+from tests.support.webhooks import annotation_event, annotations_deleted, tasks_deleted
 
 KEY = CLIENT_KEY.encode()
 SECRET = "webhook-secret-0123456789"

@@ -1,4 +1,4 @@
-"""The container image, built from the Dockerfile and run as its users run it (tests/image.py says how).
+"""The container image, built from the Dockerfile and run as its users run it (tests/support/image.py says how).
 
 One build for the module: the base from Debian's packages, then both stages of the Dockerfile from an empty cache.
 What a user of the image relies on is checked on the result: who it runs as, what it holds, that it refuses an
@@ -23,12 +23,12 @@ from aiohttp.test_utils import TestServer
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from tests.conftest import CLIENT_KEY
-from tests.deploy_files import DEPLOY, ROOT, load_yaml, load_yaml_documents
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.image import BuiltImage, build_image
-from tests.processes import START_TIMEOUT, wait_until_healthy
-from tests.redis_server import free_port
+from tests.support.deploy_files import DEPLOY, ROOT, load_yaml, load_yaml_documents
+from tests.support.image import BuiltImage, build_image
+from tests.support.ports import free_port
+from tests.support.processes import START_TIMEOUT, wait_until_healthy
+from tests.support.proxies import CLIENT_KEY
 
 USER = "annotation-proxy"
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")

@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
-from tests.conftest import CLIENT_KEY, ServerFactory
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import running_redis
-from tests.test_chaos import proxy_process
+from tests.support.processes import proxy_process
+from tests.support.proxies import CLIENT_KEY, ServerFactory
+from tests.support.redis_servers import running_redis
 
 ANNOTATIONS = 100
 CALLERS = 8

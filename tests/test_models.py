@@ -8,7 +8,7 @@ import pytest
 
 from proxy.errors import InvalidUpstreamBody
 from proxy.models import epoch_micros, validate_annotation
-from tests.samples import SAMPLE_BODY, SAMPLE_PATH, encode, sample
+from tests.support.samples import SAMPLE_BODY, SAMPLE_PATH, encode, sample
 
 
 def test_shared_sample_matches_our_copy() -> None:

@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
-from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 from tests.fakes.label_studio import CHECK_PATH, FakeLabelStudio
+from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 
 AUTH = f"Authorization: Token {CLIENT_KEY}\r\n".encode()
 STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3}) ")

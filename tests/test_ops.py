@@ -15,9 +15,10 @@ from proxy.keys import READINESS
 from proxy.logs import JsonFormatter
 from proxy.metrics import Metrics
 from proxy.readiness import Readiness
-from tests.conftest import Proxy, ProxyFactory, wait_until
-from tests.processes import serving
-from tests.redis_server import free_port
+from tests.support.ports import free_port
+from tests.support.processes import serving
+from tests.support.proxies import Proxy, ProxyFactory
+from tests.support.waiting import wait_until
 
 
 async def test_healthz_is_cheap_and_always_ok(make_proxy: ProxyFactory) -> None:

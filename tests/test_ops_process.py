@@ -11,13 +11,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import CLIENT_KEY
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.metrics_text import parse_metrics
-from tests.processes import serving
-from tests.redis_server import free_port
-from tests.test_chaos import proxy_process
-from tests.test_prometheus import running_prometheus
+from tests.support.metrics_text import parse_metrics
+from tests.support.ports import free_port
+from tests.support.processes import proxy_process, serving
+from tests.support.prometheus import running_prometheus
+from tests.support.proxies import CLIENT_KEY
 
 CHECK_INTERVAL = 0.05
 # The kubelet probes every 5 s and gave up after 12 failures (60 s); two minutes of probes at that pace is 24

@@ -11,10 +11,10 @@ import sys
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import CLIENT_KEY
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.processes import START_TIMEOUT, wait_until_healthy
-from tests.redis_server import free_port
+from tests.support.ports import free_port
+from tests.support.processes import START_TIMEOUT, wait_until_healthy
+from tests.support.proxies import CLIENT_KEY
 
 
 async def test_the_process_serves_annotations_and_logs_its_configuration_masked(

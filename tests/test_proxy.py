@@ -12,10 +12,11 @@ from aiohttp import web
 from redis import Redis
 from yarl import URL
 
-from tests.conftest import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import free_port
-from tests.samples import SAMPLE_BODY, encode, sample
+from tests.support.ports import free_port
+from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
+from tests.support.samples import SAMPLE_BODY, encode, sample
+from tests.support.waiting import wait_until
 
 ERROR_KEYS = ["id", "status_code", "version", "detail", "exc_info"]
 

@@ -17,8 +17,8 @@ from proxy.created_ago import find_created_ago, timesince
 from proxy.freshness import entity_tag
 from proxy.models import epoch_micros, from_epoch_micros
 from proxy.render import MINUTE_US, RECORD_OVERHEAD, SECOND_US, LiveBodies, age_cells, render_body
-from tests.samples import encode, sample
-from tests.test_timesince import FAR_FUTURE, FAR_PAST, MOMENTS, OFFSETS, PROPERTY, shifted
+from tests.support.moments import FAR_FUTURE, FAR_PAST, MOMENTS, OFFSETS, PROPERTY, shifted
+from tests.support.samples import encode, sample
 
 MiB = 1024 * 1024
 EARLIEST, LATEST = epoch_micros(FAR_PAST), epoch_micros(FAR_FUTURE)

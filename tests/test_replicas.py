@@ -21,9 +21,10 @@ from proxy.metrics import Metrics
 from proxy.service import AnnotationService
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.fakes.source import ScriptedSource
-from tests.redis_server import SentinelTopology, running_redis
-from tests.test_chaos import ProxyProcess, poll_until, proxy_process
-from tests.test_service import POLICY, ok
+from tests.support.lookup import POLICY, ok
+from tests.support.processes import ProxyProcess, proxy_process
+from tests.support.redis_servers import SentinelTopology, running_redis
+from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.redis
 

@@ -16,11 +16,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.keys import SERVICE
-from tests.conftest import CLIENT_KEY, Clock, Proxy, ProxyFactory, ServerFactory, wait_until
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.processes import wait_until_healthy
-from tests.redis_server import free_port, running_redis
-from tests.samples import encode, sample
+from tests.support.clock import Clock
+from tests.support.ports import free_port
+from tests.support.processes import wait_until_healthy
+from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
+from tests.support.redis_servers import running_redis
+from tests.support.samples import encode, sample
+from tests.support.waiting import wait_until
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

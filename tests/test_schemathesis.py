@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from proxy.openapi import document
-from tests.conftest import CLIENT_KEY
-from tests.live import Live, running_proxy
+from tests.support.live import Live, running_proxy
+from tests.support.proxies import CLIENT_KEY
 
 ADMIN_KEY = "admin-key-for-schemathesis-0123"
 WEBHOOK_SECRET = "webhook-secret-for-schemathesis"

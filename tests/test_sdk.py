@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestServer
 from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from tests.conftest import CLIENT_KEY, ProxyFactory
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.proxies import CLIENT_KEY, ProxyFactory
 
 
 def sdk_get(base_url: str, api_key: str, annotation_id: int) -> Any:

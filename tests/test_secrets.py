@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from proxy.app import create_app
 from proxy.logs import JsonFormatter
 from proxy.settings import Settings
-from tests.conftest import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import free_port
-from tests.samples import encode, sample
-from tests.webhooks import annotations_deleted
+from tests.support.ports import free_port
+from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory
+from tests.support.samples import encode, sample
+from tests.support.webhooks import annotations_deleted
 
 WEBHOOK_SECRET = "webhook-secret-for-the-leak-test"
 ADMIN_KEY = "admin-key-for-the-leak-test-0123"

@@ -19,20 +19,13 @@ from proxy.cache import (
     Variant,
 )
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
+from proxy.exchange import UpstreamReply
+from proxy.invalidations import EVENT_CONCURRENCY, for_each
 from proxy.metrics import Metrics
-from proxy.service import EVENT_CONCURRENCY, AnnotationService, CachePolicy, for_each
-from proxy.upstream import UpstreamReply
-from tests.conftest import wait_until
+from proxy.service import AnnotationService
 from tests.fakes.source import ScriptedSource
-from tests.samples import encode, sample
-
-POLICY = CachePolicy(ttl=300, stale_ttl=3600, negative_ttl=30)
-V1 = "2026-11-28T12:00:00.000001Z"
-V2 = "2026-11-28T12:00:00.000002Z"
-
-
-def ok(annotation_id: int = 1, updated_at: str = V1, **changes: object) -> UpstreamReply:
-    return UpstreamReply(200, encode(sample(id=annotation_id, updated_at=updated_at, **changes)))
+from tests.support.lookup import POLICY, V1, V2, ok
+from tests.support.waiting import wait_until
 
 
 class BrokenStore(MemoryStore):

@@ -11,7 +11,7 @@ from proxy.budget import container_memory_limit
 from proxy.cache.topology import parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.settings import Settings, is_loopback_host, load_settings
-from tests.jwt import make_jwt
+from tests.support.jwt import make_jwt
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 CLIENT_KEY = "client-key-0123456789"
@@ -289,3 +289,18 @@ def test_the_container_limit_is_read_from_cgroup_v2(tmp_path: Path) -> None:
     limit.write_text("max\n")
     assert container_memory_limit(limit) is None
     assert container_memory_limit(tmp_path / "absent") is None
+
+
+def test_the_start_up_line_shows_every_setting_and_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    required(monkeypatch)
+    monkeypatch.setenv("PROXY_ADMIN_KEYS", "admin-key-0123456789abcdef")
+    monkeypatch.setenv("PROXY_WEBHOOK_SECRET", "webhook-secret-0123456789")
+    settings = load_settings()
+    shown = settings.redacted()
+    assert set(Settings.model_fields) <= set(shown)  # derived from the model: no setting left out
+    assert shown["proxy_admin_keys"] == "<1 keys>"
+    assert shown["proxy_webhook_secret"] == "on"
+    text = repr(shown)
+    assert "admin-key-0123456789abcdef" not in text
+    assert "webhook-secret-0123456789" not in text
+    assert settings.label_studio_api_key.get_secret_value() not in text

@@ -32,7 +32,8 @@ from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
 from proxy.cache.redis_store import LARGE_ENTRY
 from proxy.errors import CacheBusy, CacheError
-from tests.redis_server import RedisServer, SentinelTopology, free_port, running_redis
+from tests.support.ports import free_port
+from tests.support.redis_servers import RedisServer, SentinelTopology, running_redis
 
 PREFIX = "test-proxy:"
 TTL = 60.0

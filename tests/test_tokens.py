@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.tokens import is_personal_access_token, jwt_claims, jwt_expiry
-from tests.jwt import make_jwt
+from tests.support.jwt import make_jwt
 
 
 def test_a_jwt_is_a_personal_access_token() -> None:

@@ -23,9 +23,11 @@ from aiohttp.test_utils import TestServer
 from redis import Redis
 
 from proxy.cache import KeyScheme
-from tests.conftest import ServerFactory
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.redis_server import (
+from tests.support.load import SteadyLoad, six_annotations
+from tests.support.processes import FETCHED, HIT, Answer, ProxyProcess, proxy_process
+from tests.support.proxies import ServerFactory
+from tests.support.redis_servers import (
     SENTINEL_SERVICE,
     RedisCluster,
     RedisServer,
@@ -34,7 +36,6 @@ from tests.redis_server import (
     running_redis_sentinel,
     wait_for,
 )
-from tests.test_chaos import FETCHED, HIT, Answer, ProxyProcess, SteadyLoad, proxy_process, six_annotations
 
 pytestmark = pytest.mark.redis
 

@@ -17,6 +17,10 @@ from proxy.errors import CacheBusy, CacheCircuitOpen, CacheError
 T = TypeVar("T")
 
 
+def _refused() -> CacheCircuitOpen:
+    return CacheCircuitOpen("cache circuit open: recent operations failed")
+
+
 class CircuitBreakingStore:
     def __init__(self, store: AnnotationStore, breaker: CircuitBreaker) -> None:
         self.name = store.name
@@ -24,21 +28,13 @@ class CircuitBreakingStore:
         self._breaker = breaker
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        if not self._breaker.allow():
-            raise CacheCircuitOpen("cache circuit open: recent operations failed")
-        try:
-            result = await operation()
-        except CacheBusy:  # a slot on the move says nothing about Redis's health
-            self._breaker.abandoned()
-            raise
-        except CacheError:
-            self._breaker.failed()
-            raise
-        except BaseException:
-            self._breaker.abandoned()
-            raise
-        self._breaker.succeeded()
-        return result
+        # A CacheBusy (a slot on the move) is no verdict: it says nothing about Redis's health.
+        with self._breaker.guard(_refused, failures=(CacheError,)) as verdict:
+            try:
+                return await operation()
+            except CacheBusy:
+                verdict.abandoned()
+                raise
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return await self._guarded(lambda: self._store.get(key))

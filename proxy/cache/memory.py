@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
 from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, Variant
+from proxy.cache.bounded import ByteBoundedMap
 
 # Per-record overhead (dict slot, tuple key, record, the entry object), so the byte bound holds for small bodies
 # and tombstones too.
@@ -25,7 +25,6 @@ TASK_MEMBER_SIZE = 16  # an annotation id in a task's index
 class _Record:
     expires_at: float
     value: object
-    size: int
 
 
 class MemoryStore:
@@ -34,12 +33,12 @@ class MemoryStore:
     def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self._clock = clock
-        self._records: OrderedDict[Hashable, _Record] = OrderedDict()
-        self._bytes = 0
+        # Least recently used out first: every read touches what it finds.
+        self._records: ByteBoundedMap[Hashable, _Record] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return self._records.size_bytes
 
     async def get(self, key: AnnotationKey) -> Lookup:
         annotation_id, variant = key
@@ -59,11 +58,10 @@ class MemoryStore:
         missing_since = self._live(("missing", annotation_id))
         if isinstance(missing_since, int) and missing_since > round(entry.stored_at * 1_000_000):
             return False
-        size = len(entry.body) + RECORD_OVERHEAD
-        if size + RECORD_OVERHEAD > self.max_bytes:
+        if not self._records.fits(len(entry.body) + RECORD_OVERHEAD):  # the version and its pointer
             return False
-        self._set(("v", annotation_id, entry.version, variant), entry, size, ttl)
-        self._set(("latest", annotation_id), entry.version, RECORD_OVERHEAD, ttl)
+        self._set(("v", annotation_id, entry.version, variant), entry, len(entry.body), ttl)
+        self._set(("latest", annotation_id), entry.version, 0, ttl)
         self._delete(("missing", annotation_id))
         if entry.task is not None:
             self._index(entry.task, annotation_id, ttl)
@@ -75,7 +73,7 @@ class MemoryStore:
             return False
         self._delete(("latest", annotation_id))
         if ttl > 0:
-            self._set(("missing", annotation_id), since, RECORD_OVERHEAD, ttl)
+            self._set(("missing", annotation_id), since, 0, ttl)
         return True
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
@@ -85,7 +83,7 @@ class MemoryStore:
         if current == version:
             for variant in Variant:
                 self._delete(("v", annotation_id, version, variant))
-        self._set(("latest", annotation_id), version, RECORD_OVERHEAD, ttl)
+        self._set(("latest", annotation_id), version, 0, ttl)
         self._delete(("missing", annotation_id))
 
     async def drop(self, annotation_id: int) -> None:
@@ -115,7 +113,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._records.clear()
-        self._bytes = 0
 
     # Internals
 
@@ -126,36 +123,26 @@ class MemoryStore:
         if record.expires_at <= self._clock():
             self._delete(key)
             return None
-        self._records.move_to_end(key)
+        self._records.touch(key)
         return record.value
 
     def _set(self, key: Hashable, value: object, size: int, ttl: float) -> None:
-        self._delete(key)
-        self._records[key] = _Record(self._clock() + ttl, value, size)
-        self._bytes += size
-        self._shrink()
+        """Keep ``value`` (``size`` bytes beyond the record's overhead) for ``ttl`` seconds."""
+        self._records.put(key, _Record(self._clock() + ttl, value), size)
 
     def _index(self, task_id: int, annotation_id: int, ttl: float) -> None:
         """Add the annotation to its task's index, in place: a task may have thousands of annotations."""
         key = ("task", task_id)
         members = self._live(key)
         if not isinstance(members, set):
-            self._set(key, {annotation_id}, RECORD_OVERHEAD + TASK_MEMBER_SIZE, ttl)
+            self._set(key, {annotation_id}, TASK_MEMBER_SIZE, ttl)
             return
-        record = self._records[key]
+        record = self._records.get(key)
+        assert record is not None  # noqa: S101 - _live found it just now
         record.expires_at = max(record.expires_at, self._clock() + ttl)
         if annotation_id not in members:
             members.add(annotation_id)
-            record.size += TASK_MEMBER_SIZE
-            self._bytes += TASK_MEMBER_SIZE
-            self._shrink()
-
-    def _shrink(self) -> None:
-        while self._bytes > self.max_bytes:
-            _, evicted = self._records.popitem(last=False)
-            self._bytes -= evicted.size
+            self._records.grow(key, TASK_MEMBER_SIZE)
 
     def _delete(self, key: Hashable) -> None:
-        record = self._records.pop(key, None)
-        if record is not None:
-            self._bytes -= record.size
+        self._records.pop(key)

@@ -206,42 +206,10 @@ class RedisStore:
         if isinstance(raw, int):
             return MISSING
         if isinstance(raw, list):
-            return await self._get_large(annotation_id, int(raw[0]), f"{prefix}{raw[1].decode()}{suffix}")
-        return self._decoded(annotation_id, raw)
-
-    async def _get_large(self, annotation_id: int, size: int, version_key: str) -> Lookup:
-        """A large entry, read once there is room for it in the memory budget: twice its size while it is read
-        and decoded, then its body's size for as long as the decoded entry lives (the response being written,
-        the hot tier)."""
-        assert self._bodies is not None  # noqa: S101 - only asked for when there is a budget
-        try:
-            async with asyncio.timeout(ROOM_WAIT):
-                lease = await self._bodies.lease(2 * size)
-        except TimeoutError:
-            raise CacheBusy("no room in the memory budget to read a large entry") from None
-        try:
-            with _translated("read"):
-                raw = await self._client.get(version_key)
-            if raw is None:  # replaced or evicted since the script looked: a miss
-                lease.release()
-                return None
-            entry = self._decoded(annotation_id, raw)
-        except BaseException:
-            lease.release()
-            raise
-        del raw
-        lease.keep(len(entry.body))
-        weakref.finalize(entry, lease.release)
-        return entry
-
-    @staticmethod
-    def _decoded(annotation_id: int, raw: bytes | str) -> CachedAnnotation:
-        if not isinstance(raw, bytes):
-            raise CacheError("undecodable cache entry: not bytes")
-        entry = decode_entry(raw)
-        if entry.annotation_id != annotation_id:
-            raise CacheError("cache entry belongs to another annotation")
-        return entry
+            assert self._bodies is not None  # noqa: S101 - a size comes back only when there is a budget
+            version_key = f"{prefix}{raw[1].decode()}{suffix}"
+            return await read_large(self._client, self._bodies, annotation_id, int(raw[0]), version_key)
+        return decoded(annotation_id, raw)
 
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
         annotation_id, variant = key
@@ -327,29 +295,70 @@ class RedisStore:
         with _translated("claim"):
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
 
-    async def changes(self) -> AsyncIterator[int | None]:
-        if isinstance(self._client, RedisCluster):
-            with _translated("subscribe"):
-                await self._client.initialize()  # the cluster's pubsub needs the slot map first
-        pubsub = self._client.pubsub()
-        try:
-            with _translated("subscribe"):
-                await pubsub.subscribe(self._keys.changes)
-                while True:
-                    # A bounded wait, so that the connection's health check (a PING when idle) runs.
-                    message = await pubsub.get_message(timeout=CHANGES_POLL_SECONDS)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":  # also after redis-py reconnected by itself
-                        yield None
-                    elif message["type"] == "message" and message["data"].isdigit():
-                        yield int(message["data"])
-        finally:
-            with suppress(Exception):  # closing what already failed
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def changes(self) -> AsyncIterator[int | None]:
+        return follow_changes(self._client, self._keys.changes)
 
     def _announce(self, annotation_id: int) -> tuple[str, str]:
         return self._keys.changes, str(annotation_id)
 
     async def close(self) -> None:
         await self._close()
+
+
+async def read_large(
+    client: Redis | RedisCluster, bodies: ByteBudget, annotation_id: int, size: int, version_key: str
+) -> Lookup:
+    """A large entry, read once there is room for it in the memory budget: twice its size while it is read
+    and decoded, then its body's size for as long as the decoded entry lives (the response being written,
+    the hot tier)."""
+    try:
+        async with asyncio.timeout(ROOM_WAIT):
+            lease = await bodies.lease(2 * size)
+    except TimeoutError:
+        raise CacheBusy("no room in the memory budget to read a large entry") from None
+    try:
+        with _translated("read"):
+            raw = await client.get(version_key)
+        if raw is None:  # replaced or evicted since the script looked: a miss
+            lease.release()
+            return None
+        entry = decoded(annotation_id, raw)
+    except BaseException:
+        lease.release()
+        raise
+    del raw
+    lease.keep(len(entry.body))
+    weakref.finalize(entry, lease.release)
+    return entry
+
+
+def decoded(annotation_id: int, raw: bytes | str) -> CachedAnnotation:
+    if not isinstance(raw, bytes):
+        raise CacheError("undecodable cache entry: not bytes")
+    entry = decode_entry(raw)
+    if entry.annotation_id != annotation_id:
+        raise CacheError("cache entry belongs to another annotation")
+    return entry
+
+
+async def follow_changes(client: Redis | RedisCluster, channel: str) -> AsyncIterator[int | None]:
+    """The store's announcements (see AnnotationStore.changes): None once subscribed, then changed ids."""
+    if isinstance(client, RedisCluster):
+        with _translated("subscribe"):
+            await client.initialize()  # the cluster's pubsub needs the slot map first
+    pubsub = client.pubsub()
+    try:
+        with _translated("subscribe"):
+            await pubsub.subscribe(channel)
+            while True:
+                # A bounded wait, so that the connection's health check (a PING when idle) runs.
+                message = await pubsub.get_message(timeout=CHANGES_POLL_SECONDS)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":  # also after redis-py reconnected by itself
+                    yield None
+                elif message["type"] == "message" and message["data"].isdigit():
+                    yield int(message["data"])
+    finally:
+        with suppress(Exception):  # closing what already failed
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.redis_server import free_port
+from tests.support.ports import free_port
 
 VERSION = "1.23.2"
 DEFAULT_VENV = Path.home() / ".cache" / "annotation-proxy" / f"label-studio-{VERSION}"

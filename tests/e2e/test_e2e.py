@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.settings import Settings
-from tests.conftest import CLIENT_KEY, ClientFactory, wait_until
-from tests.e2e.conftest import Dataset, create_dataset
+from tests.e2e.dataset import Dataset, create_dataset
 from tests.e2e.label_studio import LabelStudio
+from tests.support.proxies import CLIENT_KEY, ClientFactory
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ the data, ``issue_personal_access_token`` / ``revoke_*`` change credentials, and
 received is in ``requests``.
 
 Time comes from the injected ``clock`` (seconds since the epoch), so tests move time by hand.
-``created_ago`` is rendered by Django's own ``timesince`` (tests/django_oracle.py), as Label Studio does.
+``created_ago`` is rendered by Django's own ``timesince`` (tests/support/django_oracle.py), as Label Studio does.
 Where a detail is taken from Label Studio's, Django's, DRF's or simplejwt's source rather than from
 BEHAVIOUR.md, a comment says so.
 """
@@ -46,7 +46,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
-from tests.django_oracle import timesince
+from tests.support.django_oracle import timesince
 
 LS_VERSION = "1.23.2"
 DEFAULT_LEGACY_TOKEN = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"

@@ -10,7 +10,7 @@ import asyncio
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from proxy.upstream import UpstreamReply
+from proxy.exchange import UpstreamReply
 
 
 @dataclass

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from proxy.cache import AnnotationKey, Variant
+from proxy.cache.base import AnnotationKey, CachedAnnotation, Missing, Variant
+from proxy.cache.bounded import ByteBoundedMap
 
-if TYPE_CHECKING:
-    from proxy.service import Served
+# What the tier keeps: a fresh version, or a remembered 404.
+Kept = CachedAnnotation | Missing
 
 # What one kept answer costs beyond its body (the key, the record, the dict slot), so the bound holds for 404s too.
 RECORD_OVERHEAD = 300
@@ -28,9 +28,8 @@ RECORD_OVERHEAD = 300
 
 @dataclass(slots=True)
 class _Kept:
-    served: Served
+    answer: Kept
     until: float  # wall-clock seconds
-    size: int
 
 
 class HotTier:
@@ -38,46 +37,40 @@ class HotTier:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._clock = clock
-        self._kept: dict[AnnotationKey, _Kept] = {}
-        self._bytes = 0
+        self._kept: ByteBoundedMap[AnnotationKey, _Kept] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
         self.enabled = False  # on once the store's announcements are heard (see module docstring)
         self.epoch = 0
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return self._kept.size_bytes
 
     def __len__(self) -> int:
         return len(self._kept)
 
-    def get(self, key: AnnotationKey) -> Served | None:
+    def get(self, key: AnnotationKey) -> Kept | None:
         kept = self._kept.get(key)
         if kept is None:
             return None
         if kept.until <= self._clock():
-            self._forget(key)
+            self._kept.pop(key)
             return None
-        return kept.served
+        return kept.answer
 
-    def put(self, key: AnnotationKey, served: Served, *, fresh_until: float, epoch: int) -> None:
-        """Keep ``served`` (read from the store under ``epoch``) until ``fresh_until`` or ``ttl`` from now."""
+    def put(self, key: AnnotationKey, answer: Kept, *, fresh_until: float, epoch: int) -> None:
+        """Keep ``answer`` (read from the store under ``epoch``) until ``fresh_until`` or ``ttl`` from now."""
         if not self.enabled or epoch != self.epoch or self.ttl <= 0:
             return
         until = min(fresh_until, self._clock() + self.ttl)
-        size = RECORD_OVERHEAD + (len(served.entry.body) if served.entry is not None else 0)
-        if size > self.max_bytes:
-            return
-        self._forget(key)
-        while self._bytes + size > self.max_bytes:  # the oldest kept first: dicts keep insertion order
-            self._forget(next(iter(self._kept)))
-        self._kept[key] = _Kept(served, until, size)
-        self._bytes += size
+        size = len(answer.body) if isinstance(answer, CachedAnnotation) else 0
+        if self._kept.fits(size):
+            self._kept.put(key, _Kept(answer, until), size)  # the oldest kept out first
 
     def drop(self, annotation_id: int) -> None:
         """The annotation changed: forget what is kept for it, and refuse answers read before now."""
         self.epoch += 1
         for variant in Variant:
-            self._forget(AnnotationKey(annotation_id, variant))
+            self._kept.pop(AnnotationKey(annotation_id, variant))
 
     def resume(self) -> None:
         """Announcements are heard (again): start empty, since changes may have been missed."""
@@ -92,9 +85,3 @@ class HotTier:
     def clear(self) -> None:
         self.epoch += 1
         self._kept.clear()
-        self._bytes = 0
-
-    def _forget(self, key: AnnotationKey) -> None:
-        kept = self._kept.pop(key, None)
-        if kept is not None:
-            self._bytes -= kept.size

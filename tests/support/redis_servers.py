@@ -16,14 +16,9 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from tests.support.ports import free_port
+
 START_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

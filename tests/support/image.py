@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.deploy_files import ROOT
+from tests.support.deploy_files import ROOT
 
 # What the Dockerfile needs of its base, beyond Debian's minimal system.
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates", "passwd")

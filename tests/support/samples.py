@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "label-studio"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "label-studio"
 SAMPLE_PATH = SHARED / "samples" / "get-annotation-200.json"
 
 # A copy, so the suite also runs where ../shared is absent (the keys and values of the shared sample).

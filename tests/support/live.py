@@ -18,8 +18,8 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.settings import Settings
-from tests.conftest import CLIENT_KEY
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.proxies import CLIENT_KEY
 
 T = TypeVar("T")
 TIMEOUT = 30.0

@@ -1,0 +1,85 @@
+"""Following the store's announcements of change: what keeps the hot tier coherent and wakes claim waiters.
+
+Every change to the store's view of an annotation is announced (Redis pub/sub, see
+:meth:`proxy.cache.base.AnnotationStore.changes`). The follower drops the hot tier's copy of each annotation it
+hears of, and wakes the requests waiting for another replica's fetch of it (:mod:`proxy.claims`). The hot tier is
+on only while the announcements are heard; after a reconnection it starts empty, since what was missed is
+unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+from proxy.cache import AnnotationStore
+from proxy.cache.hot import HotTier
+from proxy.errors import CacheError
+
+log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
+
+# Reconnecting to the store's announcements after a failure: backing off from the first to the second.
+RETRY_MIN = 0.5
+RETRY_MAX = 10.0
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended, asking again while it runs: redis-py swallows a cancellation
+    that lands while it opens a connection, and the task would go on listening."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.05)
+
+
+class ChangeFollower:
+    def __init__(
+        self, store: AnnotationStore, hot: HotTier, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        self._store = store
+        self._hot = hot
+        self._sleep = sleep
+        self._announced: dict[int, asyncio.Event] = {}  # annotation ids whose change a claim's waiters await
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Follow the announcements in the background (the hot tier needs them to be on)."""
+        if self._hot.ttl > 0 and self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="hot-tier-listener")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+
+    async def changed(self, annotation_id: int, *, at_most: float) -> None:
+        """Until the store announces a change of the annotation, at most ``at_most`` seconds."""
+        event = self._announced.setdefault(annotation_id, asyncio.Event())
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), at_most)
+        finally:
+            if self._announced.get(annotation_id) is event:
+                del self._announced[annotation_id]
+
+    async def _follow(self) -> None:
+        """For as long as the service runs; the hot tier is on while the announcements are heard."""
+        retry_in = RETRY_MIN
+        while True:
+            try:
+                async for change in self._store.changes():
+                    if change is None:
+                        self._hot.resume()
+                        retry_in = RETRY_MIN
+                        log.info("hot tier on: following the store's changes")
+                    else:
+                        self._hot.drop(change)
+                        announced = self._announced.pop(change, None)
+                        if announced is not None:
+                            announced.set()
+            except CacheError as exc:
+                if self._hot.enabled:
+                    log.warning("hot tier off: cannot follow the store's changes", extra={"error": str(exc)})
+            self._hot.suspend()
+            await self._sleep(retry_in)
+            retry_in = min(retry_in * 2, RETRY_MAX)

@@ -1,0 +1,79 @@
+"""One fetch per cold annotation across replicas: the first replica claims it in the store; the others wait for
+its result (woken by the store's announcement of it, :mod:`proxy.changes`, or by polling) instead of asking
+Label Studio too.
+
+A claim lapses after ``ttl`` (longer than any fetch), so a replica that died holding one delays the others by at
+most that. Claims are off (``ttl`` 0) with the in-process store: one process, its own single flight is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.cache import AnnotationKey, Lookup
+from proxy.cache.fail_open import FailOpenStore
+from proxy.changes import ChangeFollower
+from proxy.errors import CacheCircuitOpen, CacheError
+from proxy.metrics import Metrics
+from proxy.served import Served
+
+# How often a miss waiting for another replica's fetch looks at the store when no announcement arrives.
+POLL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The outcome of asking: fetch (and ``release`` the claim afterwards, or not), or ``served`` by another."""
+
+    release: bool = False
+    served: Served | None = None
+
+
+class Claims:
+    def __init__(
+        self,
+        cache: FailOpenStore,
+        follower: ChangeFollower,
+        metrics: Metrics,
+        *,
+        ttl: float,
+        fresh: Callable[[Lookup], Served | None],
+    ) -> None:
+        self._cache = cache
+        self._follower = follower
+        self._metrics = metrics
+        self._ttl = ttl
+        self._fresh = fresh
+
+    async def claim_or_wait(self, key: AnnotationKey) -> Claimed:
+        """The answer another replica stored, or leave to fetch: releasing the claim after fetching when it was
+        granted, and when asking for it failed (it may have been granted all the same, and releasing a claim this
+        process does not hold changes nothing), unless the cache's circuit was open; not when claims are off or
+        the holder went quiet past the claim's TTL."""
+        if self._ttl <= 0:
+            return Claimed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ttl
+        while True:
+            try:
+                if await self._cache.store.claim(key, self._ttl):
+                    return Claimed(release=True)
+            except CacheError as exc:
+                self._cache.failed("claim", exc)
+                return Claimed(release=not isinstance(exc, CacheCircuitOpen))
+            at_most = min(POLL, max(0.0, deadline - loop.time()))
+            await self._follower.changed(key.annotation_id, at_most=at_most)
+            served = self._fresh(await self._cache.read(key))
+            if served is not None:  # another replica's fetch: a miss here too, answered by that fetch
+                self._metrics.coalesced_requests.inc()
+                return Claimed(served=Served(served.entry, "miss", collapsed=True))
+            if loop.time() >= deadline:
+                return Claimed()
+
+    async def release(self, key: AnnotationKey) -> None:
+        try:
+            await self._cache.store.release(key)
+        except CacheError as exc:  # the claim lapses by itself
+            self._cache.failed("claim", exc)

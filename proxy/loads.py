@@ -1,0 +1,129 @@
+"""Loads: what fetches an annotation, one per key at a time in this process (:mod:`proxy.singleflight`) and one
+across replicas (:mod:`proxy.claims`); background revalidations of stale versions and re-fetches after a change
+are loads too, counted by outcome when they end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from proxy.cache import AnnotationKey, CachedAnnotation, Lookup
+from proxy.cache.fail_open import FailOpenStore
+from proxy.claims import Claims
+from proxy.fetcher import Fetcher
+from proxy.metrics import Metrics, RevalidationOutcome
+from proxy.served import Served
+from proxy.singleflight import SingleFlight
+
+log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
+
+
+class Loads:
+    def __init__(
+        self,
+        cache: FailOpenStore,
+        claims: Claims,
+        fetcher: Fetcher,
+        metrics: Metrics,
+        *,
+        fresh: Callable[[Lookup], Served | None],
+    ) -> None:
+        self._cache = cache
+        self._claims = claims
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._fresh = fresh
+        self._flights: SingleFlight[AnnotationKey, Served] = SingleFlight()
+
+    def running(self, key: AnnotationKey) -> bool:
+        """Whether a load that requests for ``key`` would join is in flight."""
+        return key in self._flights
+
+    async def close(self) -> None:
+        await self._flights.close()
+
+    async def join_or_load(self, key: AnnotationKey, request_id: str) -> Served:
+        """Join the load in flight for ``key``, or start one that checks the cache again first."""
+        task = self._flights.joinable(key)
+        joined = task is not None
+        if task is None:
+            task = self._start_load(key, request_id, check_cache=True)
+        else:
+            self._metrics.coalesced_requests.inc()
+        # Shielded: a caller that goes away does not cancel the load others are waiting for.
+        served = await asyncio.shield(task)
+        # A request that waited for another's fetch says so.
+        return replace(served, collapsed=True) if joined and served.result == "miss" else served
+
+    def revalidate(self, key: AnnotationKey, stale: CachedAnnotation, request_id: str) -> None:
+        """Refresh a stale version in the background, unless a load for it is already under way."""
+        if key not in self._flights:
+            self._start_load(key, request_id, previous=stale)
+
+    def reload(self, key: AnnotationKey, previous: CachedAnnotation | None, request_id: str) -> None:
+        """A change was announced: a new load that later requests join (even if one is in flight)."""
+        self._start_load(key, request_id, previous=previous)
+
+    def _start_load(
+        self,
+        key: AnnotationKey,
+        request_id: str,
+        *,
+        check_cache: bool = False,
+        previous: CachedAnnotation | None = None,
+    ) -> asyncio.Task[Served]:
+        """Start fetching ``key`` and make it the load that later requests for ``key`` join.
+
+        ``previous`` marks a background revalidation of that cached version: its outcome is counted and a
+        failure logged when it ends, since no caller may be waiting to see it.
+        """
+        return self._flights.start(
+            key,
+            self._load(key, request_id, check_cache=check_cache),
+            name=f"load-{key}",
+            finished=lambda task: self._load_finished(key, task, previous, request_id),
+        )
+
+    def _load_finished(
+        self, key: AnnotationKey, task: asyncio.Task[Served], previous: CachedAnnotation | None, request_id: str
+    ) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so a load whose callers all left logs no warning
+        if previous is None:
+            return
+        outcome: RevalidationOutcome
+        if error is not None:
+            outcome = "error"
+            log.warning(
+                "background revalidation failed",
+                extra={"annotation_id": key.annotation_id, "error": str(error), "request_id": request_id},
+            )
+        else:
+            entry = task.result().entry
+            if entry is None:
+                outcome = "not_found"
+            elif entry.etag == previous.etag and entry.version == previous.version:
+                outcome = "unchanged"
+            else:
+                outcome = "updated"
+        self._metrics.revalidations.labels(outcome=outcome).inc()
+
+    async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool) -> Served:
+        release = False
+        if check_cache:
+            # Read again: a load that finished between this request's miss and now has stored its result.
+            served = self._fresh(await self._cache.read(key))
+            if served is not None:
+                return served
+            claimed = await self._claims.claim_or_wait(key)
+            if claimed.served is not None:
+                return claimed.served
+            release = claimed.release
+        try:
+            return await self._fetcher.fetch(key, request_id)
+        finally:
+            if release:
+                await self._claims.release(key)

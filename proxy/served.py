@@ -1,0 +1,19 @@
+"""What one lookup answers: a cached version or a 404, and how the cache produced it (no HTTP here: the
+``Cache-Status`` header is written from it at the edge, :mod:`proxy.cache_status`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.cache import CachedAnnotation
+from proxy.metrics import CacheResult
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The answer to one lookup: a cached version, or ``None`` for a 404, and how the cache produced it."""
+
+    entry: CachedAnnotation | None
+    result: CacheResult
+    stored: bool = False  # a miss whose answer the cache now holds
+    collapsed: bool = False  # this request waited for another request's fetch
