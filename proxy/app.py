@@ -44,6 +44,7 @@ from proxy.ops_listener import ops_listener_ctx
 from proxy.readiness import Readiness
 from proxy.render import LiveBodies
 from proxy.routes import edge, setup_routes
+from proxy.served import Served
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
 from proxy.upstream import LabelStudioClient, UpstreamPolicy
@@ -87,9 +88,7 @@ def create_app(
     app[BODIES] = ByteBudget(settings.proxy_inflight_max_bytes)
     app[WEBHOOK_BODIES] = ByteBudget(BODY_FACTOR * settings.proxy_webhook_max_bytes)
     app[MONOTONIC] = monotonic
-    app[READINESS] = Readiness(
-        app[METRICS], backend="redis" if settings.redis_url else "memory", interval=settings.proxy_check_interval
-    )
+    app[READINESS] = Readiness(app[METRICS], backend=settings.cache_backend, interval=settings.proxy_check_interval)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings, app[METRICS], app[MONOTONIC], app[BODIES])
@@ -204,7 +203,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         claim_ttl=settings.proxy_upstream_timeout + 1.0 if settings.redis_url else 0.0,
         fence_ttl=settings.proxy_upstream_timeout + FENCE_MARGIN,
     )
-    hot = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
+    hot: HotTier[Served] = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
     service = AnnotationService(
         app[STORE], app[UPSTREAM], app[METRICS], policy, clock=app[CLOCK], monotonic=app[MONOTONIC], hot=hot
     )

@@ -17,6 +17,7 @@ from contextlib import suppress
 from proxy.cache import AnnotationStore
 from proxy.cache.hot import HotTier
 from proxy.errors import CacheError
+from proxy.served import Served
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
 
@@ -35,7 +36,7 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 class ChangeFollower:
     def __init__(
-        self, store: AnnotationStore, hot: HotTier, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self, store: AnnotationStore, hot: HotTier[Served], *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     ) -> None:
         self._store = store
         self._hot = hot

@@ -13,7 +13,7 @@ import json
 import re
 from datetime import datetime
 
-__all__ = ["encode_created_ago", "find_created_ago", "timesince", "with_created_ago"]
+__all__ = ["created_ago_parts", "encode_created_ago", "find_created_ago", "timesince", "with_created_ago"]
 
 # Django's TIME_STRINGS_KEYS and TIME_CHUNKS (django/utils/timesince.py): calendar years and months first, then
 # fixed-size chunks.
@@ -176,6 +176,12 @@ def with_created_ago(body: bytes, span: tuple[int, int] | None, value: str) -> b
     """
     if span is None:
         return body
+    return b"".join(created_ago_parts(body, span, value))
+
+
+def created_ago_parts(body: bytes, span: tuple[int, int], value: str) -> tuple[memoryview, bytes, memoryview]:
+    """The parts :func:`with_created_ago` joins: views of ``body`` around ``value`` (nothing of ``body`` copied;
+    large bodies are written part by part, proxy/render.py)."""
     start, end = span
-    whole = memoryview(body)  # slices of a view copy nothing: the join is the only copy of a large body
-    return b"".join((whole[:start], encode_created_ago(value), whole[end:]))
+    whole = memoryview(body)
+    return whole[:start], encode_created_ago(value), whole[end:]

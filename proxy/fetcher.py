@@ -29,7 +29,7 @@ class Fetcher:
         source: AnnotationSource,
         cache: FailOpenStore,
         *,
-        hot: HotTier,
+        hot: HotTier[Served],
         failures: RecentFailures,
         metrics: Metrics,
         policy: CachePolicy,

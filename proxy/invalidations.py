@@ -17,6 +17,7 @@ from proxy.cache.hot import HotTier
 from proxy.cache.keyspace import FENCE
 from proxy.errors import CacheError
 from proxy.failures import RecentFailures
+from proxy.served import Served
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
 
@@ -59,7 +60,7 @@ class Invalidations:
     def __init__(
         self,
         cache: FailOpenStore,
-        hot: HotTier,
+        hot: HotTier[Served],
         failures: RecentFailures,
         *,
         reload: Reload,

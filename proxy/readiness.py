@@ -71,6 +71,10 @@ async def failure_of(check: Awaitable[None]) -> Exception | None:
     return None
 
 
+def _failing(checks: dict[str, dict[str, str]]) -> set[str]:
+    return {name for name, check in checks.items() if check["status"] == "failing"}
+
+
 def as_check(failure: Exception | None) -> dict[str, str]:
     return {"status": "ok"} if failure is None else {"status": "failing", "error": _why(failure)}
 
@@ -90,7 +94,6 @@ class Readiness:
             "label_studio": dict(PENDING),
         }
         self._task: asyncio.Task[None] | None = None
-        self._failing: set[str] = set()
 
     def start(self, store: AnnotationStore, upstream: CredentialCheck) -> None:
         """The store and the upstream client are set up: this replica can serve. Checks start now, then run
@@ -113,8 +116,7 @@ class Readiness:
     def report(self) -> Report:
         if self._state != "serving":
             return Report("starting" if self._state == "starting" else "shutting down", self._checks)
-        failing = any(check["status"] == "failing" for check in self._checks.values())
-        return Report("degraded" if failing else "ready", self._checks)
+        return Report("degraded" if _failing(self._checks) else "ready", self._checks)
 
     async def check(self) -> None:
         """Run both checks once, and publish the result (report, gauges, a log line on each change)."""
@@ -123,6 +125,7 @@ class Readiness:
         cache, label_studio = await asyncio.gather(
             failure_of(self._ping(self._store)), failure_of(self._upstream.check_credentials(PROBE_REQUEST_ID))
         )
+        before = self._checks
         self._checks = {
             "cache": {**as_check(cache), "backend": self._backend},
             "label_studio": as_check(label_studio),
@@ -132,7 +135,7 @@ class Readiness:
         self._metrics.credentials_refused.set(1 if isinstance(label_studio, UpstreamAuthRejected) else 0)
         if self._backend == "redis":
             up.labels(dependency="redis").set(0 if cache else 1)
-        self._log_changes()
+        self._log_changes(before)
 
     async def _ping(self, store: AnnotationStore) -> None:
         try:
@@ -141,13 +144,13 @@ class Readiness:
             self._metrics.cache_errors.labels(operation="ping").inc()
             raise
 
-    def _log_changes(self) -> None:
-        failing = {name for name, check in self._checks.items() if check["status"] == "failing"}
-        for name in sorted(failing - self._failing):
+    def _log_changes(self, before: dict[str, dict[str, str]]) -> None:
+        """One line for each check that started or stopped failing since ``before``."""
+        failing, failed = _failing(self._checks), _failing(before)
+        for name in sorted(failing - failed):
             log.warning("dependency check failing", extra={"check": name, "error": self._checks[name]["error"]})
-        for name in sorted(self._failing - failing):
+        for name in sorted(failed - failing):
             log.info("dependency check passing again", extra={"check": name})
-        self._failing = failing
 
     async def _run(self) -> None:
         while True:

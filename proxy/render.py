@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from proxy.cache import CachedAnnotation
 from proxy.cache.bounded import ByteBoundedMap
-from proxy.created_ago import encode_created_ago, timesince, with_created_ago
+from proxy.created_ago import created_ago_parts, timesince
 from proxy.models import from_epoch_micros
 
 MINUTE_US = 60_000_000
@@ -34,10 +34,8 @@ def age_cells(created_at_us: int, now_us: int) -> tuple[int, int, int]:
 
 def render_body(entry: CachedAnnotation, now_us: int) -> bytes:
     """Label Studio's bytes with ``created_ago`` computed for ``now_us``, without the memo."""
-    if entry.created_ago_span is None or entry.created_at is None:
-        return entry.body
-    then = from_epoch_micros(entry.created_at)
-    return with_created_ago(entry.body, entry.created_ago_span, timesince(then, from_epoch_micros(now_us)))
+    parts = body_parts(entry, now_us)
+    return entry.body if len(parts) == 1 else b"".join(parts)
 
 
 def body_parts(entry: CachedAnnotation, now_us: int) -> tuple[memoryview | bytes, ...]:
@@ -45,10 +43,8 @@ def body_parts(entry: CachedAnnotation, now_us: int) -> tuple[memoryview | bytes
     for annotations too large for the memo, which would otherwise be copied whole for every response."""
     if entry.created_ago_span is None or entry.created_at is None:
         return (entry.body,)
-    start, end = entry.created_ago_span
-    whole = memoryview(entry.body)
     value = timesince(from_epoch_micros(entry.created_at), from_epoch_micros(now_us))
-    return whole[:start], encode_created_ago(value), whole[end:]
+    return created_ago_parts(entry.body, entry.created_ago_span, value)
 
 
 class LiveBodies:
@@ -79,6 +75,6 @@ class LiveBodies:
         body = self._bodies.get(key)
         if body is None:
             body = render_body(entry, now_us)
-            if len(body) + RECORD_OVERHEAD <= self.max_bytes // 4:
+            if self.keeps(entry):
                 self._bodies.put(key, body, len(body))  # the oldest rendered out first
         return body

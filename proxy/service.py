@@ -62,12 +62,12 @@ class AnnotationService:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        hot: HotTier | None = None,
+        hot: HotTier[Served] | None = None,
     ) -> None:
         self._metrics = metrics
         self._policy = policy
         self._clock = clock
-        self.hot = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
+        self.hot: HotTier[Served] = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
         self._cache = FailOpenStore(store, metrics, monotonic=monotonic)
         self._failures = RecentFailures(clock=clock)
         self._fetcher = Fetcher(
@@ -112,9 +112,8 @@ class AnnotationService:
         of what a fetch brings.
         """
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
-        kept = self.hot.get(key)
-        if kept is not None:  # fresh: the hot tier keeps nothing past its freshness
-            hot = Served(kept, "hit") if isinstance(kept, CachedAnnotation) else Served(None, "negative_hit")
+        hot = self.hot.get(key)
+        if hot is not None:  # fresh: the hot tier keeps nothing past its freshness
             self._metrics.cache_request(hot.result)
             return hot
         epoch = self.hot.epoch
@@ -181,9 +180,10 @@ class AnnotationService:
     def _keep_hot(self, key: AnnotationKey, served: Served, epoch: int) -> None:
         if served.entry is not None:
             fresh_until = served.entry.stored_at + self._policy.ttl
-            self.hot.put(key, served.entry, fresh_until=fresh_until, epoch=epoch)
+            self.hot.put(key, served, size=len(served.entry.body), fresh_until=fresh_until, epoch=epoch)
         else:  # a remembered 404: how long it has left is the store's to know; at most its whole TTL
-            self.hot.put(key, MISSING, fresh_until=self._clock() + self._policy.negative_ttl, epoch=epoch)
+            fresh_until = self._clock() + self._policy.negative_ttl
+            self.hot.put(key, served, size=0, fresh_until=fresh_until, epoch=epoch)
 
 
 __all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served"]

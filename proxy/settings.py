@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     def memory_budget(self) -> MemoryBudget:
         """What this configuration may hold in memory at most, part by part (proxy/budget.py)."""
         return memory_budget(
-            memory_store_bytes=0 if self.redis_url else self.proxy_memory_cache_max_bytes,
+            memory_store_bytes=self.proxy_memory_cache_max_bytes if self.cache_backend == "memory" else 0,
             hot_bytes=self.proxy_hot_max_bytes,
             render_bytes=self.proxy_render_max_bytes,
             inflight_bytes=self.proxy_inflight_max_bytes,
@@ -236,6 +236,11 @@ class Settings(BaseSettings):
         return [parse_entry(entry) for entry in entries]
 
     @property
+    def cache_backend(self) -> Literal["redis", "memory"]:
+        """Where the cache is: Redis when REDIS_URL is set, else process memory."""
+        return "redis" if self.redis_url else "memory"
+
+    @property
     def anonymous_access(self) -> bool:
         return not self.client_keys()
 
@@ -245,7 +250,7 @@ class Settings(BaseSettings):
         Derived from the model, so a new setting is logged without anyone remembering to: a plain value as it
         is, a secret as ``<secret>`` and a tuple of secrets as ``<N keys>``, unless :meth:`_shown` says better.
         """
-        shown: dict[str, object] = {"cache": "redis" if self.redis_url else "memory"}
+        shown: dict[str, object] = {"cache": self.cache_backend}
         for name in type(self).model_fields:
             shown[name] = self._shown(name, getattr(self, name))
         return shown

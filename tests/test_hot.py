@@ -15,7 +15,7 @@ from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, 
 from proxy.cache.hot import RECORD_OVERHEAD, HotTier
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
-from proxy.service import AnnotationService
+from proxy.service import AnnotationService, Served
 from tests.fakes.source import ScriptedSource
 from tests.support.clock import Clock
 from tests.support.lookup import POLICY
@@ -29,50 +29,50 @@ EXPANDED = AnnotationKey(7, Variant.EXPANDED)
 SECRET = "webhook-secret-0123456789"
 
 
-def served(annotation_id: int = 7, body: bytes = b"{}") -> CachedAnnotation:
-    """An answer the tier keeps: a fresh version (the lookup makes it a hit)."""
-    return CachedAnnotation(annotation_id=annotation_id, version=1, stored_at=0.0, body=body)
+def served(annotation_id: int = 7, body: bytes = b"{}") -> Served:
+    entry = CachedAnnotation(annotation_id=annotation_id, version=1, stored_at=0.0, body=body)
+    return Served(entry, "hit")
 
 
 @pytest.fixture
-def hot(clock: Clock) -> HotTier:
+def hot(clock: Clock) -> HotTier[Served]:
     tier = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
     tier.resume()
     return tier
 
 
 class TestHotTier:
-    def test_keeps_an_answer_for_its_ttl_and_never_past_its_freshness(self, hot: HotTier, clock: Clock) -> None:
+    def test_keeps_an_answer_for_its_ttl_and_never_past_its_freshness(self, hot: HotTier[Served], clock: Clock) -> None:
         answer = served()
-        hot.put(KEY, answer, fresh_until=clock.now + 100, epoch=hot.epoch)
+        hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         assert hot.get(KEY) is answer
         clock.now += 5
         assert hot.get(KEY) is None  # the tier's own TTL
-        hot.put(KEY, answer, fresh_until=clock.now + 1, epoch=hot.epoch)
+        hot.put(KEY, answer, size=2, fresh_until=clock.now + 1, epoch=hot.epoch)
         clock.now += 1
         assert hot.get(KEY) is None  # the version's freshness ends first
 
-    def test_an_answer_read_before_a_change_is_refused(self, hot: HotTier, clock: Clock) -> None:
+    def test_an_answer_read_before_a_change_is_refused(self, hot: HotTier[Served], clock: Clock) -> None:
         epoch = hot.epoch  # a read begins...
         hot.drop(7)  # ...the change is heard...
-        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=epoch)  # ...the older answer arrives
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=epoch)  # ...the older answer arrives
         assert hot.get(KEY) is None
 
-    def test_drop_forgets_both_variants_of_the_annotation_only(self, hot: HotTier, clock: Clock) -> None:
+    def test_drop_forgets_both_variants_of_the_annotation_only(self, hot: HotTier[Served], clock: Clock) -> None:
         for key in (KEY, EXPANDED, AnnotationKey(8, Variant.PLAIN)):
-            hot.put(key, served(key.annotation_id), fresh_until=clock.now + 100, epoch=hot.epoch)
+            hot.put(key, served(key.annotation_id), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         hot.drop(7)
         assert (hot.get(KEY), hot.get(EXPANDED)) == (None, None)
         assert hot.get(AnnotationKey(8, Variant.PLAIN)) is not None
 
-    def test_nothing_is_kept_or_served_while_suspended(self, hot: HotTier, clock: Clock) -> None:
-        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+    def test_nothing_is_kept_or_served_while_suspended(self, hot: HotTier[Served], clock: Clock) -> None:
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         hot.suspend()
         assert hot.get(KEY) is None
-        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         assert len(hot) == 0
         hot.resume()
-        hot.put(KEY, served(), fresh_until=clock.now + 100, epoch=hot.epoch)
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         assert hot.get(KEY) is not None
 
     def test_bounded_in_bytes_oldest_out_first(self, clock: Clock) -> None:
@@ -80,7 +80,7 @@ class TestHotTier:
         hot.resume()
         for annotation_id in range(1, 6):
             key = AnnotationKey(annotation_id, Variant.PLAIN)
-            hot.put(key, served(annotation_id, b"x" * 1000), fresh_until=clock.now + 100, epoch=hot.epoch)
+            hot.put(key, served(annotation_id, b"x" * 1000), size=1000, fresh_until=clock.now + 100, epoch=hot.epoch)
         assert hot.size_bytes <= hot.max_bytes
         assert [hot.get(AnnotationKey(i, Variant.PLAIN)) is not None for i in range(1, 6)] == [False] * 2 + [True] * 3
 

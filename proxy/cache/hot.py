@@ -15,29 +15,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from proxy.cache.base import AnnotationKey, CachedAnnotation, Missing, Variant
+from proxy.cache.base import AnnotationKey, Variant
 from proxy.cache.bounded import ByteBoundedMap
 
-# What the tier keeps: a fresh version, or a remembered 404.
-Kept = CachedAnnotation | Missing
+# What the tier keeps is the lookup's to choose (its answer to a hit, ready to serve again: no work per hit); the
+# tier only needs its size.
+V = TypeVar("V")
 
 # What one kept answer costs beyond its body (the key, the record, the dict slot), so the bound holds for 404s too.
 RECORD_OVERHEAD = 300
 
 
 @dataclass(slots=True)
-class _Kept:
-    answer: Kept
+class _Kept(Generic[V]):
+    answer: V
     until: float  # wall-clock seconds
 
 
-class HotTier:
+class HotTier(Generic[V]):
     def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._clock = clock
-        self._kept: ByteBoundedMap[AnnotationKey, _Kept] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
+        self._kept: ByteBoundedMap[AnnotationKey, _Kept[V]] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
         self.enabled = False  # on once the store's announcements are heard (see module docstring)
         self.epoch = 0
 
@@ -48,7 +50,7 @@ class HotTier:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def get(self, key: AnnotationKey) -> Kept | None:
+    def get(self, key: AnnotationKey) -> V | None:
         kept = self._kept.get(key)
         if kept is None:
             return None
@@ -57,12 +59,12 @@ class HotTier:
             return None
         return kept.answer
 
-    def put(self, key: AnnotationKey, answer: Kept, *, fresh_until: float, epoch: int) -> None:
-        """Keep ``answer`` (read from the store under ``epoch``) until ``fresh_until`` or ``ttl`` from now."""
+    def put(self, key: AnnotationKey, answer: V, *, size: int, fresh_until: float, epoch: int) -> None:
+        """Keep ``answer`` (``size`` bytes of body; read from the store under ``epoch``) until ``fresh_until`` or
+        ``ttl`` from now."""
         if not self.enabled or epoch != self.epoch or self.ttl <= 0:
             return
         until = min(fresh_until, self._clock() + self.ttl)
-        size = len(answer.body) if isinstance(answer, CachedAnnotation) else 0
         if self._kept.fits(size):
             self._kept.put(key, _Kept(answer, until), size)  # the oldest kept out first
 
