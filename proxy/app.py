@@ -202,6 +202,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         # The claim outlives the fetch it covers (the upstream deadline), so it lapses only if its holder died.
         claim_ttl=settings.proxy_upstream_timeout + 1.0 if settings.redis_url else 0.0,
         fence_ttl=settings.proxy_upstream_timeout + FENCE_MARGIN,
+        client_revalidation=settings.proxy_client_revalidation,
     )
     hot: HotTier[Served] = HotTier(ttl=settings.proxy_hot_ttl, max_bytes=settings.proxy_hot_max_bytes, clock=app[CLOCK])
     service = AnnotationService(

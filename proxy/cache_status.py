@@ -6,6 +6,8 @@ is where that becomes a header, at the edge with the routes.
 
 from __future__ import annotations
 
+import math
+
 from proxy.service import Served
 
 CACHE_NAME = "annotation-proxy"
@@ -14,9 +16,11 @@ CACHE_NAME = "annotation-proxy"
 def cache_status(
     *,
     hit: bool = False,
+    fwd: str = "miss",
     fwd_status: int | None = None,
     stored: bool = False,
     collapsed: bool = False,
+    ttl: int | None = None,
     detail: str | None = None,
 ) -> str:
     """A ``Cache-Status`` header value (RFC 9211) for this cache."""
@@ -24,7 +28,7 @@ def cache_status(
     if hit:
         params.append("hit")
     else:
-        params.append("fwd=miss")
+        params.append(f"fwd={fwd}")
         if fwd_status is not None:
             params.append(f"fwd-status={fwd_status}")
         if stored:
@@ -33,27 +37,34 @@ def cache_status(
             params.append("collapsed")
     if detail:
         params.append(f"detail={detail}")
+    if ttl is not None:
+        params.append(f"ttl={ttl}")
     return "; ".join(params)
 
 
-HIT = cache_status(hit=True)
-NEGATIVE_HIT = cache_status(hit=True, detail="negative")
-STALE = cache_status(hit=True, detail="stale")
-STALE_IF_ERROR = cache_status(hit=True, detail="stale-if-error")
+NEGATIVE_HIT = cache_status(hit=True, detail="negative")  # a 404's age is not kept: no ttl
+DETAILS = {"hit": None, "stale": "stale", "stale_if_error": "stale-if-error"}
 
 
-def served_status(served: Served) -> str:
-    """The header for one lookup's answer."""
-    if served.result == "hit":
-        return HIT
-    if served.result == "negative_hit":
-        return NEGATIVE_HIT
-    if served.result == "stale":
-        return STALE
-    if served.result == "stale_if_error":
-        return STALE_IF_ERROR
+def served_status(served: Served, *, now: float, ttl: float) -> str:
+    """The header for one lookup's answer at ``now``; ``ttl``: how long a version is fresh (PROXY_CACHE_TTL).
+
+    ``ttl=`` is the answer's remaining freshness in seconds (negative once stale), on answers from the cache and
+    on fetched ones the cache now holds.
+    """
+    entry = served.entry
+    fwd = "request" if served.forced else "miss"
+    if entry is None:
+        if served.result == "negative_hit":
+            return NEGATIVE_HIT
+        return cache_status(fwd=fwd, fwd_status=404, stored=served.stored, collapsed=served.collapsed)
+    remaining = math.floor(entry.stored_at + ttl - now)
+    if served.result in DETAILS:
+        return cache_status(hit=True, ttl=remaining, detail=DETAILS[served.result])
     return cache_status(
-        fwd_status=404 if served.entry is None else 200,
+        fwd=fwd,
+        fwd_status=200,
         stored=served.stored,
         collapsed=served.collapsed,
+        ttl=remaining if served.stored or served.collapsed else None,
     )

@@ -69,6 +69,20 @@ class AnnotationNotFound(ProxyError):
     detail = "No Annotation matches the given query."
 
 
+class NotCached(ProxyError):
+    """``Cache-Control: only-if-cached``, and nothing usable is cached (RFC 9111 5.2.1.7)."""
+
+    status = 504
+    detail = "Not in the cache, and the request said only-if-cached."
+
+
+class NotAcceptable(ProxyError):
+    """The ``Accept`` header names nothing Label Studio renders (as Label Studio answers it)."""
+
+    status = 406
+    detail = "Could not satisfy the request Accept header."
+
+
 # Upstream errors: Label Studio could not give us a valid annotation.
 
 

@@ -43,8 +43,9 @@ class Fetcher:
         self._policy = policy
         self._clock = clock
 
-    async def fetch(self, key: AnnotationKey, request_id: str) -> Served:
-        """Label Studio's answer for ``key``, as a miss: stored (``stored``) unless the store refused or failed."""
+    async def fetch(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
+        """Label Studio's answer for ``key``, as a miss: stored (``stored``) unless the store refused or failed,
+        or ``store`` is false (``Cache-Control: no-store``)."""
         expand = key.variant is Variant.EXPANDED
         fetched_at = self._clock()  # what Label Studio answers is at least this recent
         try:
@@ -57,6 +58,8 @@ class Fetcher:
             self._rejected(key, exc, request_id)
             raise
         if reply.status == 404:
+            if not store:
+                return Served(None, "miss")
             stored = await self._remember_missing(key.annotation_id, since=round(fetched_at * 1_000_000))
             return Served(None, "miss", stored=stored)
         try:
@@ -67,7 +70,7 @@ class Fetcher:
             except InvalidUpstreamBody as exc:
                 self._rejected(key, exc, request_id)
                 raise
-            stored = await self._remember(key, entry)  # encoding it for the store copies it once more
+            stored = store and await self._remember(key, entry)  # encoding it for the store copies it once more
         finally:
             reply.release()  # parsed, checked and stored: its share of the memory budget goes back
         return Served(entry, "miss", stored=stored)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
+from collections.abc import Iterable
 
 from proxy.cache.base import CachedAnnotation
+from proxy.directives import RequestDirectives
+from proxy.policy import CachePolicy
 
 
 class Freshness(enum.Enum):
@@ -28,6 +32,16 @@ def freshness(entry: CachedAnnotation, *, now: float, ttl: float, stale_ttl: flo
     return Freshness.EXPIRED
 
 
+def serves_stale(entry: CachedAnnotation, directives: RequestDirectives, *, now: float, policy: CachePolicy) -> bool:
+    """Whether a version past its freshness is served (while one background fetch revalidates it): within the
+    stale window, unless the request's directives (proxy/directives.py) narrow or widen it."""
+    age = now - entry.stored_at
+    staleness = age - policy.ttl
+    if staleness < 0 or not directives.accepts(age, policy.ttl):
+        return False
+    return directives.accepts_stale(staleness, window=policy.stale_ttl)
+
+
 def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:
     """A weak ETag of everything in the body but ``created_ago`` (which the proxy rewrites at serve time).
 
@@ -43,16 +57,34 @@ def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:
     return f'W/"{digest.hexdigest()}"'
 
 
-def _opaque(tag: str) -> str:
-    tag = tag.strip()
-    return tag[2:] if tag.startswith(("W/", "w/")) else tag
+# An entity tag (RFC 9110 8.8.3): optionally weak, then a quoted string without quotes (commas allowed).
+ENTITY_TAG = re.compile(r'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
-def if_none_match(header: str | None, etag: str) -> bool:
-    """True when ``If-None-Match`` names ``etag`` (weak comparison, RFC 9110 13.1.2) or is ``*``."""
+def encoded_tag(etag: str, coding: str | None) -> str:
+    """The tag of a content-coded representation: another tag for other bytes (RFC 9110 8.8.3)."""
+    return etag if coding is None else f'{etag[:-1]}-{coding}"'
+
+
+def if_none_match(lines: Iterable[str], etag: str) -> bool:
+    """True when ``If-None-Match`` (every line of it: together they are one list) names ``etag`` by weak
+    comparison (RFC 9110 13.1.2) or is ``*``. A malformed member is skipped; the rest still count."""
+    header = ",".join(lines)
     if not header:
         return False
     if header.strip() == "*":
         return True
-    wanted = _opaque(etag)
-    return any(_opaque(candidate) == wanted for candidate in header.split(","))
+    wanted = etag[2:] if etag.startswith("W/") else etag
+    position = 0
+    while position < len(header):
+        match = ENTITY_TAG.match(header, position)
+        if match is None:  # skip to the next member
+            comma = header.find(",", position)
+            if comma < 0:
+                return False
+            position = comma + 1
+            continue
+        if match.group(1) == wanted:
+            return True
+        position = match.end()
+    return False

@@ -36,6 +36,9 @@ class Loads:
         self._metrics = metrics
         self._fresh = fresh
         self._flights: SingleFlight[AnnotationKey, Served] = SingleFlight()
+        # Fetches that a request's Cache-Control forced (proxy/directives.py): at most one per key in flight,
+        # apart from the others, which may answer from the cache without fetching.
+        self._forced: SingleFlight[AnnotationKey, Served] = SingleFlight()
 
     def running(self, key: AnnotationKey) -> bool:
         """Whether a load that requests for ``key`` would join is in flight."""
@@ -43,19 +46,35 @@ class Loads:
 
     async def close(self) -> None:
         await self._flights.close()
+        await self._forced.close()
 
-    async def join_or_load(self, key: AnnotationKey, request_id: str) -> Served:
-        """Join the load in flight for ``key``, or start one that checks the cache again first."""
+    async def join_or_load(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
+        """Join the load in flight for ``key``, or start one that checks the cache again first (and stores what
+        it fetches unless ``store`` is false: ``Cache-Control: no-store``)."""
         task = self._flights.joinable(key)
         joined = task is not None
         if task is None:
-            task = self._start_load(key, request_id, check_cache=True)
-        else:
+            task = self._start_load(key, request_id, check_cache=True, store=store)
+        return await self._wait(task, joined)
+
+    async def refresh(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
+        """Fetch ``key`` from Label Studio whatever the cache holds, joining such a fetch already in flight: a
+        burst of ``no-cache`` requests for one annotation makes one upstream request. A request that joins
+        shares that fetch's answer, stored or not as the request that started it said."""
+        task = self._forced.joinable(key)
+        joined = task is not None
+        if task is None:
+            fetch = self._fetcher.fetch(key, request_id, store=store)
+            task = self._forced.start(key, fetch, name=f"refresh-{key}", finished=_retrieve)
+        return replace(await self._wait(task, joined), forced=True)
+
+    async def _wait(self, task: asyncio.Task[Served], joined: bool) -> Served:
+        if joined:
             self._metrics.coalesced_requests.inc()
         # Shielded: a caller that goes away does not cancel the load others are waiting for.
         served = await asyncio.shield(task)
-        # A request that waited for another's fetch says so.
-        return replace(served, collapsed=True) if joined and served.result == "miss" else served
+        # A request that waited for another's fetch says so; the fetch's own request stored it.
+        return replace(served, collapsed=True, stored=False) if joined and served.result == "miss" else served
 
     def revalidate(self, key: AnnotationKey, stale: CachedAnnotation, request_id: str) -> None:
         """Refresh a stale version in the background, unless a load for it is already under way."""
@@ -72,6 +91,7 @@ class Loads:
         request_id: str,
         *,
         check_cache: bool = False,
+        store: bool = True,
         previous: CachedAnnotation | None = None,
     ) -> asyncio.Task[Served]:
         """Start fetching ``key`` and make it the load that later requests for ``key`` join.
@@ -81,7 +101,7 @@ class Loads:
         """
         return self._flights.start(
             key,
-            self._load(key, request_id, check_cache=check_cache),
+            self._load(key, request_id, check_cache=check_cache, store=store),
             name=f"load-{key}",
             finished=lambda task: self._load_finished(key, task, previous, request_id),
         )
@@ -111,19 +131,26 @@ class Loads:
                 outcome = "updated"
         self._metrics.revalidations.labels(outcome=outcome).inc()
 
-    async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool) -> Served:
+    async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool, store: bool) -> Served:
         release = False
         if check_cache:
             # Read again: a load that finished between this request's miss and now has stored its result.
             served = self._fresh(await self._cache.read(key))
             if served is not None:
                 return served
+        if check_cache and store:  # a fetch that stores nothing has no result for other replicas to wait for
             claimed = await self._claims.claim_or_wait(key)
             if claimed.served is not None:
                 return claimed.served
             release = claimed.release
         try:
-            return await self._fetcher.fetch(key, request_id)
+            return await self._fetcher.fetch(key, request_id, store=store)
         finally:
             if release:
                 await self._claims.release(key)
+
+
+def _retrieve(task: asyncio.Task[Served]) -> None:
+    """Retrieve a forced fetch's failure, so that one whose callers all left logs no warning."""
+    if not task.cancelled():
+        task.exception()

@@ -93,6 +93,7 @@ class Metrics:
     http_requests: Counter
     http_duration: Histogram
     coalesced_requests: Counter
+    forced_fetches: Counter
     validation_failures: Counter
     cache_errors: Counter
     revalidations: Counter
@@ -208,6 +209,12 @@ def _families(registry: CollectorRegistry) -> dict[str, Any]:
         coalesced_requests=Counter(
             f"{PREFIX}_coalesced_requests",
             "Annotation requests that waited for another request's upstream fetch.",
+            registry=registry,
+        ),
+        forced_fetches=Counter(
+            f"{PREFIX}_forced_fetches",
+            "Annotation requests whose Cache-Control refused a cached answer the proxy would have served "
+            "(no-cache, max-age, min-fresh, max-stale), so it asked Label Studio first.",
             registry=registry,
         ),
         validation_failures=Counter(

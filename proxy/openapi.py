@@ -144,8 +144,26 @@ def _responses() -> dict[str, Schema]:
             **{"Cache-Status": cache_status},
         ),
         "GatewayTimeout": _error(
-            "Label Studio did not answer within `PROXY_UPSTREAM_TIMEOUT`.", **{"Cache-Status": cache_status}
+            "Label Studio did not answer within `PROXY_UPSTREAM_TIMEOUT`; or the request said `only-if-cached` and "
+            "nothing usable is cached (`Not in the cache, and the request said only-if-cached.`).",
+            **{"Cache-Status": cache_status},
         ),
+        "NotAcceptable": _error(
+            "`Could not satisfy the request Accept header.`: `Accept` names nothing matching `application/json`, "
+            "decided as Label Studio decides it (before the key and the lookup).",
+        ),
+    }
+
+
+def _cached_headers() -> dict[str, Schema]:
+    """The headers of a 200 or 304 for an annotation (docs/api.md)."""
+    return {
+        "ETag": {"required": True, "schema": {"type": "string", "pattern": '^W/".+"$'}},
+        "Cache-Control": {"required": True, "schema": {"const": "private, no-cache"}},
+        "Age": {"description": "Seconds since the proxy fetched a cached answer.", "schema": {"type": "integer"}},
+        "Vary": {"description": "`Accept-Encoding` while compression is on.", "schema": {"type": "string"}},
+        "Cache-Status": {"$ref": "#/components/headers/Cache-Status"},
+        "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
     }
 
 
@@ -153,9 +171,8 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
     ok: Schema = {
         "description": "The annotation, as Label Studio returns it." + (" Headers only." if head else ""),
         "headers": {
-            "ETag": {"required": True, "schema": {"type": "string", "pattern": '^W/".+"$'}},
-            "Cache-Status": {"$ref": "#/components/headers/Cache-Status"},
-            "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
+            **_cached_headers(),
+            "Content-Encoding": {"description": "`gzip` when accepted and worth it.", "schema": {"const": "gzip"}},
         },
     }
     if not head:
@@ -164,13 +181,10 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
         "200": ok,
         "304": {
             "description": "`If-None-Match` names the current `ETag` (or is `*`). No body.",
-            "headers": {
-                "ETag": {"required": True, "schema": {"type": "string", "pattern": '^W/".+"$'}},
-                "Cache-Status": {"$ref": "#/components/headers/Cache-Status"},
-                "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
-            },
+            "headers": _cached_headers(),
         },
         "401": _response_ref("Unauthenticated"),
+        "406": _response_ref("NotAcceptable"),
         "404": _response_ref("NotFound"),
         "502": _response_ref("BadGateway"),
         "503": _response_ref("CircuitOpen"),
@@ -202,7 +216,22 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
             {
                 "name": "If-None-Match",
                 "in": "header",
-                "description": "An `ETag` from an earlier answer (or `*`): 304 when it is still current.",
+                "description": "`ETag`s from earlier answers (or `*`), over one or more lines: 304 when one is "
+                "still current.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "Cache-Control",
+                "in": "header",
+                "description": "RFC 9111 request directives: `no-cache`, `max-age`, `min-fresh`, `max-stale`, "
+                "`no-store`, `only-if-cached` (docs/freshness.md).",
+                "schema": {"type": "string"},
+                "example": "no-cache",
+            },
+            {
+                "name": "Accept-Encoding",
+                "in": "header",
+                "description": "`gzip` (with quality values): bodies of 1 KiB and more are gzipped.",
                 "schema": {"type": "string"},
             },
             {"$ref": "#/components/parameters/RequestId"},

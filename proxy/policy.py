@@ -27,6 +27,9 @@ class CachePolicy:
     # before the webhook can take. Label Studio confirms it by serving it (the fetch stores it for `retention`);
     # a version it never serves (a forged or far-future updated_at, a clock that went back) stops blocking then.
     fence_ttl: float = 15.0
+    # Whether a request's Cache-Control (no-cache, max-age, min-fresh, max-stale) may make the proxy ask Label
+    # Studio before answering (proxy/directives.py; PROXY_CLIENT_REVALIDATION).
+    client_revalidation: bool = True
 
     @property
     def retention(self) -> float:

@@ -7,6 +7,7 @@ translate between HTTP and :class:`proxy.service.AnnotationService`.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import logging
@@ -17,20 +18,23 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__
 from proxy.cache_status import cache_status, served_status
+from proxy.directives import ORDINARY, RequestDirectives, from_headers
 from proxy.errors import (
     AnnotationNotFound,
     CacheError,
+    NotAcceptable,
     NotAuthenticated,
     ProxyError,
     PurgeDisabled,
     ServiceUnavailable,
     UpstreamError,
 )
-from proxy.freshness import if_none_match
+from proxy.freshness import encoded_tag, if_none_match
 from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
 from proxy.keys import (
     ADMIN_KEYS,
@@ -46,8 +50,10 @@ from proxy.keys import (
 )
 from proxy.logs import ACCESS_LOG
 from proxy.models import INT64_MAX
+from proxy.negotiation import GZIP, accepts_json, wants_gzip
 from proxy.openapi import document
-from proxy.render import body_parts
+from proxy.render import GZIP_LEVEL, body_parts
+from proxy.served import Served
 from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
@@ -60,6 +66,12 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ANNOTATION_ID = re.compile(r"[0-9]+")
 ANNOTATION_ROUTE = "/api/annotations/{id:[^/]+}{slash:/?}"
+# Every annotation a caller keeps is checked with the proxy before it is used again (a 304 when unchanged):
+# a webhook's change shows at once, and no shared cache keeps what depends on the caller's key.
+REVALIDATE = "private, no-cache"
+NO_STORE = "no-store"  # every other response: errors, /metrics, /healthz, /readyz
+MIN_COMPRESSED_BYTES = 1024  # below this, gzip saves less than a packet and costs a round of work
+FROM_CACHE = frozenset({"hit", "stale", "stale_if_error"})  # answers that carry an Age
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,6 +156,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001 - every error is answered here; CancelledError is not an Exception
         response = error_to_response(request, exc)
     response.headers[REQUEST_ID_HEADER] = request_id
+    if hdrs.CACHE_CONTROL not in response.headers:  # only annotations may be kept, and only as they say
+        response.headers[hdrs.CACHE_CONTROL] = NO_STORE
 
     elapsed = time.perf_counter() - started
     route = request.match_info.route.name or "unmatched"
@@ -214,14 +228,37 @@ def id_from_path(request: web.Request) -> int:
     return parse_annotation_id(request.rel_url.raw_path.split("/")[3])
 
 
+def negotiate(request: web.Request) -> None:
+    """Label Studio's content negotiation, in its order (REST framework's): ``?format=`` other than ``json`` is a
+    404 and an ``Accept`` without JSON a 406, both before the key and the lookup."""
+    formats = request.query.getall("format", ())
+    if formats and formats[-1] not in ("", "json"):
+        raise web.HTTPNotFound()  # it renders JSON only
+    headers = request.headers
+    if hdrs.ACCEPT in headers and not accepts_json(",".join(headers.getall(hdrs.ACCEPT))):
+        raise NotAcceptable()
+
+
+def request_directives(headers: CIMultiDictProxy[str]) -> RequestDirectives:
+    """The request's Cache-Control and Pragma (proxy/directives.py); most requests send neither."""
+    if hdrs.CACHE_CONTROL not in headers and hdrs.PRAGMA not in headers:
+        return ORDINARY
+    return from_headers(headers.getall(hdrs.CACHE_CONTROL, ()), headers.getall(hdrs.PRAGMA, ()))
+
+
 async def get_annotation(request: web.Request) -> web.StreamResponse:
+    negotiate(request)
     scope = request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
     annotation_id = id_from_path(request)
     expand = wants_expanded(request.query.getall("expand", []))
     allowed = None if scope is None else scope.__contains__
     try:
         served = await request.app[SERVICE].lookup(
-            annotation_id, expand=expand, request_id=request[REQUEST_ID], allowed=allowed
+            annotation_id,
+            expand=expand,
+            request_id=request[REQUEST_ID],
+            allowed=allowed,
+            directives=request_directives(request.headers),
         )
     except AnnotationNotFound:
         request[CACHE_RESULT] = "hit"  # of another project, known to the cache: nothing was fetched
@@ -234,24 +271,40 @@ async def get_annotation(request: web.Request) -> web.StreamResponse:
         # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
         # tell a cached annotation of another project from a remembered 404), no ETag.
         raise AnnotationNotFound()
-    headers = {"Cache-Status": served_status(served)}
+    return await annotation_response(request, served)
+
+
+async def annotation_response(request: web.Request, served: Served) -> web.StreamResponse:
+    """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
+    app = request.app
+    now = app[CLOCK]()
     entry = served.entry
+    headers = {"Cache-Status": served_status(served, now=now, ttl=app[SETTINGS].proxy_cache_ttl)}
     if entry is None:
-        response = error_response(404, AnnotationNotFound.detail, headers=headers)
-    else:
-        headers[hdrs.ETAG] = entry.etag
-        if if_none_match(request.headers.get(hdrs.IF_NONE_MATCH), entry.etag):
-            response = web.Response(status=304, headers=headers)
-        else:
-            # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
-            headers[hdrs.CONTENT_TYPE] = JSON
-            now_us = int(request.app[CLOCK]() * 1_000_000)
-            bodies = request.app[LIVE_BODIES]
-            if bodies.keeps(entry) or request.method == hdrs.METH_HEAD:
-                response = web.Response(body=bodies.body(entry, now_us), headers=headers)
-            else:
-                return await write_in_parts(request, headers, body_parts(entry, now_us))
-    return response
+        seen = served.missing_since
+        if served.result == "negative_hit" and seen is not None and seen <= now * 1_000_000:  # not a deletion's
+            headers[hdrs.AGE] = str(int(now - seen / 1_000_000))
+        return error_response(404, AnnotationNotFound.detail, headers=headers)
+    bodies = app[LIVE_BODIES]
+    coding = None
+    headers[hdrs.CACHE_CONTROL] = REVALIDATE  # see docs/freshness.md: the webhook's promise, the caller's key
+    if app[SETTINGS].proxy_compression:
+        headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
+        if len(entry.body) >= MIN_COMPRESSED_BYTES and bodies.keeps(entry):  # larger ones are written in parts
+            coding = GZIP if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))) else None
+    if served.result in FROM_CACHE:
+        headers[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
+    etag = headers[hdrs.ETAG] = encoded_tag(entry.etag, coding)
+    if if_none_match(request.headers.getall(hdrs.IF_NONE_MATCH, ()), etag):
+        return web.Response(status=304, headers=headers)
+    # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
+    headers[hdrs.CONTENT_TYPE] = JSON
+    now_us = int(now * 1_000_000)
+    if coding is not None:
+        headers[hdrs.CONTENT_ENCODING] = coding
+    if coding is not None or bodies.keeps(entry) or request.method == hdrs.METH_HEAD:
+        return web.Response(body=bodies.body(entry, now_us, coding), headers=headers)
+    return await write_in_parts(request, headers, body_parts(entry, now_us))
 
 
 async def write_in_parts(
@@ -295,7 +348,11 @@ async def not_allowed(request: web.Request) -> web.Response:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+    headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, hdrs.VARY: hdrs.ACCEPT_ENCODING}
+    if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))):  # 26 KB to 3 KB
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        headers[hdrs.CONTENT_ENCODING] = GZIP
+    return web.Response(body=body, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

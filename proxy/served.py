@@ -15,5 +15,7 @@ class Served:
 
     entry: CachedAnnotation | None
     result: CacheResult
-    stored: bool = False  # a miss whose answer the cache now holds
+    stored: bool = False  # a miss whose answer this request's fetch stored
     collapsed: bool = False  # this request waited for another request's fetch
+    forced: bool = False  # the request's Cache-Control refused a cached answer (proxy/directives.py)
+    missing_since: int | None = None  # a remembered 404: when it was seen (µs; see proxy.cache.Missing)

@@ -23,13 +23,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from proxy.cache import MISSING, AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
+from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Missing, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
 from proxy.changes import ChangeFollower
 from proxy.claims import Claims
+from proxy.directives import ORDINARY, RequestDirectives, without_forcing
 from proxy.errors import (
     AnnotationNotFound,
+    NotCached,
     ProxyError,
     UpstreamBadStatus,
     UpstreamError,
@@ -38,7 +40,7 @@ from proxy.errors import (
 )
 from proxy.failures import RecentFailures
 from proxy.fetcher import Fetcher
-from proxy.freshness import Freshness, freshness
+from proxy.freshness import Freshness, freshness, serves_stale
 from proxy.invalidations import Invalidations
 from proxy.loads import Loads
 from proxy.metrics import CacheResult, Metrics
@@ -102,47 +104,71 @@ class AnnotationService:
         await self._follower.close()
 
     async def lookup(
-        self, annotation_id: int, *, expand: bool, request_id: str, allowed: Callable[[int | None], bool] | None = None
+        self,
+        annotation_id: int,
+        *,
+        expand: bool,
+        request_id: str,
+        allowed: Callable[[int | None], bool] | None = None,
+        directives: RequestDirectives = ORDINARY,
     ) -> Served:
         """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404.
 
         ``allowed`` (a scoped client key) says which projects the caller may read: an annotation the cache knows
         to be of another project is :class:`AnnotationNotFound` at once, without asking Label Studio, so a key
         cannot make the proxy fetch (or revalidate) what it may not read. The caller still checks the project
-        of what a fetch brings.
+        of what a fetch brings. ``directives`` are the request's Cache-Control (proxy/directives.py).
         """
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
+        if not directives.ordinary and not self._policy.client_revalidation:
+            directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
         hot = self.hot.get(key)
-        if hot is not None:  # fresh: the hot tier keeps nothing past its freshness
-            self._metrics.cache_request(hot.result)
+        if hot is not None and (directives.ordinary or self._accepts(directives, hot)):
+            self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
             return hot
         epoch = self.hot.epoch
         cached = await self._cache.read(key)
         if allowed is not None and isinstance(cached, CachedAnnotation) and not allowed(cached.project):
             self._metrics.cache_request("hit")  # the cache answered: no fetch
             raise AnnotationNotFound()
-        served = self._fresh(cached)
-        if served is not None:
-            self._keep_hot(key, served, epoch)
-        if served is None and isinstance(cached, CachedAnnotation) and self._is_stale(cached):
-            self._loads.revalidate(key, cached, request_id)
-            served = Served(cached, "stale")
         try:
-            if served is None:
-                failure = self._failures.recall(annotation_id)
-                if failure is not None:
-                    raise failure
-                served = await self._loads.join_or_load(key, request_id)
-        except UNAVAILABLE as exc:
-            served = self._stale_if_error(cached, exc)
-            if served is None:
-                self._metrics.cache_request("miss")
-                raise
+            served = await self._answer(key, cached, epoch, directives, request_id)
         except ProxyError:  # the cache missed, and so did Label Studio
             self._metrics.cache_request("miss")
             raise
         self._metrics.cache_request(served.result)
         return served
+
+    async def _answer(
+        self, key: AnnotationKey, cached: Lookup, epoch: int, directives: RequestDirectives, request_id: str
+    ) -> Served:
+        """The cached answer if the policy and the request accept it, else Label Studio's."""
+        served = self._fresh(cached)
+        if served is not None and (directives.ordinary or self._accepts(directives, served)):
+            self._keep_hot(key, served, epoch)
+            return served
+        if isinstance(cached, CachedAnnotation) and serves_stale(
+            cached, directives, now=self._clock(), policy=self._policy
+        ):
+            if not directives.only_if_cached:  # which never makes the proxy ask Label Studio
+                self._loads.revalidate(key, cached, request_id)
+            return Served(cached, "stale")
+        if directives.only_if_cached:
+            raise NotCached()
+        if served is not None or (isinstance(cached, CachedAnnotation) and self._state(cached) is Freshness.STALE):
+            # The proxy would have served it; the request refused it: ask Label Studio, and say so.
+            self._metrics.forced_fetches.inc()
+            return await self._loads.refresh(key, request_id, store=not directives.no_store)
+        try:
+            failure = self._failures.recall(key.annotation_id)
+            if failure is not None:
+                raise failure
+            return await self._loads.join_or_load(key, request_id, store=not directives.no_store)
+        except UNAVAILABLE as exc:
+            stale = self._stale_if_error(cached, exc)
+            if stale is None:
+                raise
+            return stale
 
     def _stale_if_error(self, cached: Lookup, error: UpstreamError) -> Served | None:
         """The last validated version, in place of an error, if it is young enough."""
@@ -162,18 +188,20 @@ class AnnotationService:
 
     def _fresh(self, cached: Lookup) -> Served | None:
         """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""
-        if cached is MISSING:
-            return Served(None, "negative_hit")
+        if isinstance(cached, Missing):
+            return Served(None, "negative_hit", missing_since=cached.since)
         if isinstance(cached, CachedAnnotation) and self._state(cached) is Freshness.FRESH:
             return Served(cached, "hit")
         return None
 
+    def _accepts(self, directives: RequestDirectives, served: Served) -> bool:
+        """Whether the request's ``no-cache``, ``max-age`` and ``min-fresh`` accept a fresh cached answer."""
+        age = None if served.entry is None else self._clock() - served.entry.stored_at
+        return directives.accepts(age, self._policy.ttl)
+
     def _state(self, entry: CachedAnnotation) -> Freshness:
         policy = self._policy
         return freshness(entry, now=self._clock(), ttl=policy.ttl, stale_ttl=policy.stale_ttl)
-
-    def _is_stale(self, entry: CachedAnnotation) -> bool:
-        return self._state(entry) is Freshness.STALE
 
     # The hot tier (proxy/cache/hot.py): fresh answers read from the store, kept in process, dropped on any change.
 

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     proxy_negative_ttl: float = Field(default=30.0, ge=0)
     proxy_stale_if_error_ttl: float = Field(default=86400.0, ge=0)
     proxy_key_prefix: KeyPrefix = "annotation-proxy:"
+    # Callers' Cache-Control (no-cache, max-age, ...) may make the proxy ask Label Studio (docs/freshness.md).
+    proxy_client_revalidation: bool = True
 
     # Server
     proxy_host: str = "127.0.0.1"
@@ -168,6 +170,7 @@ class Settings(BaseSettings):
     proxy_webhook_max_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
     proxy_request_body_timeout: float = Field(default=10.0, gt=0, le=300)
     proxy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    proxy_compression: bool = True  # gzip for callers that accept it (docs/api.md)
 
     # Operations: a second listener with /metrics, /healthz and /readyz only; the dependency checks.
     proxy_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod; serves no annotation

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.cache_status import status_of
 from tests.support.clock import Clock
 from tests.support.proxies import Proxy, ProxyFactory
 from tests.support.samples import encode
@@ -71,7 +72,7 @@ class TestWebhooks:
         await get(proxy)
         changed = fake.update_annotation(1, ground_truth=True)
         _, headers, body = await get(proxy)
-        assert headers["Cache-Status"] == "annotation-proxy; hit"  # the change is not visible yet
+        assert status_of(headers) == "annotation-proxy; hit"  # the change is not visible yet
         assert field(body, "ground_truth") is False
 
         assert await send(proxy, annotation_event("ANNOTATION_UPDATED", changed)) == 200
@@ -95,7 +96,7 @@ class TestWebhooks:
         fake.release()
         status, headers, body = await waiting
         assert (status, field(body, "lead_time")) == (200, 9.5)
-        assert "collapsed" in headers["Cache-Status"]
+        assert "collapsed" in status_of(headers)
         assert len(fake.annotation_gets(1)) == 2
         assert proxy.metric("revalidations_total", outcome="updated") == 1
 
@@ -126,7 +127,7 @@ class TestWebhooks:
         gets_before = len(fake.annotation_gets())
         status, headers, _ = await get(proxy)
         assert status == 404
-        assert headers["Cache-Status"] == "annotation-proxy; hit; detail=negative"
+        assert status_of(headers) == "annotation-proxy; hit; detail=negative"
         assert len(fake.annotation_gets()) == gets_before
 
     async def test_tasks_deleted_drops_their_annotations_without_asking_label_studio(self, proxy: Proxy) -> None:
@@ -178,7 +179,7 @@ class TestWebhooks:
         fake.release()
         assert (await slow)[0] == 404  # that caller asked before the annotation existed
         status, headers, _ = await get(proxy)
-        assert (status, headers["Cache-Status"]) == (200, "annotation-proxy; hit")
+        assert (status, status_of(headers)) == (200, "annotation-proxy; hit")
 
     async def test_wrong_or_missing_secret_is_401_and_changes_nothing(self, proxy: Proxy) -> None:
         record = proxy.fake.add_annotation()
@@ -208,7 +209,7 @@ class TestWebhooks:
         response = await proxy.client.post("/webhooks/label-studio", data=body, headers={"X-Webhook-Secret": SECRET})
         assert response.status == 400
         assert json.loads(await response.read())["detail"].startswith("Malformed webhook body")
-        assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of((await get(proxy))[1]) == "annotation-proxy; hit"
 
     async def test_oversized_body_is_refused(self, make_proxy: ProxyFactory) -> None:
         proxy = await make_proxy(proxy_webhook_secret=SECRET, proxy_webhook_max_bytes=2048)
@@ -237,7 +238,7 @@ class TestStaleWhileRevalidate:
         clock.now += TTL + 1
         fake.hold()
         answers = await asyncio.gather(*(get(proxy) for _ in range(50)))
-        assert {headers["Cache-Status"] for _, headers, _ in answers} == {"annotation-proxy; hit; detail=stale"}
+        assert {status_of(headers) for _, headers, _ in answers} == {"annotation-proxy; hit; detail=stale"}
         assert {field(body, "ground_truth") for _, _, body in answers} == {False}
         await fake.wait_for_annotation_gets(2)
         fake.release()
@@ -246,7 +247,7 @@ class TestStaleWhileRevalidate:
         assert proxy.metric("cache_requests_total", result="stale") == 50
 
         _, headers, body = await get(proxy)
-        assert headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(headers) == "annotation-proxy; hit"
         assert field(body, "ground_truth") is True  # same updated_at, new body: replaced
         assert len(fake.annotation_gets(1)) == 2
 
@@ -265,14 +266,14 @@ class TestStaleWhileRevalidate:
         assert (await get(proxy))[0] == 200
         await wait_until(lambda: proxy.metric("revalidations_total", outcome="error") == 1)
         status, headers, _ = await get(proxy)
-        assert (status, headers["Cache-Status"]) == (200, "annotation-proxy; hit; detail=stale")
+        assert (status, status_of(headers)) == (200, "annotation-proxy; hit; detail=stale")
 
     async def test_past_the_stale_window_the_request_waits_for_label_studio(self, proxy: Proxy, clock: Clock) -> None:
         proxy.fake.add_annotation()
         await get(proxy)
         clock.now += TTL + STALE_TTL + 1
         _, headers, _ = await get(proxy)
-        assert headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200; stored"
+        assert status_of(headers) == "annotation-proxy; fwd=miss; fwd-status=200; stored"
         assert len(proxy.fake.annotation_gets(1)) == 2
 
 
@@ -321,7 +322,7 @@ class TestLiveCreatedAgo:
         await get(proxy)
         clock.now += elapsed
         _, headers, body = await get(proxy)
-        assert headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(headers) == "annotation-proxy; hit"
         # The fake renders created_ago with Django's own timesince, at the same clock.
         assert body == await label_studio_body(proxy, 1)
 
@@ -333,7 +334,7 @@ class TestPurge:
         response = await proxy.client.delete("/cache/annotations/1", headers=proxy.auth(ADMIN_KEY))
         assert response.status == 204
         _, headers, _ = await get(proxy)
-        assert headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200; stored"
+        assert status_of(headers) == "annotation-proxy; fwd=miss; fwd-status=200; stored"
 
     async def test_purge_needs_an_admin_key(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
@@ -341,7 +342,7 @@ class TestPurge:
         for headers in ({}, proxy.auth(), proxy.auth("wrong-admin-key-0123456789")):
             response = await proxy.client.delete("/cache/annotations/1", headers=headers)
             assert response.status == 401
-        assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of((await get(proxy))[1]) == "annotation-proxy; hit"
         assert proxy.fake.requests[-1].method == "GET"
 
     async def test_purge_is_off_without_admin_keys(self, make_proxy: ProxyFactory) -> None:
@@ -367,15 +368,15 @@ async def test_a_webhook_version_label_studio_never_serves_blocks_caching_only_b
         await send(proxy, annotation_event("ANNOTATION_UPDATED", record | {"updated_at": "9999-01-01T00:00:00Z"}))
         == 200
     )
-    assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200"  # not stored
+    assert status_of((await get(proxy))[1]) == "annotation-proxy; fwd=miss; fwd-status=200"  # not stored
 
     async def cached_again() -> bool:
         steady.now += 1  # the memory store's clock; Redis keeps its own time
-        return (await get(proxy))[1]["Cache-Status"].endswith("stored")
+        return status_of((await get(proxy))[1]).endswith("stored")
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
     while not await cached_again():
         assert loop.time() < deadline, "still not stored: the webhook's version blocks caching"
         await asyncio.sleep(0.1)
-    assert (await get(proxy))[1]["Cache-Status"] == "annotation-proxy; hit"
+    assert status_of((await get(proxy))[1]) == "annotation-proxy; hit"

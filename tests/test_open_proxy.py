@@ -209,8 +209,7 @@ class TestQuery:
             ("pk=2&id=2&annotation=2", ""),
             ("expand=completed_by%26token%3Dx", ""),
             ("expand=completed_by%26id%3D2", ""),
-            ("format=api", ""),
-            ("format=json&fields=id", ""),
+            ("format=json&fields=id", ""),  # another format is a 404, as Label Studio (test_http_caching.py)
             ("expand=completed_by&expand=completed_by", "expand=completed_by"),
             ("expand=completed_by&expand=task", "expand=completed_by"),
             ("expand=completed_by,task", "expand=completed_by"),

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from proxy.metrics import CACHE_RESULTS
+from tests.support.cache_status import status_of
 from tests.support.deploy_files import dashboard_hit_ratio_expr, load_dashboard, substitute_grafana_variables
 from tests.support.prometheus import JOB, running_prometheus
 from tests.support.proxies import Proxy, ProxyFactory
@@ -28,11 +29,11 @@ async def serve(proxy: Proxy, hits: int, misses: int) -> None:
     for annotation_id in ids:
         response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
         assert response.status == 200
-        assert response.headers["Cache-Status"].startswith("annotation-proxy; fwd=miss")
+        assert status_of(response.headers).startswith("annotation-proxy; fwd=miss")
     for n in range(hits):
         response = await proxy.client.get(f"/api/annotations/{ids[n % misses]}/", headers=proxy.auth())
         assert response.status == 200
-        assert response.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(response.headers) == "annotation-proxy; hit"
 
 
 async def test_prometheus_answers_the_dashboard_hit_ratio_with_the_ratio_served(

@@ -13,6 +13,7 @@ from redis import Redis
 from yarl import URL
 
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.cache_status import status_of
 from tests.support.ports import free_port
 from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 from tests.support.samples import SAMPLE_BODY, encode, sample
@@ -64,12 +65,12 @@ class TestCaching:
         proxy.fake.add_annotation()
         first = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert first.status == 200
-        assert first.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200; stored"
+        assert status_of(first.headers) == "annotation-proxy; fwd=miss; fwd-status=200; stored"
         hits_before = proxy.metric("cache_requests_total", result="hit")
 
         second = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert second.status == 200
-        assert second.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(second.headers) == "annotation-proxy; hit"
         assert await second.read() == await first.read()
         assert len(proxy.fake.annotation_gets(1)) == 1
         assert proxy.metric("cache_requests_total", result="hit") == hits_before + 1
@@ -95,7 +96,7 @@ class TestCaching:
             body = await response.read()
             assert len(body) > 64 * 1024
             assert response.status == 200
-            assert response.headers["Cache-Status"] == expected
+            assert status_of(response.headers) == expected
             assert response.headers["Content-Type"] == "application/json"
             assert response.headers["Content-Length"] == str(len(body))
             assert "ETag" in response.headers
@@ -117,7 +118,7 @@ class TestCaching:
         assert head.status == 200
         assert await head.read() == b""
         assert head.headers["Content-Length"] == str(len(await get.read()))
-        assert head.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(head.headers) == "annotation-proxy; hit"
 
     async def test_expand_is_forwarded_and_cached_as_its_own_variant(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
@@ -127,7 +128,7 @@ class TestCaching:
         assert json.loads(await plain.read())["completed_by"] == 1
         assert json.loads(await expanded.read())["completed_by"]["email"] == "admin@example.com"
         assert await again.read() == await expanded.read()
-        assert again.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(again.headers) == "annotation-proxy; hit"
         assert [g.query for g in proxy.fake.annotation_gets(1)] == [{}, {"expand": "completed_by"}]
 
     async def test_not_found_is_label_studios_404_and_remembered(self, proxy: Proxy) -> None:
@@ -136,8 +137,8 @@ class TestCaching:
         for response in (first, second):
             assert response.status == 404
             assert (await error_of(response))["detail"] == "No Annotation matches the given query."
-        assert first.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=404; stored"
-        assert second.headers["Cache-Status"] == "annotation-proxy; hit; detail=negative"
+        assert status_of(first.headers) == "annotation-proxy; fwd=miss; fwd-status=404; stored"
+        assert status_of(second.headers) == "annotation-proxy; hit; detail=negative"
         assert len(proxy.fake.annotation_gets(77)) == 1
         assert proxy.metric("cache_requests_total", result="negative_hit") == 1
 
@@ -157,7 +158,7 @@ class TestCaching:
         await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
         remembered = await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
-        assert remembered.headers["Cache-Status"] == "annotation-proxy; hit; detail=negative"
+        assert status_of(remembered.headers) == "annotation-proxy; hit; detail=negative"
         with Redis.from_url(redis_url) as redis:
             assert 29_000 < redis.pttl("annotation-proxy:{a:2}:missing") <= 30_000
             for key in redis.keys("annotation-proxy:{a:1}:*"):
@@ -236,9 +237,9 @@ class TestUpstreamBodies:
 
         served = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert served.status == 200
-        assert served.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200; stored"
+        assert status_of(served.headers) == "annotation-proxy; fwd=miss; fwd-status=200; stored"
         cached = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
-        assert cached.headers["Cache-Status"] == "annotation-proxy; hit"
+        assert status_of(cached.headers) == "annotation-proxy; hit"
         assert len(proxy.fake.annotation_gets(1)) == 2
 
 
@@ -249,7 +250,7 @@ class TestUpstreamFailures:
         response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert response.status == 502
         assert (await error_of(response))["detail"] == "Label Studio answered HTTP 500."
-        assert response.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status"
+        assert status_of(response.headers) == "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status"
         assert proxy.metric("upstream_requests_total", outcome="bad_status") == 1
         assert proxy.metric("upstream_retries_total") == 0  # a 500 is not retried: it will not pass
 
@@ -365,7 +366,7 @@ class TestUpstreamFailures:
         for _ in range(2):
             response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
             assert response.status == 200
-            assert response.headers["Cache-Status"] == "annotation-proxy; fwd=miss; fwd-status=200"
+            assert status_of(response.headers) == "annotation-proxy; fwd=miss; fwd-status=200"
         assert proxy.metric("cache_errors_total", operation="get") >= 2
         assert proxy.metric("cache_errors_total", operation="put") == 2
 
@@ -481,6 +482,7 @@ class TestCallers:
         assert all("Cookie" not in g.headers and "cookie" not in g.headers for g in proxy.fake.annotation_gets())
         assert {name.lower() for name in first.headers} <= {
             "content-type", "content-length", "cache-status", "x-request-id", "date", "server", "etag",
+            "cache-control", "vary",
         }  # fmt: skip
 
     async def test_request_id_is_echoed_or_made(self, proxy: Proxy) -> None:

@@ -44,6 +44,15 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not settings.uses_personal_access_token
 
 
+@pytest.mark.parametrize(("value", "on"), [("on", True), ("off", False), ("true", True), ("0", False)])
+def test_switches_take_on_and_off(monkeypatch: pytest.MonkeyPatch, value: str, on: bool) -> None:
+    required(monkeypatch)
+    assert (load_settings().proxy_client_revalidation, load_settings().proxy_compression) == (True, True)
+    monkeypatch.setenv("PROXY_CLIENT_REVALIDATION", value)
+    monkeypatch.setenv("PROXY_COMPRESSION", value)
+    assert (load_settings().proxy_client_revalidation, load_settings().proxy_compression) == (on, on)
+
+
 def test_client_keys_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     required(monkeypatch)
     monkeypatch.setenv("PROXY_CLIENT_KEYS", f" {CLIENT_KEY} ,second-key-0123456789,, ")

@@ -18,12 +18,12 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from proxy.breaker import CircuitBreaker, State
 from proxy.budget import ByteBudget
 from proxy.cache import (
-    MISSING,
     AnnotationKey,
     AnnotationStore,
     CachedAnnotation,
     KeyScheme,
     MemoryStore,
+    Missing,
     RedisStore,
     Variant,
 )
@@ -202,14 +202,15 @@ class TestStoreContract:
         assert await store.get(PLAIN) == entry(version=9_000)
 
     async def test_remembered_404(self, store: AnnotationStore) -> None:
-        await store.put_missing(7, TTL, since=0)
-        assert await store.get(PLAIN) is MISSING
-        assert await store.get(EXPANDED) is MISSING
+        await store.put_missing(7, TTL, since=1_795_868_853_123_456)
+        # With when it was seen: the answer's Age is counted from it.
+        assert await store.get(PLAIN) == Missing(1_795_868_853_123_456)
+        assert await store.get(EXPANDED) == Missing(1_795_868_853_123_456)
 
     async def test_404_drops_cached_versions(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
         assert await store.put_missing(7, TTL, since=LATER) is True
-        assert await store.get(PLAIN) is MISSING
+        assert isinstance(await store.get(PLAIN), Missing)
 
     async def test_zero_negative_ttl_drops_versions_but_remembers_nothing(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(), TTL)
@@ -224,7 +225,7 @@ class TestStoreContract:
     async def test_annotations_do_not_share_entries(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(annotation_id=7), TTL)
         await store.put_missing(8, TTL, since=0)
-        assert await store.get(AnnotationKey(8, Variant.PLAIN)) is MISSING
+        assert isinstance(await store.get(AnnotationKey(8, Variant.PLAIN)), Missing)
         assert await store.get(PLAIN) == entry(annotation_id=7)
 
     async def test_ping_answers(self, store: AnnotationStore) -> None:
@@ -263,7 +264,7 @@ class TestStoreContract:
         began_404_fetch = round(entry().stored_at * 1_000_000) + 1
         await store.put_missing(7, TTL, since=began_404_fetch)
         assert await store.put(PLAIN, entry(), TTL) is False
-        assert await store.get(PLAIN) is MISSING
+        assert isinstance(await store.get(PLAIN), Missing)
         later = CachedAnnotation(annotation_id=7, version=1_000, stored_at=entry().stored_at + 1, body=b"{}")
         assert await store.put(PLAIN, later, TTL) is True  # began after the 404: created since
         assert await store.get(PLAIN) == later
@@ -282,7 +283,7 @@ class TestStoreContract:
         await store.put_missing(7, TTL, since=FENCE)
         assert await store.put(PLAIN, entry(version=1_000), TTL) is False
         assert await store.put(PLAIN, entry(version=2**62), TTL) is False
-        assert await store.get(PLAIN) is MISSING
+        assert isinstance(await store.get(PLAIN), Missing)
 
     async def test_drop_forgets_versions_and_404s(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(version=2_000), TTL)

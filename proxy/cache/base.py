@@ -30,13 +30,16 @@ class AnnotationKey(NamedTuple):
     variant: Variant
 
 
-class Missing(enum.Enum):
+@dataclass(frozen=True, slots=True)
+class Missing:
     """The store remembers that Label Studio answered 404 for this id (negative caching)."""
 
-    MISSING = "missing"
+    # When the fetch that saw the 404 began (microseconds since the epoch), as ``put_missing`` was told: what the
+    # answer's Age is counted from. None where unknown; a deletion's marker holds FENCE (no moment at all).
+    since: int | None = None
 
 
-MISSING = Missing.MISSING
+MISSING = Missing()  # a remembered 404 of unknown age
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)  # weak references: a read's memory lease ends with it
@@ -63,7 +66,7 @@ class AnnotationStore(Protocol):
     name: str  # "redis" or "memory", for logs and /readyz
 
     async def get(self, key: AnnotationKey) -> Lookup:
-        """The newest cached version for ``key``, :data:`MISSING` for a remembered 404, or ``None``."""
+        """The newest cached version for ``key``, a :class:`Missing` for a remembered 404, or ``None``."""
         ...
 
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
-from proxy.cache.base import MISSING, AnnotationKey, CachedAnnotation, Lookup, Variant
+from proxy.cache.base import AnnotationKey, CachedAnnotation, Lookup, Missing, Variant
 from proxy.cache.bounded import ByteBoundedMap
 
 # Per-record overhead (dict slot, tuple key, record, the entry object), so the byte bound holds for small bodies
@@ -42,8 +42,9 @@ class MemoryStore:
 
     async def get(self, key: AnnotationKey) -> Lookup:
         annotation_id, variant = key
-        if self._live(("missing", annotation_id)) is not None:
-            return MISSING
+        since = self._live(("missing", annotation_id))
+        if isinstance(since, int):
+            return Missing(since)
         version = self._live(("latest", annotation_id))
         if version is None:
             return None

@@ -18,10 +18,10 @@ from redis.exceptions import AskError, ClusterError, MovedError, RedisError, Try
 
 from proxy.budget import ByteBudget
 from proxy.cache.base import (
-    MISSING,
     AnnotationKey,
     CachedAnnotation,
     Lookup,
+    Missing,
     Variant,
     decode_entry,
     encode_entry,
@@ -31,10 +31,11 @@ from proxy.cache.topology import Closer, RedisMode, connect
 from proxy.errors import CacheBusy, CacheError
 
 # KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>", the largest entry to return.
-# Returns 1 for a remembered 404, the entry bytes, {its size, the version} for an entry larger than ARGV[3] (the
-# caller makes room in its memory budget, then GETs it), or nil.
+# Returns {0, when the fetch that saw it began} for a remembered 404, the entry bytes, {its size, the version}
+# for an entry larger than ARGV[3] (the caller makes room in its memory budget, then GETs it), or nil.
 READ_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local missing_since = redis.call('GET', KEYS[1])
+if missing_since then return {0, missing_since} end
 local version = redis.call('GET', KEYS[2])
 if not version then return false end
 local key = ARGV[1] .. version .. ARGV[2]
@@ -203,8 +204,8 @@ class RedisStore:
             )
         if raw is None:
             return None
-        if isinstance(raw, int):
-            return MISSING
+        if isinstance(raw, list) and raw[0] == 0:
+            return Missing(int(raw[1]))
         if isinstance(raw, list):
             assert self._bodies is not None  # noqa: S101 - a size comes back only when there is a budget
             version_key = f"{prefix}{raw[1].decode()}{suffix}"

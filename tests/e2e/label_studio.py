@@ -86,9 +86,11 @@ class LabelStudio:
                 raw = error.read()
             return error.code, json.loads(raw) if raw.startswith(b"{") else raw
 
-    def get_raw(self, path: str, authorization: str | None = None) -> tuple[int, bytes, float]:
+    def get_raw(
+        self, path: str, authorization: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, float]:
         """``GET path`` as a client would: status, Label Studio's bytes and the moment the answer arrived."""
-        headers = {"Authorization": authorization or f"Token {self.legacy_token}"}
+        headers = {"Authorization": authorization or f"Token {self.legacy_token}", **(headers or {})}
         request = urllib.request.Request(f"{self.url}{path}", headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310

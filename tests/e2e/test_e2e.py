@@ -23,6 +23,7 @@ from proxy.app import create_app
 from proxy.settings import Settings
 from tests.e2e.dataset import Dataset, create_dataset
 from tests.e2e.label_studio import LabelStudio
+from tests.support.cache_status import status_of
 from tests.support.proxies import CLIENT_KEY, ClientFactory
 from tests.support.waiting import wait_until
 
@@ -40,8 +41,8 @@ class Proxy:
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(f"annotation_proxy_{name}", labels) or 0.0
 
-    async def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
-        response = await self.client.get(path, headers={"Authorization": f"Token {CLIENT_KEY}"})
+    async def get(self, path: str, **headers: str) -> tuple[int, bytes, dict[str, str]]:
+        response = await self.client.get(path, headers={"Authorization": f"Token {CLIENT_KEY}", **headers})
         return response.status, await response.read(), dict(response.headers)
 
 
@@ -98,7 +99,7 @@ class TestFidelity:
                     _, after = await label_studio_get(label_studio, path)
                     assert status == 200, (path, body)
                     if attempt == "hit":
-                        assert "; hit" in headers["Cache-Status"], (path, headers)
+                        assert "; hit" in status_of(headers), (path, headers)
                     assert items(body) == items(before) == items(after), path  # keys, order and values
                     # created_ago as Label Studio says it at that moment (a minute may turn in between).
                     assert created_ago(body) in {created_ago(before), created_ago(after)}, path
@@ -179,14 +180,56 @@ class TestWebhooks:
         assert status == 204
         await wait_until(lambda: applied("ANNOTATIONS_DELETED") >= 1, 20)
         status, _, headers = await proxy.get(f"/api/annotations/{deleted}/")
-        assert (status, headers["Cache-Status"]) == (404, "annotation-proxy; hit; detail=negative")
+        assert (status, status_of(headers)) == (404, "annotation-proxy; hit; detail=negative")
 
         task = data.tasks[3]  # its one annotation is data.annotations[3]
         status, _ = await asyncio.to_thread(label_studio.api, "DELETE", f"/api/tasks/{task}/")
         assert status == 204
         await wait_until(lambda: applied("TASKS_DELETED") >= 1, 20)
         status, _, headers = await proxy.get(f"/api/annotations/{data.annotations[3]}/")
-        assert (status, headers["Cache-Status"]) == (404, "annotation-proxy; hit; detail=negative")
+        assert (status, status_of(headers)) == (404, "annotation-proxy; hit; detail=negative")
+
+
+class TestHttpCaching:
+    async def test_a_write_without_a_webhook_shows_with_no_cache(
+        self, make_proxy: ProxyFactory, label_studio: LabelStudio
+    ) -> None:
+        proxy = await make_proxy(proxy_cache_ttl=3600)
+        data = await asyncio.to_thread(create_dataset, label_studio, "annotation-proxy e2e no-cache")
+        path = f"/api/annotations/{data.annotations[0]}/"
+        _, before, _ = await proxy.get(path)
+        status, _ = await asyncio.to_thread(label_studio.api, "PATCH", path, {"lead_time": 77.25})
+        assert status == 200
+        _, cached, headers = await proxy.get(path)  # no webhook: the cached version, for an hour
+        assert (status_of(headers), json.loads(cached)["lead_time"]) == (
+            "annotation-proxy; hit",
+            json.loads(before)["lead_time"],
+        )
+        status, body, headers = await proxy.get(path, **{"Cache-Control": "no-cache"})
+        assert (status, json.loads(body)["lead_time"]) == (200, 77.25)
+        assert status_of(headers) == "annotation-proxy; fwd=request; fwd-status=200; stored"
+        _, body, headers = await proxy.get(path)  # and every caller sees it from now on
+        assert (status_of(headers), json.loads(body)["lead_time"]) == ("annotation-proxy; hit", 77.25)
+
+    async def test_accept_gets_label_studios_status(
+        self, make_proxy: ProxyFactory, label_studio: LabelStudio, dataset: Dataset
+    ) -> None:
+        proxy = await make_proxy()
+        accepts = [
+            "*/*", "application/json", "application/*", "APPLICATION/JSON", "application/json; q=0",
+            "application/json; charset=utf-8", "text/html, application/json", "text/html, */*;q=0.1", "*/json",
+            "text/html", "text/*", "text/plain", "application/xml", "application/vnd.api+json", "image/*", "",
+            "garbage", "*",
+        ]  # fmt: skip
+        for annotation_id in (dataset.annotations[0], NOT_THERE[0]):
+            path = f"/api/annotations/{annotation_id}/"
+            for accept in accepts:
+                theirs, _, _ = await asyncio.to_thread(label_studio.get_raw, path, None, {"Accept": accept})
+                ours, _, _ = await proxy.get(path, Accept=accept)
+                assert ours == theirs, (path, accept)
+                anonymous = await proxy.client.get(path, headers={"Accept": accept})
+                theirs, _, _ = await asyncio.to_thread(label_studio.get_raw, path, "Token wrong", {"Accept": accept})
+                assert (anonymous.status == 406) is (theirs == 406), (path, accept)
 
 
 class TestSdk:
@@ -227,7 +270,7 @@ async def test_what_users_gain(
             started = time.perf_counter()
             _, _, headers = await proxy.get(path)
             timings["proxy hits"].append(time.perf_counter() - started)
-            assert "; hit" in headers["Cache-Status"]
+            assert "; hit" in status_of(headers)
     medians = {name: statistics.median(values) * 1000 for name, values in timings.items()}
     summary = ", ".join(f"{name} median {ms:.2f} ms" for name, ms in medians.items())
     print(f"\nGET /api/annotations/<id>/ over {len(timings['proxy hits'])} requests: {summary}")

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from tests.support.cache_status import status_of
 from tests.support.metrics_text import parse_metrics
 from tests.support.ports import free_port
 from tests.support.proxies import CLIENT_KEY
@@ -93,7 +94,7 @@ class ProxyProcess:
                 headers={"Authorization": f"Token {CLIENT_KEY}"},
                 timeout=CLIENT_TIMEOUT,
             ) as response:
-                return Answer(response.status, response.headers.get("Cache-Status", ""), await response.read())
+                return Answer(response.status, status_of(response.headers), await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             return exc
 

@@ -28,3 +28,20 @@ def sample(**changes: Any) -> dict[str, Any]:
 
 def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# A realistic large annotation's result: 60 rectangle regions, about 19 KB of JSON (the proxy gzips it).
+REGIONS = [
+    {
+        "id": f"region-{n}",
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": 1920,
+        "original_height": 1080,
+        "image_rotation": 0,
+        "value": {"x": n * 1.5, "y": n * 0.75, "width": 10.25, "height": 8.5, "rotation": 0, "labels": ["Car"]},
+        "origin": "manual",
+    }
+    for n in range(60)
+]
