@@ -11,6 +11,8 @@ Rows, each measured with wrk after a short warm-up run, the same way (threads, c
     (d0) the fake upstream itself, cold ids, with a fixed added latency
     (d)  the proxy, cold misses over ids never asked before, against that upstream
     (e)  nginx proxy_cache, hits, in front of the same upstream (skipped when nginx is not installed)
+    (f)  the proxy, cache hits, Redis, a 20 KB annotation (about 60 regions), no Accept-Encoding
+    (g)  the same with ``Accept-Encoding: gzip`` (what the SDK and httpx send): the body gzipped once per rendering
 
 The proxy runs as a user gets it: ``python -m proxy`` with client keys on, metrics on, logging at INFO to a file.
 Hits cycle over HOT_IDS annotations, warmed first (a hit is checked by its Cache-Status before measuring). With
@@ -51,6 +53,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 LOOPBACK = "127.0.0.1"
 CLIENT_KEY = "bench-client-key-0123456789abcdef"
 HOT_IDS = 100
+LARGE_BODY = 20_000  # (f) and (g): a realistic large annotation
 LATENCY = 0.020  # the fake upstream's added latency for (d0), (d) and (e)
 THREADS, CONNECTIONS, COLD_CONNECTIONS = 1, 32, 16
 MiB = 1024 * 1024
@@ -66,7 +69,7 @@ HOT_SCRIPT = """
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format("GET", "/api/annotations/" .. (n %% %(ids)d + 1) .. "/", {["Authorization"] = "%(auth)s"})
+  return wrk.format("GET", "/api/annotations/" .. (n %% %(ids)d + 1) .. "/", {["Authorization"] = "%(auth)s"%(more)s})
 end
 """
 
@@ -86,6 +89,12 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     requests: int
+    bytes_per_response: float  # on the wire, headers included
+
+
+def _bytes(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(B|KB|MB|GB)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
 
 
 def _ms(text: str) -> float:
@@ -120,8 +129,10 @@ def wrk(url: str, script: str, *, seconds: float, connections: int) -> WrkResult
     if "Non-2xx" in output or "Socket errors" in output:
         raise SetupError(f"wrk saw errors against {url}:\n{output}")
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     return WrkResult(
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        rps=rps,
+        bytes_per_response=_bytes(re.search(r"Transfer/sec:\s+(\S+)", output).group(1)) / rps,  # type: ignore[union-attr]
         p50_ms=_ms(latency["50"]),
         p99_ms=_ms(latency["99"]),
         requests=int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
@@ -244,8 +255,9 @@ class Run:
         return next((row for row in self.rows if row.name == name), None)
 
 
-def hot_script() -> str:
-    return HOT_SCRIPT % {"ids": HOT_IDS, "auth": f"Token {CLIENT_KEY}"}
+def hot_script(accept_encoding: str | None = None) -> str:
+    more = f', ["Accept-Encoding"] = "{accept_encoding}"' if accept_encoding else ""
+    return HOT_SCRIPT % {"ids": HOT_IDS, "auth": f"Token {CLIENT_KEY}", "more": more}
 
 
 def cold_script(start: int) -> str:
@@ -274,6 +286,31 @@ def proxy_hit_rows(run: Run, upstream_port: int) -> None:
                 with RssSampler(pid) as rss:
                     row = run.measure(name, f"proxy, hits over {HOT_IDS} ids, {store}", base, hot_script())
                 row.rss = rss.peak
+
+
+def large_body_rows(run: Run) -> None:
+    """(f) and (g): hits of a 20 KB annotation from Redis, as they are and gzipped."""
+    upstream_port, port = free_port(), free_port()
+    base = f"http://{LOOPBACK}:{port}"
+    command = [*upstream(upstream_port, uvloop=True), "--body-bytes", str(LARGE_BODY)]
+    with (
+        running_redis() as redis,
+        running(command, url=f"http://{LOOPBACK}:{upstream_port}/health", what="upstream", cpu=0),
+        running(
+            [sys.executable, "-m", "proxy"],
+            url=f"{base}/healthz",
+            what="the proxy",
+            env=proxy_env(upstream_port, port, redis.url),
+        ) as pid,
+    ):
+        warm_hits(base)
+        with RssSampler(pid) as rss:
+            for name, coding in (("f", None), ("g", "gzip")):
+                what = f"proxy, hits, Redis, {LARGE_BODY // 1000} KB body, " + (
+                    "gzipped (Accept-Encoding: gzip)" if coding else "no Accept-Encoding"
+                )
+                row = run.measure(name, what, base, hot_script(coding))
+        row.rss = rss.peak
 
 
 def cold_rows(run: Run, upstream_port: int) -> None:
@@ -385,15 +422,15 @@ def table(run: Run) -> str:
     base = run.row("a")
     assert base is not None
     lines = [
-        "| row | what | requests/s | vs (a) | p50 ms | p99 ms | p99 vs (a) | proxy max RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| row | what | requests/s | vs (a) | p50 ms | p99 ms | p99 vs (a) | bytes/response | proxy max RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in run.rows:
         r = row.result
         rss = f"{row.rss / MiB:.0f} MiB" if row.rss else ""
         lines.append(
             f"| ({row.name}) | {row.what} | {r.rps:,.0f} | {r.rps / base.result.rps:.2f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.p99_ms / base.result.p99_ms:.2f} | {rss} |"
+            f"{r.p99_ms:.2f} | {r.p99_ms / base.result.p99_ms:.2f} | {r.bytes_per_response:,.0f} | {rss} |"
         )
     return "\n".join(lines)
 
@@ -469,6 +506,7 @@ def main() -> int:
             proxy_hit_rows(run, hot_upstream)
             cold_rows(run, slow_upstream)
             nginx_row(run, slow_upstream)
+        large_body_rows(run)
     except (SetupError, subprocess.CalledProcessError, OSError) as exc:
         print(f"bench: set-up failed: {exc}", file=sys.stderr)
         return 2

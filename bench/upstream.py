@@ -1,10 +1,12 @@
 """A small, fast stand-in for Label Studio's annotation endpoint, for the benchmark (bench/run.py).
 
-    python bench/upstream.py --port 8081 [--latency 0.02] [--constant]
+    python bench/upstream.py --port 8081 [--latency 0.02] [--constant] [--body-bytes 20000]
 
 Answers ``GET /api/annotations/<id>/`` with a valid annotation body for that id (the proxy validates every body),
 after a fixed ``--latency``; ``--constant`` answers every path with the body of annotation 1 and no latency: the
-bare aiohttp server of row (a). ``GET /health`` answers ``{"status": "UP"}``. Default event loop unless ``--uvloop``.
+bare aiohttp server of row (a). ``--body-bytes`` above 855 adds rectangle regions (varied coordinates, as real
+ones are: they compress like real annotations) until the body is at least that long. ``GET /health`` answers
+``{"status": "UP"}``. Default event loop unless ``--uvloop``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 from typing import Any
 
 from aiohttp import web
@@ -58,18 +61,46 @@ def render(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def body_for(annotation_id: int) -> bytes:
+def region(rng: random.Random, n: int) -> dict[str, Any]:
+    """One rectangle region as Label Studio's image labeling stores it."""
+    return {
+        "id": f"r{rng.getrandbits(40):010x}",
+        "type": "rectanglelabels",
+        "value": {
+            "x": round(rng.uniform(0, 90), 6),
+            "y": round(rng.uniform(0, 90), 6),
+            "width": round(rng.uniform(1, 10), 6),
+            "height": round(rng.uniform(1, 10), 6),
+            "rotation": 0,
+            "rectanglelabels": [rng.choice(["Car", "Person", "Bicycle", "Truck"])],
+        },
+        "origin": "manual",
+        "to_name": "image",
+        "from_name": "label",
+        "image_rotation": 0,
+        "original_width": 1920,
+        "original_height": 1080,
+        "score": None if n % 2 else round(rng.random(), 4),
+    }
+
+
+def body_for(annotation_id: int, size: int = BODY_BYTES) -> bytes:
     """The body of annotation ``annotation_id`` (of task ``annotation_id``): BODY_BYTES long whatever the id (the
-    padding absorbs its digits)."""
+    padding absorbs its digits); with a larger ``size``, regions are added until it is at least that long."""
     fields = json.loads(render(TEMPLATE)) | {"id": annotation_id, "task": annotation_id}  # a deep copy
+    if size > BODY_BYTES:
+        rng = random.Random(annotation_id)
+        while len(render(fields)) < size:
+            fields["result"].append(region(rng, len(fields["result"])))
+        return render(fields)
     padding = BODY_BYTES - len(render(fields))
     fields["result"][0]["value"]["text"] = "x" * max(padding, 0)
     return render(fields)
 
 
-def make_app(*, latency: float, constant: bool) -> web.Application:
+def make_app(*, latency: float, constant: bool, size: int = BODY_BYTES) -> web.Application:
     bodies: dict[int, bytes] = {}
-    constant_body = body_for(1)
+    constant_body = body_for(1, size)
 
     async def annotation(request: web.Request) -> web.Response:
         if constant:
@@ -79,7 +110,7 @@ def make_app(*, latency: float, constant: bool) -> web.Application:
         annotation_id = int(request.match_info["id"])
         body = bodies.get(annotation_id)
         if body is None:
-            body = bodies[annotation_id] = body_for(annotation_id)
+            body = bodies[annotation_id] = body_for(annotation_id, size)
         if latency > 0:
             await asyncio.sleep(latency)
         return web.Response(body=body, content_type="application/json")
@@ -101,13 +132,14 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every annotation answer")
     parser.add_argument("--constant", action="store_true", help="row (a): the same bytes for every path")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
+    parser.add_argument("--body-bytes", type=int, default=BODY_BYTES, help="at least this long a body")
     args = parser.parse_args()
     loop = None
     if args.uvloop:
         import uvloop  # noqa: PLC0415 - only when asked
 
         loop = uvloop.new_event_loop()
-    app = make_app(latency=args.latency, constant=args.constant)
+    app = make_app(latency=args.latency, constant=args.constant, size=args.body_bytes)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, loop=loop)
 
 
