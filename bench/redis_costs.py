@@ -17,7 +17,7 @@ import json
 from prometheus_client import CollectorRegistry
 from redis import Redis
 
-from proxy.cache import KeyScheme, RedisStore
+from proxy.cache import KeyScheme, open_redis_store
 from proxy.exchange import UpstreamReply
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService, CachePolicy
@@ -53,7 +53,7 @@ def per_lookup(after: dict[str, int], before: dict[str, int]) -> dict[str, float
 async def measure(url: str, size: int) -> dict[str, object]:
     with Redis.from_url(url) as client:
         client.flushall()
-        store = RedisStore.from_url(url, KeyScheme("annotation-proxy:"), timeout=1.0)
+        store = open_redis_store(url, KeyScheme("annotation-proxy:"), timeout=1.0)
         source = ScriptedSource()
         for annotation_id in range(1, ANNOTATIONS + 1):
             source.script(annotation_id, UpstreamReply(200, body_of(size, annotation_id)))

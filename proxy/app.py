@@ -19,7 +19,7 @@ from proxy import __version__
 from proxy.auth import ClientKeys, parse_entry
 from proxy.breaker import CircuitBreaker, State
 from proxy.budget import BODY_FACTOR, ByteBudget
-from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, RedisStore
+from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, open_redis_store
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.hot import HotTier
 from proxy.credentials import Credentials, LegacyToken, PersonalAccessToken
@@ -113,7 +113,7 @@ def open_store(
             extra={"max_bytes": settings.proxy_memory_cache_max_bytes},
         )
         return MemoryStore(settings.proxy_memory_cache_max_bytes, clock=monotonic)
-    redis = RedisStore.from_url(
+    redis = open_redis_store(
         settings.redis_url.get_secret_value(),
         KeyScheme(settings.proxy_key_prefix),
         timeout=settings.proxy_redis_timeout,

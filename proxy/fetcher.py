@@ -43,9 +43,10 @@ class Fetcher:
         self._policy = policy
         self._clock = clock
 
-    async def fetch(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
+    async def fetch(self, key: AnnotationKey, request_id: str, *, store: bool = True, release: bool = False) -> Served:
         """Label Studio's answer for ``key``, as a miss: stored (``stored``) unless the store refused or failed,
-        or ``store`` is false (``Cache-Control: no-store``)."""
+        or ``store`` is false (``Cache-Control: no-store``). ``release``: the write also gives up this process's
+        claim on ``key`` (the caller releases it when the fetch raises)."""
         expand = key.variant is Variant.EXPANDED
         fetched_at = self._clock()  # what Label Studio answers is at least this recent
         try:
@@ -60,7 +61,8 @@ class Fetcher:
         if reply.status == 404:
             if not store:
                 return Served(None, "miss")
-            stored = await self._remember_missing(key.annotation_id, since=round(fetched_at * 1_000_000))
+            since = round(fetched_at * 1_000_000)
+            stored = await self._remember_missing(key.annotation_id, since=since, release=key if release else None)
             return Served(None, "miss", stored=stored)
         try:
             try:
@@ -70,7 +72,9 @@ class Fetcher:
             except InvalidUpstreamBody as exc:
                 self._rejected(key, exc, request_id)
                 raise
-            stored = store and await self._remember(key, entry)  # encoding it for the store copies it once more
+            stored = store and await self._remember(
+                key, entry, release=release
+            )  # encoding it for the store copies it once more
         finally:
             reply.release()  # parsed, checked and stored: its share of the memory budget goes back
         return Served(entry, "miss", stored=stored)
@@ -84,14 +88,15 @@ class Fetcher:
 
     # A stored change drops the hot tier's copy (the store's announcement will too, a moment later).
 
-    async def _remember(self, key: AnnotationKey, entry: CachedAnnotation) -> bool:
-        stored = await self._cache.write(key, entry, self._policy.retention)
+    async def _remember(self, key: AnnotationKey, entry: CachedAnnotation, *, release: bool) -> bool:
+        stored = await self._cache.write(key, entry, self._policy.retention, release=release)
         if stored:
             self.hot.drop(key.annotation_id)
         return stored
 
-    async def _remember_missing(self, annotation_id: int, *, since: int) -> bool:
-        hidden = await self._cache.write_missing(annotation_id, self._policy.negative_ttl, since=since)
+    async def _remember_missing(self, annotation_id: int, *, since: int, release: AnnotationKey | None) -> bool:
+        variant = None if release is None else release.variant
+        hidden = await self._cache.write_missing(annotation_id, self._policy.negative_ttl, since=since, release=variant)
         if hidden:
             self.hot.drop(annotation_id)
         return hidden and self._policy.negative_ttl > 0

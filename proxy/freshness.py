@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from proxy.cache.base import CachedAnnotation
+from proxy.cache.base import CachedAnnotation, Lookup, Missing
 from proxy.directives import RequestDirectives
 from proxy.policy import CachePolicy
+from proxy.served import Served
 
 
 class Freshness(enum.Enum):
@@ -32,14 +33,39 @@ def freshness(entry: CachedAnnotation, *, now: float, ttl: float, stale_ttl: flo
     return Freshness.EXPIRED
 
 
-def serves_stale(entry: CachedAnnotation, directives: RequestDirectives, *, now: float, policy: CachePolicy) -> bool:
-    """Whether a version past its freshness is served (while one background fetch revalidates it): within the
-    stale window, unless the request's directives (proxy/directives.py) narrow or widen it."""
-    age = now - entry.stored_at
-    staleness = age - policy.ttl
-    if staleness < 0 or not directives.accepts(age, policy.ttl):
-        return False
-    return directives.accepts_stale(staleness, window=policy.stale_ttl)
+class Judge:
+    """What the policy, and a request's directives (proxy/directives.py), make of a cached answer now."""
+
+    def __init__(self, policy: CachePolicy, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._clock = clock
+
+    def state(self, entry: CachedAnnotation) -> Freshness:
+        policy = self._policy
+        return freshness(entry, now=self._clock(), ttl=policy.ttl, stale_ttl=policy.stale_ttl)
+
+    def fresh(self, cached: Lookup) -> Served | None:
+        """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""
+        if isinstance(cached, Missing):
+            return Served(None, "negative_hit", missing_since=cached.since)
+        if isinstance(cached, CachedAnnotation) and self.state(cached) is Freshness.FRESH:
+            return Served(cached, "hit")
+        return None
+
+    def accepts(self, directives: RequestDirectives, served: Served) -> bool:
+        """Whether the request's ``no-cache``, ``max-age`` and ``min-fresh`` accept a fresh cached answer."""
+        age = None if served.entry is None else self._clock() - served.entry.stored_at
+        return directives.accepts(age, self._policy.ttl)
+
+    def serves_stale(self, entry: CachedAnnotation, directives: RequestDirectives) -> bool:
+        """Whether a version past its freshness is served (while one background fetch revalidates it): within
+        the stale window, unless the request's directives narrow or widen it."""
+        policy = self._policy
+        age = self._clock() - entry.stored_at
+        staleness = age - policy.ttl
+        if staleness < 0 or not directives.accepts(age, policy.ttl):
+            return False
+        return directives.accepts_stale(staleness, window=policy.stale_ttl)
 
 
 def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:

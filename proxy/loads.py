@@ -48,13 +48,18 @@ class Loads:
         await self._flights.close()
         await self._forced.close()
 
-    async def join_or_load(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
+    async def join_or_load(
+        self, key: AnnotationKey, request_id: str, *, store: bool = True, claimed: bool = False
+    ) -> Served:
         """Join the load in flight for ``key``, or start one that checks the cache again first (and stores what
-        it fetches unless ``store`` is false: ``Cache-Control: no-store``)."""
+        it fetches unless ``store`` is false: ``Cache-Control: no-store``). ``claimed``: the read that missed
+        claimed the fetch across replicas (AnnotationStore.get_or_claim), so the load fetches at once."""
         task = self._flights.joinable(key)
         joined = task is not None
         if task is None:
-            task = self._start_load(key, request_id, check_cache=True, store=store)
+            task = self._start_load(key, request_id, check_cache=not claimed, store=store, claimed=claimed)
+        elif claimed:  # granted beside a load that holds none (the store grants it once per process): let it go
+            await self._claims.release(key)
         return await self._wait(task, joined)
 
     async def refresh(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
@@ -92,6 +97,7 @@ class Loads:
         *,
         check_cache: bool = False,
         store: bool = True,
+        claimed: bool = False,
         previous: CachedAnnotation | None = None,
     ) -> asyncio.Task[Served]:
         """Start fetching ``key`` and make it the load that later requests for ``key`` join.
@@ -101,7 +107,7 @@ class Loads:
         """
         return self._flights.start(
             key,
-            self._load(key, request_id, check_cache=check_cache, store=store),
+            self._load(key, request_id, check_cache=check_cache, store=store, claimed=claimed),
             name=f"load-{key}",
             finished=lambda task: self._load_finished(key, task, previous, request_id),
         )
@@ -131,23 +137,27 @@ class Loads:
                 outcome = "updated"
         self._metrics.revalidations.labels(outcome=outcome).inc()
 
-    async def _load(self, key: AnnotationKey, request_id: str, *, check_cache: bool, store: bool) -> Served:
-        release = False
+    async def _load(
+        self, key: AnnotationKey, request_id: str, *, check_cache: bool, store: bool, claimed: bool = False
+    ) -> Served:
+        release = claimed
         if check_cache:
             # Read again: a load that finished between this request's miss and now has stored its result.
             served = self._fresh(await self._cache.read(key))
             if served is not None:
                 return served
         if check_cache and store:  # a fetch that stores nothing has no result for other replicas to wait for
-            claimed = await self._claims.claim_or_wait(key)
-            if claimed.served is not None:
-                return claimed.served
-            release = claimed.release
+            claim = await self._claims.claim_or_wait(key)
+            if claim.served is not None:
+                return claim.served
+            release = claim.release
         try:
-            return await self._fetcher.fetch(key, request_id, store=store)
-        finally:
+            # A fetch that ends in a store write gives the claim up in the same round trip.
+            return await self._fetcher.fetch(key, request_id, store=store, release=release)
+        except BaseException:
             if release:
                 await self._claims.release(key)
+            raise
 
 
 def _retrieve(task: asyncio.Task[Served]) -> None:

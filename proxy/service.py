@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Missing, Variant
+from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
 from proxy.changes import ChangeFollower
@@ -40,7 +40,7 @@ from proxy.errors import (
 )
 from proxy.failures import RecentFailures
 from proxy.fetcher import Fetcher
-from proxy.freshness import Freshness, freshness, serves_stale
+from proxy.freshness import Freshness, Judge
 from proxy.invalidations import Invalidations
 from proxy.loads import Loads
 from proxy.metrics import CacheResult, Metrics
@@ -76,8 +76,9 @@ class AnnotationService:
             source, self._cache, hot=self.hot, failures=self._failures, metrics=metrics, policy=policy, clock=clock
         )
         self._follower = ChangeFollower(store, self.hot)
-        claims = Claims(self._cache, self._follower, metrics, ttl=policy.claim_ttl, fresh=self._fresh)
-        self._loads = Loads(self._cache, claims, self._fetcher, metrics, fresh=self._fresh)
+        self._judge = Judge(policy, clock)
+        claims = Claims(self._cache, self._follower, metrics, ttl=policy.claim_ttl, fresh=self._judge.fresh)
+        self._loads = Loads(self._cache, claims, self._fetcher, metrics, fresh=self._judge.fresh)
         self.invalidations = Invalidations(
             self._cache,
             self.hot,
@@ -123,16 +124,19 @@ class AnnotationService:
         if not directives.ordinary and not self._policy.client_revalidation:
             directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
         hot = self.hot.get(key)
-        if hot is not None and (directives.ordinary or self._accepts(directives, hot)):
+        if hot is not None and (directives.ordinary or self._judge.accepts(directives, hot)):
             self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
             return hot
         epoch = self.hot.epoch
-        cached = await self._cache.read(key)
+        if self._claims_fetch(annotation_id, directives):  # a miss claims its fetch in the same round trip
+            cached, claimed = await self._cache.read_or_claim(key, self._policy.claim_ttl)
+        else:
+            cached, claimed = await self._cache.read(key), False
         if allowed is not None and isinstance(cached, CachedAnnotation) and not allowed(cached.project):
             self._metrics.cache_request("hit")  # the cache answered: no fetch
             raise AnnotationNotFound()
         try:
-            served = await self._answer(key, cached, epoch, directives, request_id)
+            served = await self._answer(key, cached, epoch, directives, request_id, claimed=claimed)
         except ProxyError:  # the cache missed, and so did Label Studio
             self._metrics.cache_request("miss")
             raise
@@ -140,22 +144,28 @@ class AnnotationService:
         return served
 
     async def _answer(
-        self, key: AnnotationKey, cached: Lookup, epoch: int, directives: RequestDirectives, request_id: str
+        self,
+        key: AnnotationKey,
+        cached: Lookup,
+        epoch: int,
+        directives: RequestDirectives,
+        request_id: str,
+        *,
+        claimed: bool,
     ) -> Served:
         """The cached answer if the policy and the request accept it, else Label Studio's."""
-        served = self._fresh(cached)
-        if served is not None and (directives.ordinary or self._accepts(directives, served)):
+        judge = self._judge
+        served = judge.fresh(cached)
+        if served is not None and (directives.ordinary or judge.accepts(directives, served)):
             self._keep_hot(key, served, epoch)
             return served
-        if isinstance(cached, CachedAnnotation) and serves_stale(
-            cached, directives, now=self._clock(), policy=self._policy
-        ):
+        if isinstance(cached, CachedAnnotation) and judge.serves_stale(cached, directives):
             if not directives.only_if_cached:  # which never makes the proxy ask Label Studio
                 self._loads.revalidate(key, cached, request_id)
             return Served(cached, "stale")
         if directives.only_if_cached:
             raise NotCached()
-        if served is not None or (isinstance(cached, CachedAnnotation) and self._state(cached) is Freshness.STALE):
+        if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
             # The proxy would have served it; the request refused it: ask Label Studio, and say so.
             self._metrics.forced_fetches.inc()
             return await self._loads.refresh(key, request_id, store=not directives.no_store)
@@ -163,7 +173,7 @@ class AnnotationService:
             failure = self._failures.recall(key.annotation_id)
             if failure is not None:
                 raise failure
-            return await self._loads.join_or_load(key, request_id, store=not directives.no_store)
+            return await self._loads.join_or_load(key, request_id, store=not directives.no_store, claimed=claimed)
         except UNAVAILABLE as exc:
             stale = self._stale_if_error(cached, exc)
             if stale is None:
@@ -186,22 +196,12 @@ class AnnotationService:
         )
         return Served(cached, "stale_if_error")
 
-    def _fresh(self, cached: Lookup) -> Served | None:
-        """A fresh version or a remembered 404, ready to serve; None for anything that needs Label Studio."""
-        if isinstance(cached, Missing):
-            return Served(None, "negative_hit", missing_since=cached.since)
-        if isinstance(cached, CachedAnnotation) and self._state(cached) is Freshness.FRESH:
-            return Served(cached, "hit")
-        return None
-
-    def _accepts(self, directives: RequestDirectives, served: Served) -> bool:
-        """Whether the request's ``no-cache``, ``max-age`` and ``min-fresh`` accept a fresh cached answer."""
-        age = None if served.entry is None else self._clock() - served.entry.stored_at
-        return directives.accepts(age, self._policy.ttl)
-
-    def _state(self, entry: CachedAnnotation) -> Freshness:
-        policy = self._policy
-        return freshness(entry, now=self._clock(), ttl=policy.ttl, stale_ttl=policy.stale_ttl)
+    def _claims_fetch(self, annotation_id: int, directives: RequestDirectives) -> bool:
+        """Whether the read claims the fetch when nothing is cached: across replicas (claims on), and only for a
+        request that would fetch and store (a remembered 500 answers without fetching)."""
+        if self._policy.claim_ttl <= 0 or self._failures.recall(annotation_id) is not None:
+            return False
+        return directives.ordinary or not (directives.no_store or directives.only_if_cached)
 
     # The hot tier (proxy/cache/hot.py): fresh answers read from the store, kept in process, dropped on any change.
 

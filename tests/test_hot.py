@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, Variant, open_redis_store
 from proxy.cache.hot import RECORD_OVERHEAD, HotTier
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
@@ -145,7 +145,7 @@ class TestThroughTheProxy:
 @pytest.mark.parametrize("after", [0.0, 0.001, 0.003, 0.01])
 async def test_closing_stops_the_listener_whenever_it_comes(redis_url: str, clock: Clock, after: float) -> None:
     """redis-py swallows a cancellation that lands while it connects; close() must end the listener anyway."""
-    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=0.25)
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=0.25)
     metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
     hot = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
     service = AnnotationService(store, ScriptedSource(), metrics, POLICY, clock=clock, hot=hot)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
+from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant, open_redis_store
 from proxy.errors import CacheError
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
@@ -117,7 +117,7 @@ async def test_a_claim_is_granted_once_until_released_or_lapsed(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     redis_url, client = emptied_redis(request, mode)
-    one, other = (RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0, mode=mode) for _ in range(2))
+    one, other = (open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0, mode=mode) for _ in range(2))
     try:
         assert await one.claim(KEY, 5.0) is True
         assert await other.claim(KEY, 5.0) is False
@@ -158,8 +158,8 @@ class ReplyLost:
 
 async def test_a_claim_whose_reply_was_lost_is_released_after_the_fetch(redis_url: str) -> None:
     """Otherwise every replica would wait for it until it lapsed (PROXY_UPSTREAM_TIMEOUT + 1 s)."""
-    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
-    other = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
     metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
     source = ScriptedSource()
     source.script(1, ok())
@@ -175,8 +175,8 @@ async def test_a_claim_whose_reply_was_lost_is_released_after_the_fetch(redis_ur
 
 
 async def test_a_miss_waits_for_the_claim_holder_and_fetches_itself_if_it_never_answers(redis_url: str) -> None:
-    holder = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
-    store = RedisStore.from_url(redis_url, KeyScheme("test:"), timeout=1.0)
+    holder = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
     metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
     source = ScriptedSource()
     source.script(1, ok())

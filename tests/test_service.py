@@ -15,8 +15,8 @@ from proxy.cache import (
     KeyScheme,
     MemoryStore,
     Missing,
-    RedisStore,
     Variant,
+    open_redis_store,
 )
 from proxy.errors import CacheError, InvalidUpstreamBody, UpstreamTimeout
 from proxy.exchange import UpstreamReply
@@ -34,10 +34,13 @@ class BrokenStore(MemoryStore):
     async def get(self, key: AnnotationKey) -> None:
         raise CacheError("down")
 
-    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[None, bool]:
         raise CacheError("down")
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
+        raise CacheError("down")
+
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         raise CacheError("down")
 
 
@@ -57,7 +60,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
     if request.param == "memory":
         yield MemoryStore(1024 * 1024)
         return
-    redis_store = RedisStore.from_url(request.getfixturevalue("redis_url"), KeyScheme("test:"), timeout=1.0)
+    redis_store = open_redis_store(request.getfixturevalue("redis_url"), KeyScheme("test:"), timeout=1.0)
     yield redis_store
     await redis_store.close()
 
@@ -262,10 +265,10 @@ class FailsFor(MemoryStore):
         super().__init__(1024 * 1024)
         self.failing = failing
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         if annotation_id in self.failing:
             raise CacheError("down")
-        return await super().put_missing(annotation_id, ttl, since=since)
+        return await super().put_missing(annotation_id, ttl, since=since, release=release)
 
 
 async def test_a_many_id_event_applies_every_id_the_cache_takes_then_reports_the_failure(

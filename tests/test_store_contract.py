@@ -30,7 +30,7 @@ from proxy.cache import (
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.keyspace import FENCE
 from proxy.cache.memory import RECORD_OVERHEAD, TASK_MEMBER_SIZE
-from proxy.cache.redis_store import LARGE_ENTRY
+from proxy.cache.redis_store import LARGE_ENTRY, open_redis_store
 from proxy.errors import CacheBusy, CacheError
 from tests.support.ports import free_port
 from tests.support.redis_servers import RedisServer, SentinelTopology, running_redis
@@ -105,7 +105,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         topology: SentinelTopology = request.getfixturevalue("redis_sentinel")
         with topology.client(topology.primary) as primary:
             primary.flushall()
-        sentinel_store = RedisStore.from_url(
+        sentinel_store = open_redis_store(
             topology.url, KeyScheme(PREFIX), timeout=1.0, mode="sentinel", bodies=ByteBudget(BUDGET)
         )
         yield sentinel_store
@@ -115,9 +115,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         url = request.getfixturevalue("redis_cluster")
         with SyncRedisCluster.from_url(url) as sync_cluster:
             sync_cluster.flushall()
-        cluster_store = RedisStore.from_url(
-            url, KeyScheme(PREFIX), timeout=1.0, mode="cluster", bodies=ByteBudget(BUDGET)
-        )
+        cluster_store = open_redis_store(url, KeyScheme(PREFIX), timeout=1.0, mode="cluster", bodies=ByteBudget(BUDGET))
         yield cluster_store
         await cluster_store.close()
         return
@@ -125,7 +123,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnnotationStore
         url = request.getfixturevalue("unix_redis" if kind == "redis-unix" else "tls_redis")
         with SyncRedis.from_url(url) as sync_client:
             sync_client.flushall()
-        unix_store = RedisStore.from_url(url, KeyScheme(PREFIX), timeout=1.0, bodies=ByteBudget(BUDGET))
+        unix_store = open_redis_store(url, KeyScheme(PREFIX), timeout=1.0, bodies=ByteBudget(BUDGET))
         yield unix_store
         await unix_store.close()
         return
@@ -368,7 +366,7 @@ class TestRedisKeys:
             await store.get(PLAIN)
 
     async def test_unreachable_redis_raises_cache_error(self) -> None:
-        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", KeyScheme(PREFIX), timeout=0.2)
+        store = open_redis_store(f"redis://127.0.0.1:{free_port()}/0", KeyScheme(PREFIX), timeout=0.2)
         try:
             with pytest.raises(CacheError):
                 await store.get(PLAIN)
@@ -411,7 +409,7 @@ class TestRedisFailures:
             target = next(node for node in cluster.get_primaries() if node.name != source.name)
             source_id = cluster.cluster_myid(source)
             target_id = cluster.cluster_myid(target)
-            store = RedisStore.from_url(redis_cluster, keys, timeout=1.0, mode="cluster")
+            store = open_redis_store(redis_cluster, keys, timeout=1.0, mode="cluster")
             breaker = CircuitBreaker(threshold=1, cooldown=60.0)
             guarded = CircuitBreakingStore(store, breaker)
             try:

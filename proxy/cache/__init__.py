@@ -11,7 +11,7 @@ from proxy.cache.base import (
 )
 from proxy.cache.keyspace import KeyScheme
 from proxy.cache.memory import MemoryStore
-from proxy.cache.redis_store import RedisStore
+from proxy.cache.redis_store import RedisStore, open_redis_store
 
 __all__ = [
     "MISSING",
@@ -24,4 +24,5 @@ __all__ = [
     "Missing",
     "RedisStore",
     "Variant",
+    "open_redis_store",
 ]

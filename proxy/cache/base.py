@@ -69,8 +69,14 @@ class AnnotationStore(Protocol):
         """The newest cached version for ``key``, a :class:`Missing` for a remembered 404, or ``None``."""
         ...
 
-    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
-        """Store ``entry`` for ``ttl`` seconds unless a newer version of the annotation is known.
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
+        """:meth:`get`; and when nothing is cached, :meth:`claim` in the same step (one round trip for a miss):
+        ``(None, True)`` when the claim was granted. Not granted while one of this process's loads holds it."""
+        ...
+
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
+        """Store ``entry`` for ``ttl`` seconds unless a newer version of the annotation is known; with ``release``,
+        give up this process's claim on ``key`` in the same step, whatever the outcome.
 
         Atomic: of two racing writes the newer version wins, whatever their order. An entry with the same
         version replaces the cached one (Label Studio changes some fields without touching ``updated_at``).
@@ -79,8 +85,9 @@ class AnnotationStore(Protocol):
         """
         ...
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
-        """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation.
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
+        """Remember a 404 for ``ttl`` seconds and stop serving any cached version of the annotation; give up this
+        process's claim on ``(annotation_id, release)`` in the same step when ``release`` names a variant.
 
         ``since`` (microseconds since the epoch) is when the fetch that saw the 404 began: an entry from a fetch
         that began earlier is refused while the 404 is remembered. :data:`proxy.cache.keyspace.FENCE` (a deletion

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from proxy.breaker import CircuitBreaker
-from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup
+from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.errors import CacheBusy, CacheCircuitOpen, CacheError
 
 T = TypeVar("T")
@@ -39,11 +39,14 @@ class CircuitBreakingStore:
     async def get(self, key: AnnotationKey) -> Lookup:
         return await self._guarded(lambda: self._store.get(key))
 
-    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
-        return await self._guarded(lambda: self._store.put(key, entry, ttl))
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
+        return await self._guarded(lambda: self._store.get_or_claim(key, ttl))
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
-        return await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since))
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
+        return await self._guarded(lambda: self._store.put(key, entry, ttl, release=release))
+
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
+        return await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since, release=release))
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         await self._guarded(lambda: self._store.invalidate(annotation_id, version, ttl))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup
+from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.errors import CacheError
 from proxy.metrics import CacheOperation, Metrics
 
@@ -40,18 +40,30 @@ class FailOpenStore:
             self.failed("get", exc)
             return None
 
-    async def write(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
-        """Store ``entry``; False when the store refused it (a newer version is known) or failed."""
+    async def read_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
+        """What the store holds for ``key``, and whether this request now holds the claim of its fetch (nothing
+        cached, claim granted); a miss without a claim when the store fails."""
         try:
-            return await self.store.put(key, entry, ttl)
+            return await self.store.get_or_claim(key, ttl)
+        except CacheError as exc:
+            self.failed("get", exc)
+            return None, False
+
+    async def write(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
+        """Store ``entry`` (and give up the claim on ``key`` with ``release``); False when the store refused it (a
+        newer version is known) or failed."""
+        try:
+            return await self.store.put(key, entry, ttl, release=release)
         except CacheError as exc:
             self.failed("put", exc)
             return False
 
-    async def write_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+    async def write_missing(
+        self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None
+    ) -> bool:
         """Remember a 404 seen by a fetch that began at ``since``; False when refused or failed."""
         try:
-            return await self.store.put_missing(annotation_id, ttl, since=since)
+            return await self.store.put_missing(annotation_id, ttl, since=since, release=release)
         except CacheError as exc:
             self.failed("put_missing", exc)
             return False

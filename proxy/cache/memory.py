@@ -51,7 +51,11 @@ class MemoryStore:
         entry = self._live(("v", annotation_id, version, variant))
         return entry if isinstance(entry, CachedAnnotation) else None
 
-    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
+        found = await self.get(key)
+        return found, found is None  # claims are always granted here (see claim)
+
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
         annotation_id, variant = key
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > entry.version:
@@ -68,7 +72,7 @@ class MemoryStore:
             self._index(entry.task, annotation_id, ttl)
         return True
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > since:
             return False

@@ -44,6 +44,25 @@ if size > tonumber(ARGV[3]) then return {size, version} end
 return redis.call('GET', key)
 """
 
+# The same, and when nothing is cached, the claim of the fetch in the same round trip (see AnnotationStore.claim
+# and CLAIM_SCRIPT): KEYS add the claim, ARGV this process's token and the claim's ttl in ms. Returns as READ,
+# with {1} for "claimed" and {2} for "another process holds the claim" in place of nil.
+READ_OR_CLAIM_SCRIPT = """
+local missing_since = redis.call('GET', KEYS[1])
+if missing_since then return {0, missing_since} end
+local version = redis.call('GET', KEYS[2])
+if version then
+  local key = ARGV[1] .. version .. ARGV[2]
+  local size = redis.call('STRLEN', key)
+  if size > tonumber(ARGV[3]) then return {size, version} end
+  if size > 0 then return redis.call('GET', key) end
+end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[4] then return {2} end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+return {1}
+"""
+
 # Entries up to this size come back in the read's one round trip; larger ones wait for room in the memory budget
 # first (proxy/budget.py), so that many callers reading distinct large annotations cannot each hold a copy.
 LARGE_ENTRY = 256 * 1024
@@ -53,10 +72,14 @@ ROOM_WAIT = 5.0
 # Every script that changes what a read answers ends by announcing the id: PUBLISH <changes channel> <id>, the
 # last two ARGV of each (the channel is not a key: on a cluster PUBLISH reaches every node from any slot).
 
-# KEYS: pointer, version key, missing marker. ARGV: version token, entry bytes, ttl in ms, fetch start token.
-# Versions and times are fixed-width digit strings, so string comparison is numeric order.
+# KEYS: pointer, version key, missing marker, the claim, and (outside a cluster, where it is in another slot) the
+# task's index. ARGV: version token, entry bytes, ttl in ms, fetch start token, the changes channel, the id, the
+# claim holder's token ("" to keep any claim). Versions and times are fixed-width digit strings, so string
+# comparison is numeric order. The claim is released (if this process holds it) whatever the outcome, so a miss
+# costs two round trips in all: the read that claimed, and this.
 # Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
 WRITE_SCRIPT = """
+if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
 local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
 local missing_since = redis.call('GET', KEYS[3])
@@ -64,6 +87,11 @@ if missing_since and missing_since > ARGV[4] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
+if KEYS[5] then
+  redis.call('SADD', KEYS[5], ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3], 'GT')
+  redis.call('PEXPIRE', KEYS[5], ARGV[3], 'NX')
+end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
@@ -80,9 +108,11 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
-# KEYS: pointer, missing marker. ARGV: fetch start token, ttl in ms (0: remember nothing).
+# KEYS: pointer, missing marker, the claim. ARGV: fetch start token, ttl in ms (0: remember nothing), the changes
+# channel, the id, the claim holder's token ("" to keep any claim; released whatever the outcome).
 # Returns 0, changing nothing, when the known version is later than the fetch that saw the 404 began.
 MISSING_SCRIPT = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -153,6 +183,33 @@ def _translated(operation: str) -> Iterator[None]:
         raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
 
+class TaskIndex:
+    """Which cached annotations belong to a task (for ``TASKS_DELETED``). Outside a cluster the write script keeps
+    it; on a cluster it is in another slot than the annotation's keys, so it is written here, in a second round
+    trip (an index entry without a cached version only costs a no-op drop when the task is deleted)."""
+
+    def __init__(self, client: Redis | RedisCluster, keys: KeyScheme) -> None:
+        self._client = client
+        self._keys = keys
+
+    async def add(self, task_id: int, annotation_id: int, ttl_ms: int) -> None:
+        key = self._keys.task(task_id)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, str(annotation_id))
+            pipe.pexpire(key, ttl_ms, gt=True)
+            pipe.pexpire(key, ttl_ms, nx=True)
+            await pipe.execute()
+
+    async def annotations(self, task_id: int) -> set[int]:
+        with _translated("read"):
+            members = await self._client.smembers(self._keys.task(task_id))
+        return {int(m) for m in members if m.isdigit()}
+
+    async def forget(self, task_id: int) -> None:
+        with _translated("write"):
+            await self._client.delete(self._keys.task(task_id))
+
+
 class RedisStore:
     name = "redis"
 
@@ -169,84 +226,96 @@ class RedisStore:
         self._keys = keys
         self._close = close or client.aclose
         self._read = client.register_script(READ_SCRIPT)
+        self._read_or_claim = client.register_script(READ_OR_CLAIM_SCRIPT)
+        # The task index shares the write's round trip where one script may touch two slots (not a cluster).
+        self._index_in_write = not isinstance(client, RedisCluster)
         self._write = client.register_script(WRITE_SCRIPT)
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
         self._missing = client.register_script(MISSING_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
+        self._tasks = TaskIndex(client, keys)
         self._token = secrets.token_hex(8)  # this process, as the holder of claims
         self._held: set[AnnotationKey] = set()  # the claims one of this process's loads holds
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        keys: KeyScheme,
-        *,
-        timeout: float,
-        max_connections: int = 64,
-        mode: RedisMode = "standalone",
-        bodies: ByteBudget | None = None,
-    ) -> RedisStore:
-        """A store on redis-py's own client for ``mode`` (see :mod:`proxy.cache.topology`): short timeouts, no
-        retries, a bounded pool. Every script touches the keys of one annotation, which share a cluster slot."""
-        client, close = connect(url, mode, timeout=timeout, max_connections=max_connections)
-        return cls(client, keys, close=close, bodies=bodies)
+        self._claiming: set[AnnotationKey] = set()  # claims being asked for by a read
 
     async def get(self, key: AnnotationKey) -> Lookup:
+        return (await self._read_key(key, claim_ttl=None))[0]
+
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
+        if key in self._held or key in self._claiming:  # this process holds it, or is asking: never granted twice
+            return await self.get(key), False
+        self._claiming.add(key)
+        try:
+            return await self._read_key(key, claim_ttl=ttl)
+        finally:
+            self._claiming.discard(key)
+
+    async def _read_key(self, key: AnnotationKey, *, claim_ttl: float | None) -> tuple[Lookup, bool]:
         annotation_id, variant = key
         prefix, suffix = self._keys.version_prefix(annotation_id), f":{variant.value}"
+        keys = [self._keys.missing(annotation_id), self._keys.pointer(annotation_id)]
+        args: list[str | int] = [prefix, suffix, largest(self._bodies)]
         with _translated("read"):
-            raw = await self._read(
-                keys=[self._keys.missing(annotation_id), self._keys.pointer(annotation_id)],
-                args=[prefix, suffix, LARGE_ENTRY if self._bodies is not None else 2**62],
-            )
-        if raw is None:
-            return None
-        if isinstance(raw, list) and raw[0] == 0:
-            return Missing(int(raw[1]))
-        if isinstance(raw, list):
-            assert self._bodies is not None  # noqa: S101 - a size comes back only when there is a budget
-            version_key = f"{prefix}{raw[1].decode()}{suffix}"
-            return await read_large(self._client, self._bodies, annotation_id, int(raw[0]), version_key)
-        return decoded(annotation_id, raw)
+            if claim_ttl is None:
+                raw = await self._read(keys=keys, args=args)
+            else:
+                keys.append(self._keys.claim(annotation_id, variant))
+                raw = await self._read_or_claim(keys=keys, args=[*args, self._token, _ms(claim_ttl)])
+        if isinstance(raw, list) and len(raw) == 1:  # nothing cached: claimed ({1}), or held by another ({2})
+            if raw[0] == 1:
+                self._held.add(key)
+            return None, raw[0] == 1
+        return await looked_up(self._client, self._bodies, annotation_id, (prefix, suffix), raw), False
 
-    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float) -> bool:
+    async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
         annotation_id, variant = key
         ttl_ms = _ms(ttl)
+        keys = [
+            self._keys.pointer(annotation_id),
+            self._keys.version(annotation_id, entry.version, variant),
+            self._keys.missing(annotation_id),
+            self._keys.claim(annotation_id, variant),
+        ]
+        if entry.task is not None and self._index_in_write:
+            keys.append(self._keys.task(entry.task))
+        token = self._release_token(key, release)
         with _translated("write"):
             stored = await self._write(
-                keys=[
-                    self._keys.pointer(annotation_id),
-                    self._keys.version(annotation_id, entry.version, variant),
-                    self._keys.missing(annotation_id),
-                ],
+                keys=keys,
                 args=[
                     version_token(entry.version),
                     encode_entry(entry),
                     ttl_ms,
                     _micros_token(entry.stored_at),
                     *self._announce(annotation_id),
+                    token,
                 ],
             )
-            if stored and entry.task is not None:
-                # Another hash slot, so not part of the script; an index entry without a cached version
-                # only costs a no-op drop when the task is deleted.
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.sadd(self._keys.task(entry.task), str(annotation_id))
-                    pipe.pexpire(self._keys.task(entry.task), ttl_ms, gt=True)
-                    pipe.pexpire(self._keys.task(entry.task), ttl_ms, nx=True)
-                    await pipe.execute()
+            if stored and entry.task is not None and not self._index_in_write:
+                await self._tasks.add(entry.task, annotation_id, ttl_ms)
         return bool(stored)
 
-    async def put_missing(self, annotation_id: int, ttl: float, *, since: int) -> bool:
+    async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
+        variant = release or Variant.PLAIN
+        token = self._release_token(AnnotationKey(annotation_id, variant), release is not None)
         with _translated("write"):
             stored = await self._missing(
-                keys=[self._keys.pointer(annotation_id), self._keys.missing(annotation_id)],
-                args=[version_token(since), _ms(ttl) if ttl > 0 else 0, *self._announce(annotation_id)],
+                keys=[
+                    self._keys.pointer(annotation_id),
+                    self._keys.missing(annotation_id),
+                    self._keys.claim(annotation_id, variant),
+                ],
+                args=[version_token(since), _ms(ttl) if ttl > 0 else 0, *self._announce(annotation_id), token],
             )
         return bool(stored)
+
+    def _release_token(self, key: AnnotationKey, release: bool) -> str:
+        """This process's token for a write that also gives up its claim on ``key`` ("" to keep it)."""
+        if release:
+            self._held.discard(key)
+        return self._token if release else ""
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         with _translated("write"):
@@ -268,20 +337,17 @@ class RedisStore:
             )
 
     async def annotations_of_task(self, task_id: int) -> set[int]:
-        with _translated("read"):
-            members = await self._client.smembers(self._keys.task(task_id))
-        return {int(m) for m in members if m.isdigit()}
+        return await self._tasks.annotations(task_id)
 
     async def forget_task(self, task_id: int) -> None:
-        with _translated("write"):
-            await self._client.delete(self._keys.task(task_id))
+        await self._tasks.forget(task_id)
 
     async def ping(self) -> None:
         with _translated("ping"):
             await self._client.ping()
 
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
-        if key in self._held:  # another load of this process fetches it: wait for its result like another replica
+        if key in self._held or key in self._claiming:  # this process fetches it: wait like another replica
             return False
         annotation_id, variant = key
         with _translated("claim"):
@@ -304,6 +370,47 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._close()
+
+
+def open_redis_store(
+    url: str,
+    keys: KeyScheme,
+    *,
+    timeout: float,
+    max_connections: int = 64,
+    mode: RedisMode = "standalone",
+    bodies: ByteBudget | None = None,
+) -> RedisStore:
+    """A store on redis-py's own client for ``mode`` (see :mod:`proxy.cache.topology`): short timeouts, no
+    retries, a bounded pool. Every script touches the keys of one annotation, which share a cluster slot."""
+    client, close = connect(url, mode, timeout=timeout, max_connections=max_connections)
+    return RedisStore(client, keys, close=close, bodies=bodies)
+
+
+def largest(bodies: ByteBudget | None) -> int:
+    """The largest entry a read returns at once; larger ones wait for room in the memory budget first."""
+    return LARGE_ENTRY if bodies is not None else 2**62
+
+
+async def looked_up(
+    client: Redis | RedisCluster,
+    bodies: ByteBudget | None,
+    annotation_id: int,
+    version_key: tuple[str, str],
+    raw: object,
+) -> Lookup:
+    """What a read script's answer says is cached (``version_key``: the prefix and suffix of the version keys)."""
+    if raw is None:
+        return None
+    if isinstance(raw, list) and raw[0] == 0:
+        return Missing(int(raw[1]))
+    if isinstance(raw, list):
+        assert bodies is not None  # noqa: S101 - a size comes back only when there is a budget
+        prefix, suffix = version_key
+        return await read_large(client, bodies, annotation_id, int(raw[0]), f"{prefix}{raw[1].decode()}{suffix}")
+    if not isinstance(raw, (bytes, str)):
+        raise CacheError("undecodable cache entry: not bytes")
+    return decoded(annotation_id, raw)
 
 
 async def read_large(
