@@ -6,7 +6,7 @@ only (never an annotation id). Label values are created up front so dashboards s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -17,6 +17,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+from proxy.request_stats import RequestStats
 
 PREFIX = "annotation_proxy"
 
@@ -86,12 +88,12 @@ LATENCY_BUCKETS = (
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
-    cache_requests: Counter
+    # http_requests_total, http_request_duration_seconds and cache_requests_total: counted per request, so as
+    # plain numbers without a lock (proxy/request_stats.py).
+    requests: RequestStats
     upstream_requests: Counter
     upstream_duration: Histogram
     token_refreshes: Counter
-    http_requests: Counter
-    http_duration: Histogram
     coalesced_requests: Counter
     forced_fetches: Counter
     validation_failures: Counter
@@ -105,37 +107,19 @@ class Metrics:
     dependency_up: Gauge
     credentials_refused: Gauge
     build_info: Gauge
-    # The hot path's label children, looked up once: ``labels()`` costs more than the increment itself.
-    _request_children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _cache_children: dict[str, Counter] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def request_done(self, route: str, method: str, status: int, cache: str, seconds: float) -> None:
         """Count one answered HTTP request and its duration. Labels are bounded by the caller (route names,
         known methods, status codes, :data:`REQUEST_CACHE_LABELS`)."""
-        key = (route, method, status, cache)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.http_requests.labels(route=route, method=method, status=str(status)),
-                self.http_duration.labels(route=route, cache=cache),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.request_done(route, method, status, cache, seconds)
 
     def cache_request(self, result: CacheResult) -> None:
         """Count one annotation request by how the cache served it (one of :data:`CACHE_RESULTS`)."""
-        child = self._cache_children.get(result)
-        if child is None:
-            child = self._cache_children[result] = self.cache_requests.labels(result=result)
-        child.inc()
+        self.requests.cache_request(result)
 
     def _create_label_values(self) -> None:
         """Every label value up front, so that a dashboard sees zeros and rate() works from the first scrape."""
         for counter, label, values in (
-            (self.cache_requests, "result", CACHE_RESULTS),
             (self.upstream_requests, "outcome", UPSTREAM_OUTCOMES),
             (self.token_refreshes, "outcome", TOKEN_REFRESH_OUTCOMES),
             (self.cache_errors, "operation", CACHE_OPERATIONS),
@@ -146,12 +130,16 @@ class Metrics:
         for action in WEBHOOK_ACTIONS:
             for webhook_outcome in WEBHOOK_OUTCOMES:
                 self.webhook_events.labels(action=action, outcome=webhook_outcome)
-        for route in ROUTES:
-            for cache in REQUEST_CACHE_LABELS if route == "annotation" else ("none",):
-                self.http_duration.labels(route=route, cache=cache)
         # The status label is open (any status a route answers); its usual values exist from the start.
-        for answered_route, method, status in USUAL_ANSWERS:
-            self.http_requests.labels(route=answered_route, method=method, status=status)
+        self.requests.create(
+            ((route, method, int(status)) for route, method, status in USUAL_ANSWERS),
+            (
+                (route, cache)
+                for route in ROUTES
+                for cache in (REQUEST_CACHE_LABELS if route == "annotation" else ("none",))
+            ),
+            CACHE_RESULTS,
+        )
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, version: str, process_metrics: bool = True) -> Metrics:
@@ -167,14 +155,11 @@ class Metrics:
 
 def _families(registry: CollectorRegistry) -> dict[str, Any]:
     """Every metric family, registered on ``registry``, by the :class:`Metrics` field that holds it."""
+    requests = RequestStats(PREFIX, LATENCY_BUCKETS)
+    registry.register(requests)
     return dict(
         registry=registry,
-        cache_requests=Counter(
-            f"{PREFIX}_cache_requests",
-            "Annotation requests answered, by how the cache served them.",
-            ["result"],
-            registry=registry,
-        ),
+        requests=requests,
         upstream_requests=Counter(
             f"{PREFIX}_upstream_requests",
             "Requests the proxy sent to Label Studio for annotations, by outcome.",
@@ -191,19 +176,6 @@ def _families(registry: CollectorRegistry) -> dict[str, Any]:
             f"{PREFIX}_token_refreshes",
             "Exchanges of the personal access token for an access token, by outcome.",
             ["outcome"],
-            registry=registry,
-        ),
-        http_requests=Counter(
-            f"{PREFIX}_http_requests",
-            "HTTP requests the proxy answered.",
-            ["route", "method", "status"],
-            registry=registry,
-        ),
-        http_duration=Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "Time from request to response, by route and by how the cache answered (none: no lookup).",
-            ["route", "cache"],
-            buckets=LATENCY_BUCKETS,
             registry=registry,
         ),
         coalesced_requests=Counter(

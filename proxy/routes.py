@@ -231,9 +231,10 @@ def id_from_path(request: web.Request) -> int:
 def negotiate(request: web.Request) -> None:
     """Label Studio's content negotiation, in its order (REST framework's): ``?format=`` other than ``json`` is a
     404 and an ``Accept`` without JSON a 406, both before the key and the lookup."""
-    formats = request.query.getall("format", ())
-    if formats and formats[-1] not in ("", "json"):
-        raise web.HTTPNotFound()  # it renders JSON only
+    if request.query_string:  # most requests have none: no query to parse
+        formats = request.query.getall("format", ())
+        if formats and formats[-1] not in ("", "json"):
+            raise web.HTTPNotFound()  # it renders JSON only
     headers = request.headers
     if hdrs.ACCEPT in headers and not accepts_json(",".join(headers.getall(hdrs.ACCEPT))):
         raise NotAcceptable()
@@ -247,13 +248,14 @@ def request_directives(headers: CIMultiDictProxy[str]) -> RequestDirectives:
 
 
 async def get_annotation(request: web.Request) -> web.StreamResponse:
+    app = request.app
     negotiate(request)
-    scope = request.app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
+    scope = app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
     annotation_id = id_from_path(request)
-    expand = wants_expanded(request.query.getall("expand", []))
+    expand = bool(request.query_string) and wants_expanded(request.query.getall("expand", []))
     allowed = None if scope is None else scope.__contains__
     try:
-        served = await request.app[SERVICE].lookup(
+        served = await app[SERVICE].lookup(
             annotation_id,
             expand=expand,
             request_id=request[REQUEST_ID],
@@ -295,7 +297,7 @@ async def annotation_response(request: web.Request, served: Served) -> web.Strea
     if served.result in FROM_CACHE:
         headers[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
     etag = headers[hdrs.ETAG] = encoded_tag(entry.etag, coding)
-    if if_none_match(request.headers.getall(hdrs.IF_NONE_MATCH, ()), etag):
+    if hdrs.IF_NONE_MATCH in request.headers and if_none_match(request.headers.getall(hdrs.IF_NONE_MATCH), etag):
         return web.Response(status=304, headers=headers)
     # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
     headers[hdrs.CONTENT_TYPE] = JSON
