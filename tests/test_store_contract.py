@@ -472,3 +472,31 @@ class TestMemoryStore:
         store = MemoryStore(64 * 1024)
         assert await store.put(PLAIN, entry(body=b"x" * 70_000), TTL) is False
         assert await store.get(PLAIN) is None
+
+    async def test_after_a_restart_the_breaker_closes_for_good_however_many_connections_died(self) -> None:
+        # A restarted Redis leaves every idle pooled connection dead. Each would fail once when next used, and
+        # three such failures in a row would open the circuit again just after it closed: when it opens, the
+        # store drops its idle connections, so after the restart every operation succeeds.
+        clock = ManualClock()
+        breaker = CircuitBreaker(threshold=3, cooldown=5.0, clock=clock)
+        with running_redis() as first:
+            port = first.port
+            store = open_redis_store(first.url, KeyScheme(PREFIX), timeout=1.0)
+            guarded = CircuitBreakingStore(store, breaker)
+            try:
+                await asyncio.gather(*(guarded.get(PLAIN) for _ in range(12)))  # twelve pooled connections
+                first.process.kill()
+                first.process.wait(10)
+                for _ in range(3):
+                    with pytest.raises(CacheError):
+                        await guarded.get(PLAIN)
+                assert breaker.state is State.OPEN
+                with running_redis(port=port):
+                    clock.now += 5.0
+                    assert await guarded.get(PLAIN) is None  # the probe
+                    assert breaker.state is State.CLOSED
+                    answers = await asyncio.gather(*(guarded.get(PLAIN) for _ in range(12)), return_exceptions=True)
+                    assert answers == [None] * 12
+                    assert breaker.state is State.CLOSED
+            finally:
+                await store.close()

@@ -138,6 +138,11 @@ class AnnotationStore(Protocol):
         """Give up this process's claim on ``key`` (a claim another process holds since is left alone)."""
         ...
 
+    async def reconnect(self) -> None:
+        """Drop the idle connections to the store, so that the next operations open new ones (after failures:
+        the old ones may be dead). Never raises."""
+        ...
+
     def changes(self) -> AsyncIterator[int | None]:
         """Announcements of change, from every process sharing the store, for in-process copies (the hot tier).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from proxy.breaker import CircuitBreaker
+from proxy.breaker import CircuitBreaker, State
 from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.errors import CacheBusy, CacheCircuitOpen, CacheError
 
@@ -26,15 +26,27 @@ class CircuitBreakingStore:
         self.name = store.name
         self._store = store
         self._breaker = breaker
+        self._reconnected = False  # idle connections dropped since the circuit last opened
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
         # A CacheBusy (a slot on the move) is no verdict: it says nothing about Redis's health.
-        with self._breaker.guard(_refused, failures=(CacheError,)) as verdict:
-            try:
-                return await operation()
-            except CacheBusy:
-                verdict.abandoned()
-                raise
+        try:
+            with self._breaker.guard(_refused, failures=(CacheError,)) as verdict:
+                try:
+                    return await operation()
+                except CacheBusy:
+                    verdict.abandoned()
+                    raise
+        except CacheError:
+            if self._breaker.state is State.OPEN and not self._reconnected:
+                # Its idle connections may all be dead (a restarted Redis): drop them now, or each would fail
+                # once after the recovery, and three of those in a row would open the circuit again.
+                self._reconnected = True
+                await self._store.reconnect()
+            raise
+        finally:
+            if self._breaker.state is State.CLOSED:
+                self._reconnected = False
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return await self._guarded(lambda: self._store.get(key))
@@ -68,6 +80,9 @@ class CircuitBreakingStore:
 
     async def release(self, key: AnnotationKey) -> None:
         await self._guarded(lambda: self._store.release(key))
+
+    async def reconnect(self) -> None:
+        await self._store.reconnect()
 
     def changes(self) -> AsyncIterator[int | None]:
         return self._store.changes()  # not guarded: it fails on its own, and its caller retries

@@ -111,6 +111,9 @@ class MemoryStore:
     async def release(self, key: AnnotationKey) -> None:
         return None
 
+    async def reconnect(self) -> None:
+        return None  # no connections
+
     async def changes(self) -> AsyncIterator[int | None]:
         """Nothing to hear: one process writes this store, and its own writes reach its hot tier directly."""
         yield None

@@ -301,12 +301,9 @@ class RedisStore:
         variant = release or Variant.PLAIN
         token = self._release_token(AnnotationKey(annotation_id, variant), release is not None)
         with _translated("write"):
+            keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
             stored = await self._missing(
-                keys=[
-                    self._keys.pointer(annotation_id),
-                    self._keys.missing(annotation_id),
-                    self._keys.claim(annotation_id, variant),
-                ],
+                keys=[*keys, self._keys.claim(annotation_id, variant)],
                 args=[version_token(since), _ms(ttl) if ttl > 0 else 0, *self._announce(annotation_id), token],
             )
         return bool(stored)
@@ -319,15 +316,9 @@ class RedisStore:
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         with _translated("write"):
-            await self._invalidate(
-                keys=[
-                    self._keys.pointer(annotation_id),
-                    self._keys.missing(annotation_id),
-                    self._keys.version(annotation_id, version, Variant.PLAIN),
-                    self._keys.version(annotation_id, version, Variant.EXPANDED),
-                ],
-                args=[version_token(version), _ms(ttl), *self._announce(annotation_id)],
-            )
+            keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
+            keys += [self._keys.version(annotation_id, version, variant) for variant in Variant]
+            await self._invalidate(keys=keys, args=[version_token(version), _ms(ttl), *self._announce(annotation_id)])
 
     async def drop(self, annotation_id: int) -> None:
         with _translated("write"):
@@ -361,6 +352,12 @@ class RedisStore:
         annotation_id, variant = key
         with _translated("claim"):
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
+
+    async def reconnect(self) -> None:
+        pool = getattr(self._client, "connection_pool", None)  # a cluster client re-plans its nodes itself
+        if pool is not None:
+            with suppress(Exception):  # best effort: a connection that cannot close is dropped all the same
+                await pool.disconnect(inuse_connections=False)
 
     def changes(self) -> AsyncIterator[int | None]:
         return follow_changes(self._client, self._keys.changes)
