@@ -142,8 +142,10 @@ class LabelStudioClient:
         url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
         authorization = await self._credentials.authorization()
         reply = await self._exchange.get(url, authorization, request_id, counted=False)
+        reply.release()  # only its status matters: a 200's body gives its share of the memory budget back
         if reply.status in (401, 403) and self._credentials.invalidate(authorization):
             reply = await self._exchange.get(url, await self._credentials.authorization(), request_id, counted=False)
+            reply.release()
         if reply.status in (401, 403):
             raise UpstreamAuthRejected(upstream_status=reply.status)
         if reply.status != 404:

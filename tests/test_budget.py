@@ -6,11 +6,16 @@ import asyncio
 import gc
 
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
+from proxy.app import create_app
 from proxy.budget import ByteBudget
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, redis_store
-from proxy.errors import CacheBusy
+from proxy.errors import CacheBusy, UpstreamBadStatus
+from proxy.keys import BODIES, READINESS, UPSTREAM
+from proxy.settings import Settings
+from tests.support.proxies import ClientFactory, ServerFactory
 from tests.support.waiting import wait_until
 
 KEY = AnnotationKey(7, Variant.PLAIN)
@@ -94,3 +99,28 @@ async def test_a_large_read_without_room_gives_up_as_busy(redis_url: str, monkey
         assert isinstance(await store.get(KEY), CachedAnnotation)
     finally:
         await store.close()
+
+
+async def test_the_dependency_check_gives_back_what_a_200_reserved(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    # LABEL_STUDIO_URL pointing at something that answers 200 to the check's probe: each check fails, and must
+    # not keep the probe's body in the memory budget, or after a few checks every real fetch would wait for room.
+    async def anything(request: web.Request) -> web.Response:
+        return web.json_response({"id": 0, "not": "label studio"})
+
+    upstream = web.Application()
+    upstream.router.add_get("/{tail:.*}", anything)
+    server = await aiohttp_server(upstream)
+    settings = Settings(
+        label_studio_url=str(server.make_url("/")),  # type: ignore[arg-type]
+        label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
+        redis_url=None,
+    )
+    client = await aiohttp_client(create_app(settings))
+    app = client.app
+    await wait_until(lambda: app[READINESS].report().checks["label_studio"]["status"] != "pending")
+    for _ in range(3):
+        with pytest.raises(UpstreamBadStatus):
+            await app[UPSTREAM].check_credentials("test")
+    assert app[BODIES].reserved == 0
