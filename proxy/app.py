@@ -23,6 +23,7 @@ from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, open_redis_stor
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.hot import HotTier
 from proxy.credentials import Credentials, LegacyToken, PersonalAccessToken
+from proxy.http_guard import redact_parser_error_responses
 from proxy.keys import (
     ADMIN_KEYS,
     BODIES,
@@ -75,7 +76,8 @@ def create_app(
     ``clock`` is wall-clock time (cache ages, token expiry); ``monotonic`` measures intervals (circuit breakers,
     readiness reuse).
     """
-    redact_aiohttp_parser_errors()
+    redact_aiohttp_parser_errors()  # the log line about a request the parser could not read
+    redact_parser_error_responses()  # and the 400 body answering it
     # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
     app = web.Application(middlewares=[edge], client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings

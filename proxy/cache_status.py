@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from proxy.service import Served
+from proxy.served import Served
 
 CACHE_NAME = "annotation-proxy"
 
@@ -43,7 +43,12 @@ def cache_status(
 
 
 NEGATIVE_HIT = cache_status(hit=True, detail="negative")  # a 404's age is not kept: no ttl
-DETAILS = {"hit": None, "stale": "stale", "stale_if_error": "stale-if-error"}
+# Answers from the cache (they carry an Age), and their header up to the ttl, which changes by the second.
+FROM_CACHE = {
+    "hit": cache_status(hit=True),
+    "stale": cache_status(hit=True, detail="stale"),
+    "stale_if_error": cache_status(hit=True, detail="stale-if-error"),
+}
 
 
 def served_status(served: Served, *, now: float, ttl: float) -> str:
@@ -59,8 +64,8 @@ def served_status(served: Served, *, now: float, ttl: float) -> str:
             return NEGATIVE_HIT
         return cache_status(fwd=fwd, fwd_status=404, stored=served.stored, collapsed=served.collapsed)
     remaining = math.floor(entry.stored_at + ttl - now)
-    if served.result in DETAILS:
-        return cache_status(hit=True, ttl=remaining, detail=DETAILS[served.result])
+    if served.result in FROM_CACHE:
+        return f"{FROM_CACHE[served.result]}; ttl={remaining}"
     return cache_status(
         fwd=fwd,
         fwd_status=200,

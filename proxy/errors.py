@@ -126,6 +126,11 @@ class UpstreamAuthRejected(UpstreamError):
     outcome = "auth_rejected"
 
 
+# Answers that say Label Studio as a whole is unwell (a gateway, an overload), not one annotation: retried, and
+# counted by the breaker as such (proxy/upstream.py), never remembered for one id (proxy/fetcher.py).
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
 class UpstreamBadStatus(UpstreamError):
     outcome = "bad_status"
 

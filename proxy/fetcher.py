@@ -11,16 +11,13 @@ from proxy.cache import AnnotationKey, CachedAnnotation, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
 from proxy.entries import entry_from_body
-from proxy.errors import InvalidUpstreamBody, UpstreamBadStatus
+from proxy.errors import GATEWAY_STATUSES, InvalidUpstreamBody, UpstreamBadStatus
 from proxy.failures import RecentFailures
 from proxy.metrics import Metrics
 from proxy.policy import AnnotationSource, CachePolicy
 from proxy.served import Served
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
-
-# Answers that say Label Studio as a whole is unwell (a gateway, an overload), not one annotation.
-GATEWAY = frozenset({502, 503, 504})
 
 
 class Fetcher:
@@ -52,7 +49,8 @@ class Fetcher:
         try:
             reply = await self._source.fetch_annotation(key.annotation_id, expand=expand, request_id=request_id)
         except UpstreamBadStatus as exc:
-            if exc.upstream_status is not None and exc.upstream_status >= 500 and exc.upstream_status not in GATEWAY:
+            status = exc.upstream_status
+            if status is not None and status >= 500 and status not in GATEWAY_STATUSES:
                 self._failures.remember(key.annotation_id, exc)  # this id fails, not Label Studio as a whole
             raise
         except InvalidUpstreamBody as exc:  # a body past PROXY_MAX_BODY_BYTES
@@ -62,7 +60,9 @@ class Fetcher:
             if not store:
                 return Served(None, "miss")
             since = round(fetched_at * 1_000_000)
-            stored = await self._remember_missing(key.annotation_id, since=since, release=key if release else None)
+            stored = await self._remember_missing(
+                key.annotation_id, since=since, release=key.variant if release else None
+            )
             return Served(None, "miss", stored=stored)
         try:
             try:
@@ -94,9 +94,8 @@ class Fetcher:
             self.hot.drop(key.annotation_id)
         return stored
 
-    async def _remember_missing(self, annotation_id: int, *, since: int, release: AnnotationKey | None) -> bool:
-        variant = None if release is None else release.variant
-        hidden = await self._cache.write_missing(annotation_id, self._policy.negative_ttl, since=since, release=variant)
+    async def _remember_missing(self, annotation_id: int, *, since: int, release: Variant | None) -> bool:
+        hidden = await self._cache.write_missing(annotation_id, self._policy.negative_ttl, since=since, release=release)
         if hidden:
             self.hot.drop(annotation_id)
         return hidden and self._policy.negative_ttl > 0

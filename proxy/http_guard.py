@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +21,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import ProxyError
-
-log = logging.getLogger("proxy.http")
 
 SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 

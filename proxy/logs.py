@@ -18,8 +18,6 @@ from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from proxy.http_guard import redact_parser_error_responses
-
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -196,9 +194,8 @@ class _ParserErrorRedaction(logging.Filter):
 
 
 def redact_aiohttp_parser_errors() -> None:
-    """Install the redaction on aiohttp.server, and on the 400 body aiohttp answers such a request with (both
-    idempotent: create_app calls this for every app)."""
+    """Install the redaction on aiohttp.server (idempotent: create_app calls this for every app; the 400 body
+    aiohttp answers such a request with is proxy/http_guard.py's)."""
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _ParserErrorRedaction) for f in logger.filters):
         logger.addFilter(_ParserErrorRedaction())
-    redact_parser_error_responses()

@@ -44,6 +44,11 @@ def render_body(entry: CachedAnnotation, now_us: int) -> bytes:
     return entry.body if len(parts) == 1 else b"".join(parts)
 
 
+def gzipped(body: bytes) -> bytes:
+    """``body`` gzipped, the same bytes every time (no timestamp in the header)."""
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+
+
 def body_parts(entry: CachedAnnotation, now_us: int) -> tuple[memoryview | bytes, ...]:
     """The body rendered for ``now_us`` as parts to write one after another, without copying the stored bytes:
     for annotations too large for the memo, which would otherwise be copied whole for every response."""
@@ -88,7 +93,7 @@ class LiveBodies:
         if body is None:
             body = render_body(entry, now_us)
             if coding is not None:
-                body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+                body = gzipped(body)
             if self.keeps(entry):
                 self._bodies.put(key, body, len(body))  # the oldest rendered out first
         return body

@@ -7,7 +7,6 @@ translate between HTTP and :class:`proxy.service.AnnotationService`.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import logging
@@ -22,7 +21,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import __version__
-from proxy.cache_status import cache_status, served_status
+from proxy.cache_status import FROM_CACHE, cache_status, served_status
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
 from proxy.errors import (
     AnnotationNotFound,
@@ -52,7 +51,7 @@ from proxy.logs import ACCESS_LOG
 from proxy.models import INT64_MAX
 from proxy.negotiation import GZIP, accepts_json, wants_gzip
 from proxy.openapi import document
-from proxy.render import GZIP_LEVEL, body_parts
+from proxy.render import body_parts, gzipped
 from proxy.served import Served
 from proxy.webhooks import label_studio_webhook
 
@@ -71,7 +70,6 @@ ANNOTATION_ROUTE = "/api/annotations/{id:[^/]+}{slash:/?}"
 REVALIDATE = "private, no-cache"
 NO_STORE = "no-store"  # every other response: errors, /metrics, /healthz, /readyz
 MIN_COMPRESSED_BYTES = 1024  # below this, gzip saves less than a packet and costs a round of work
-FROM_CACHE = frozenset({"hit", "stale", "stale_if_error"})  # answers that carry an Age
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -279,20 +277,22 @@ async def get_annotation(request: web.Request) -> web.StreamResponse:
 async def annotation_response(request: web.Request, served: Served) -> web.StreamResponse:
     """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
     app = request.app
+    settings = app[SETTINGS]
     now = app[CLOCK]()
     entry = served.entry
-    headers = {"Cache-Status": served_status(served, now=now, ttl=app[SETTINGS].proxy_cache_ttl)}
+    headers = {"Cache-Status": served_status(served, now=now, ttl=settings.proxy_cache_ttl)}
     if entry is None:
         seen = served.missing_since
         if served.result == "negative_hit" and seen is not None and seen <= now * 1_000_000:  # not a deletion's
             headers[hdrs.AGE] = str(int(now - seen / 1_000_000))
         return error_response(404, AnnotationNotFound.detail, headers=headers)
     bodies = app[LIVE_BODIES]
+    kept = bodies.keeps(entry)  # larger bodies are written in parts, never gzipped
     coding = None
     headers[hdrs.CACHE_CONTROL] = REVALIDATE  # see docs/freshness.md: the webhook's promise, the caller's key
-    if app[SETTINGS].proxy_compression:
+    if settings.proxy_compression:
         headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
-        if len(entry.body) >= MIN_COMPRESSED_BYTES and bodies.keeps(entry):  # larger ones are written in parts
+        if kept and len(entry.body) >= MIN_COMPRESSED_BYTES:
             coding = GZIP if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))) else None
     if served.result in FROM_CACHE:
         headers[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
@@ -304,7 +304,7 @@ async def annotation_response(request: web.Request, served: Served) -> web.Strea
     now_us = int(now * 1_000_000)
     if coding is not None:
         headers[hdrs.CONTENT_ENCODING] = coding
-    if coding is not None or bodies.keeps(entry) or request.method == hdrs.METH_HEAD:
+    if kept or request.method == hdrs.METH_HEAD:
         return web.Response(body=bodies.body(entry, now_us, coding), headers=headers)
     return await write_in_parts(request, headers, body_parts(entry, now_us))
 
@@ -352,7 +352,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, hdrs.VARY: hdrs.ACCEPT_ENCODING}
     if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))):  # 26 KB to 3 KB
-        body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        body = gzipped(body)
         headers[hdrs.CONTENT_ENCODING] = GZIP
     return web.Response(body=body, headers=headers)
 

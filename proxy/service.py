@@ -128,7 +128,8 @@ class AnnotationService:
             self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
             return hot
         epoch = self.hot.epoch
-        if self._claims_fetch(annotation_id, directives):  # a miss claims its fetch in the same round trip
+        failure = self._failures.recall(annotation_id)  # a 500 for this id, answered again without fetching
+        if failure is None and self._claims_fetch(key, directives):  # a miss claims its fetch in the same trip
             cached, claimed = await self._cache.read_or_claim(key, self._policy.claim_ttl)
         else:
             cached, claimed = await self._cache.read(key), False
@@ -136,7 +137,7 @@ class AnnotationService:
             self._metrics.cache_request("hit")  # the cache answered: no fetch
             raise AnnotationNotFound()
         try:
-            served = await self._answer(key, cached, epoch, directives, request_id, claimed=claimed)
+            served = await self._answer(key, cached, epoch, directives, request_id, claimed=claimed, failure=failure)
         except ProxyError:  # the cache missed, and so did Label Studio
             self._metrics.cache_request("miss")
             raise
@@ -152,6 +153,7 @@ class AnnotationService:
         request_id: str,
         *,
         claimed: bool,
+        failure: UpstreamError | None,
     ) -> Served:
         """The cached answer if the policy and the request accept it, else Label Studio's."""
         judge = self._judge
@@ -170,7 +172,6 @@ class AnnotationService:
             self._metrics.forced_fetches.inc()
             return await self._loads.refresh(key, request_id, store=not directives.no_store)
         try:
-            failure = self._failures.recall(key.annotation_id)
             if failure is not None:
                 raise failure
             return await self._loads.join_or_load(key, request_id, store=not directives.no_store, claimed=claimed)
@@ -184,34 +185,31 @@ class AnnotationService:
         """The last validated version, in place of an error, if it is young enough."""
         if not isinstance(cached, CachedAnnotation):
             return None
-        if self._clock() - cached.stored_at >= self._policy.stale_if_error_ttl:
+        age = self._clock() - cached.stored_at
+        if age >= self._policy.stale_if_error_ttl:
             return None
         log.warning(
             "Label Studio failed: serving the cached version",
-            extra={
-                "annotation_id": cached.annotation_id,
-                "error": error.detail,
-                "age_s": self._clock() - cached.stored_at,
-            },
+            extra={"annotation_id": cached.annotation_id, "error": error.detail, "age_s": age},
         )
         return Served(cached, "stale_if_error")
 
-    def _claims_fetch(self, annotation_id: int, directives: RequestDirectives) -> bool:
-        """Whether the read claims the fetch when nothing is cached: across replicas (claims on), and only for a
-        request that would fetch and store (a remembered 500 answers without fetching)."""
-        if self._policy.claim_ttl <= 0 or self._failures.recall(annotation_id) is not None:
+    def _claims_fetch(self, key: AnnotationKey, directives: RequestDirectives) -> bool:
+        """Whether the read claims the fetch when nothing is cached: across replicas (claims on), only for a
+        request that would fetch and store, and not while a load of this process that it would join runs."""
+        if self._policy.claim_ttl <= 0 or self._loads.running(key):
             return False
         return directives.ordinary or not (directives.no_store or directives.only_if_cached)
 
     # The hot tier (proxy/cache/hot.py): fresh answers read from the store, kept in process, dropped on any change.
 
     def _keep_hot(self, key: AnnotationKey, served: Served, epoch: int) -> None:
-        if served.entry is not None:
-            fresh_until = served.entry.stored_at + self._policy.ttl
-            self.hot.put(key, served, size=len(served.entry.body), fresh_until=fresh_until, epoch=epoch)
+        entry = served.entry
+        if entry is not None:
+            size, fresh_until = len(entry.body), entry.stored_at + self._policy.ttl
         else:  # a remembered 404: how long it has left is the store's to know; at most its whole TTL
-            fresh_until = self._clock() + self._policy.negative_ttl
-            self.hot.put(key, served, size=0, fresh_until=fresh_until, epoch=epoch)
+            size, fresh_until = 0, self._clock() + self._policy.negative_ttl
+        self.hot.put(key, served, size=size, fresh_until=fresh_until, epoch=epoch)
 
 
 __all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served"]

@@ -11,7 +11,6 @@ aiohttp's exceptions are translated into :mod:`proxy.errors` here, once.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from proxy.breaker import CircuitBreaker, Verdict
 from proxy.budget import ByteBudget
 from proxy.credentials import Credentials
 from proxy.errors import (
+    GATEWAY_STATUSES,
     ProxyBusy,
     UpstreamAuthRejected,
     UpstreamBadStatus,
@@ -32,8 +32,6 @@ from proxy.errors import (
 )
 from proxy.exchange import Exchange, MemoryWait, UpstreamReply
 from proxy.metrics import Metrics
-
-log = logging.getLogger("proxy.upstream")
 
 ANNOTATION_PATH = "api/annotations/{id}/"
 # Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
@@ -52,7 +50,6 @@ class UpstreamPolicy:
     max_backoff: float = 1.0
 
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_FAILING_IDS = 1024
 
 
@@ -125,7 +122,7 @@ class LabelStudioClient:
                 if reply.status in (200, 404):
                     return reply
                 error = _status_error(reply.status)
-                if reply.status not in RETRYABLE_STATUSES or not self._retry_allowed(retries, deadline, error):
+                if reply.status not in GATEWAY_STATUSES or not self._retry_allowed(retries, deadline, error):
                     raise error
             retries += 1
             self._metrics.upstream_retries.inc()
@@ -184,7 +181,7 @@ class LabelStudioClient:
         breaker): it counts once per id until an answer succeeds, so the breaker opens when several ids fail,
         never when one id is asked for again and again. Every other answer is a success.
         """
-        if status in RETRYABLE_STATUSES:
+        if status in GATEWAY_STATUSES:
             verdict.failed()
         elif status >= 500:
             if annotation_id in self._failing_ids:

@@ -271,7 +271,7 @@ class TestStoreContract:
         # ANNOTATION_CREATED made version 2_000 known; a fetch that began before it then saw a 404.
         await store.invalidate(7, 2_000, TTL)
         assert await store.put_missing(7, TTL, since=1_999) is False
-        assert await store.get(PLAIN) is None  # not MISSING: the next request asks Label Studio
+        assert await store.get(PLAIN) is None  # not Missing: the next request asks Label Studio
         assert await store.put(PLAIN, entry(version=2_000), TTL) is True
         assert await store.put_missing(7, TTL, since=1_999) is False
         assert await store.get(PLAIN) == entry(version=2_000)

@@ -1,7 +1,6 @@
 """The annotation cache: a store protocol and its two adapters, Redis and in-process memory."""
 
 from proxy.cache.base import (
-    MISSING,
     AnnotationKey,
     AnnotationStore,
     CachedAnnotation,
@@ -14,7 +13,6 @@ from proxy.cache.memory import MemoryStore
 from proxy.cache.redis_store import RedisStore, open_redis_store
 
 __all__ = [
-    "MISSING",
     "AnnotationKey",
     "AnnotationStore",
     "CachedAnnotation",

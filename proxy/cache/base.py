@@ -35,11 +35,8 @@ class Missing:
     """The store remembers that Label Studio answered 404 for this id (negative caching)."""
 
     # When the fetch that saw the 404 began (microseconds since the epoch), as ``put_missing`` was told: what the
-    # answer's Age is counted from. None where unknown; a deletion's marker holds FENCE (no moment at all).
-    since: int | None = None
-
-
-MISSING = Missing()  # a remembered 404 of unknown age
+    # answer's Age is counted from. A deletion's marker holds FENCE (no moment at all).
+    since: int
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)  # weak references: a read's memory lease ends with it

@@ -11,7 +11,7 @@ grows by an id at a time) and would add a dependency for fifty lines. Single eve
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -32,12 +32,6 @@ class ByteBoundedMap(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._values)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._values
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._values)
 
     def fits(self, size: int) -> bool:
         """Whether a value of ``size`` bytes can be kept at all."""

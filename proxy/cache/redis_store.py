@@ -30,24 +30,13 @@ from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect
 from proxy.errors import CacheBusy, CacheError
 
-# KEYS: missing marker, pointer. ARGV: the version keys' prefix, ":<variant>", the largest entry to return.
+# KEYS: missing marker, pointer, and (to claim the fetch when nothing is cached) the claim. ARGV: the version keys'
+# prefix, ":<variant>", the largest entry to return, and with the claim, this process's token and the claim's ttl
+# in ms (see AnnotationStore.claim and CLAIM_SCRIPT: one round trip for a miss's read and claim).
 # Returns {0, when the fetch that saw it began} for a remembered 404, the entry bytes, {its size, the version}
-# for an entry larger than ARGV[3] (the caller makes room in its memory budget, then GETs it), or nil.
+# for an entry larger than ARGV[3] (the caller makes room in its memory budget, then GETs it); when nothing is
+# cached, nil without a claim key, else {1} for "claimed" or {2} for "another process holds the claim".
 READ_SCRIPT = """
-local missing_since = redis.call('GET', KEYS[1])
-if missing_since then return {0, missing_since} end
-local version = redis.call('GET', KEYS[2])
-if not version then return false end
-local key = ARGV[1] .. version .. ARGV[2]
-local size = redis.call('STRLEN', key)
-if size > tonumber(ARGV[3]) then return {size, version} end
-return redis.call('GET', key)
-"""
-
-# The same, and when nothing is cached, the claim of the fetch in the same round trip (see AnnotationStore.claim
-# and CLAIM_SCRIPT): KEYS add the claim, ARGV this process's token and the claim's ttl in ms. Returns as READ,
-# with {1} for "claimed" and {2} for "another process holds the claim" in place of nil.
-READ_OR_CLAIM_SCRIPT = """
 local missing_since = redis.call('GET', KEYS[1])
 if missing_since then return {0, missing_since} end
 local version = redis.call('GET', KEYS[2])
@@ -57,6 +46,7 @@ if version then
   if size > tonumber(ARGV[3]) then return {size, version} end
   if size > 0 then return redis.call('GET', key) end
 end
+if not KEYS[3] then return false end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[4] then return {2} end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
@@ -223,10 +213,10 @@ class RedisStore:
     ) -> None:
         self._client = client
         self._bodies = bodies  # the memory budget large entries are read in (None: unbounded, for tests)
+        self._largest = largest(bodies)
         self._keys = keys
         self._close = close or client.aclose
         self._read = client.register_script(READ_SCRIPT)
-        self._read_or_claim = client.register_script(READ_OR_CLAIM_SCRIPT)
         # The task index shares the write's round trip where one script may touch two slots (not a cluster).
         self._index_in_write = not isinstance(client, RedisCluster)
         self._write = client.register_script(WRITE_SCRIPT)
@@ -256,13 +246,12 @@ class RedisStore:
         annotation_id, variant = key
         prefix, suffix = self._keys.version_prefix(annotation_id), f":{variant.value}"
         keys = [self._keys.missing(annotation_id), self._keys.pointer(annotation_id)]
-        args: list[str | int] = [prefix, suffix, largest(self._bodies)]
+        args: list[str | int] = [prefix, suffix, self._largest]
+        if claim_ttl is not None:
+            keys.append(self._keys.claim(annotation_id, variant))
+            args += [self._token, _ms(claim_ttl)]
         with _translated("read"):
-            if claim_ttl is None:
-                raw = await self._read(keys=keys, args=args)
-            else:
-                keys.append(self._keys.claim(annotation_id, variant))
-                raw = await self._read_or_claim(keys=keys, args=[*args, self._token, _ms(claim_ttl)])
+            raw = await self._read(keys=keys, args=args)
         if isinstance(raw, list) and len(raw) == 1:  # nothing cached: claimed ({1}), or held by another ({2})
             if raw[0] == 1:
                 self._held.add(key)
