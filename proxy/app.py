@@ -44,7 +44,7 @@ from proxy.metrics import Metrics
 from proxy.ops_listener import ops_listener_ctx
 from proxy.readiness import Readiness
 from proxy.render import LiveBodies
-from proxy.routes import edge, setup_routes
+from proxy.routes import setup_routes
 from proxy.served import Served
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
@@ -79,7 +79,7 @@ def create_app(
     redact_aiohttp_parser_errors()  # the log line about a request the parser could not read
     redact_parser_error_responses()  # and the 400 body answering it
     # Only the webhook reads a request body; this bounds it (a larger one is answered 413).
-    app = web.Application(middlewares=[edge], client_max_size=settings.proxy_webhook_max_bytes)
+    app = web.Application(client_max_size=settings.proxy_webhook_max_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics.create(registry or CollectorRegistry(), version=__version__)
     app[CLIENT_KEYS] = ClientKeys(settings.client_keys())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Iterable
 
@@ -16,6 +17,8 @@ from proxy.cache.base import CachedAnnotation, Lookup, Missing
 from proxy.directives import RequestDirectives
 from proxy.policy import CachePolicy
 from proxy.served import Served
+
+log = logging.getLogger("proxy.service")  # where these lines were logged from before
 
 
 class Freshness(enum.Enum):
@@ -66,6 +69,19 @@ class Judge:
         if staleness < 0 or not directives.accepts(age, policy.ttl):
             return False
         return directives.accepts_stale(staleness, window=policy.stale_ttl)
+
+    def stale_if_error(self, cached: Lookup, error: str) -> Served | None:
+        """The last validated version in place of Label Studio's failure (``error``), if it is young enough."""
+        if not isinstance(cached, CachedAnnotation):
+            return None
+        age = self._clock() - cached.stored_at
+        if age >= self._policy.stale_if_error_ttl:
+            return None
+        log.warning(
+            "Label Studio failed: serving the cached version",
+            extra={"annotation_id": cached.annotation_id, "error": error, "age_s": age},
+        )
+        return Served(cached, "stale_if_error")
 
 
 def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:

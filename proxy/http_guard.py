@@ -5,7 +5,7 @@
   caller's key). :func:`redact_parser_error_responses` makes that body say only that the request could not be
   parsed. (:mod:`proxy.logs` redacts the log line the same error writes.)
 - aiohttp's parser reads HTTP/0.9 (a request line without a version) and HTTP/2.0 request lines as any other and
-  answers in that version. :func:`unsupported_version` tells the edge middleware to refuse them.
+  answers in that version. :func:`unsupported_version` tells the edge (proxy/edge.py) to refuse them.
 - :func:`read_body` reads a request body within a deadline, and tells a caller that went away mid-body apart
   from a failure of the proxy's.
 """

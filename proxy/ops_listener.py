@@ -16,21 +16,21 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy.edge import add_fallbacks
 from proxy.keys import METRICS, READINESS, SETTINGS
-from proxy.routes import edge, healthz, metrics_endpoint, readyz
+from proxy.routes import add_operations_routes
 
 log = logging.getLogger("proxy.ops_listener")
 
 
 def create_ops_app(app: web.Application) -> web.Application:
     """The operations routes of ``app`` (its settings, metrics and readiness), as an application of their own."""
-    ops = web.Application(middlewares=[edge])
+    ops = web.Application()
     ops[SETTINGS] = app[SETTINGS]
     ops[METRICS] = app[METRICS]
     ops[READINESS] = app[READINESS]
-    ops.router.add_get("/metrics", metrics_endpoint, name="metrics")
-    ops.router.add_get("/healthz", healthz, name="healthz")
-    ops.router.add_get("/readyz", readyz, name="readyz")
+    add_operations_routes(ops)
+    add_fallbacks(ops)
     return ops
 
 

@@ -1,40 +1,29 @@
-"""The HTTP edge: routes, thin handlers, and the one middleware that every response passes through.
+"""The routes and their thin handlers: they translate between HTTP and :class:`proxy.service.AnnotationService`.
 
-``edge`` gives each request its id, turns exceptions into responses in Label Studio's error shape (so that the
-SDK's ``ApiError`` parses them), times and counts the request and writes its access-log line. Handlers only
-translate between HTTP and :class:`proxy.service.AnnotationService`.
+Every handler is added behind :func:`proxy.edge.observed` (request id, errors as responses, metrics, access log).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import re
-import secrets
-import time
-import uuid
-from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import __version__
-from proxy.cache_status import FROM_CACHE, cache_status, served_status
+from proxy.cache_status import FROM_CACHE, served_status
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
+from proxy.edge import JSON, add_fallbacks, error_response, observed, path_as_sent
 from proxy.errors import (
     AnnotationNotFound,
     CacheError,
     NotAcceptable,
-    NotAuthenticated,
     ProxyError,
     PurgeDisabled,
     ServiceUnavailable,
-    UpstreamError,
 )
 from proxy.freshness import encoded_tag, if_none_match
-from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
 from proxy.keys import (
     ADMIN_KEYS,
     CACHE_RESULT,
@@ -47,7 +36,6 @@ from proxy.keys import (
     SERVICE,
     SETTINGS,
 )
-from proxy.logs import ACCESS_LOG
 from proxy.models import INT64_MAX
 from proxy.negotiation import GZIP, accepts_json, wants_gzip
 from proxy.openapi import document
@@ -56,22 +44,14 @@ from proxy.served import Served
 from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
-error_log = logging.getLogger("proxy.errors")
 
-JSON = "application/json"
 ALLOWED_ON_ANNOTATIONS = "GET, HEAD"
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-REQUEST_ID_HEADER = "X-Request-ID"
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ANNOTATION_ID = re.compile(r"[0-9]+")
 ANNOTATION_ROUTE = "/api/annotations/{id:[^/]+}{slash:/?}"
 # Every annotation a caller keeps is checked with the proxy before it is used again (a 304 when unchanged):
 # a webhook's change shows at once, and no shared cache keeps what depends on the caller's key.
 REVALIDATE = "private, no-cache"
-NO_STORE = "no-store"  # every other response: errors, /metrics, /healthz, /readyz
 MIN_COMPRESSED_BYTES = 1024  # below this, gzip saves less than a packet and costs a round of work
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # Pure helpers
@@ -100,142 +80,21 @@ def wants_expanded(query_values: list[str]) -> bool:
     return any("completed_by" in (v.strip() for v in value.split(",")) for value in query_values)
 
 
-def request_id_from(header: str | None) -> str:
-    """The caller's ``X-Request-ID`` when it is short and plain, else a new one."""
-    if header is not None and SANE_REQUEST_ID.fullmatch(header):
-        return header
-    return new_request_id()
-
-
-def _request_ids() -> Callable[[], str]:
-    """32 hex digits, like a UUID's: 16 random per process, then a counter (a uuid4 per request costs 2 µs)."""
-    prefix = secrets.token_hex(8)
-    counter = itertools.count()
-    return lambda: f"{prefix}{next(counter):016x}"
-
-
-new_request_id = _request_ids()
-
-
-def error_body(status: int, detail: str) -> bytes:
-    """Label Studio's error shape, which the SDK's ``ApiError`` carries as its body."""
-    body = {
-        "id": str(uuid.uuid4()),
-        "status_code": status,
-        "version": __version__,
-        "detail": detail,
-        "exc_info": None,
-    }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def error_response(status: int, detail: str, *, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, body=error_body(status, detail), headers=headers)
-    response.content_type = JSON
-    return response
-
-
-# Middlewares
-
-
-@web.middleware
-async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: the request's id, the response (an exception becomes one), metrics, the access log."""
-    started = time.perf_counter()
-    request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-    request[REQUEST_ID] = request_id
-    response: web.StreamResponse
-    try:
-        if unsupported_version(request):  # HTTP/0.9 or 2.0: aiohttp's parser reads them, the proxy does not
-            response = error_response(505, "HTTP version not supported: use HTTP/1.1 or HTTP/1.0.")
-            response.force_close()
-        else:
-            response = await handler(request)
-    except Exception as exc:  # noqa: BLE001 - every error is answered here; CancelledError is not an Exception
-        response = error_to_response(request, exc)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    if hdrs.CACHE_CONTROL not in response.headers:  # only annotations may be kept, and only as they say
-        response.headers[hdrs.CACHE_CONTROL] = NO_STORE
-
-    elapsed = time.perf_counter() - started
-    route = request.match_info.route.name or "unmatched"
-    method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    cache = request.get(CACHE_RESULT)
-    request.app[METRICS].request_done(route, method, response.status, cache or "none", elapsed)
-    ACCESS_LOG(
-        method=method,
-        route=route,
-        path=request.path[:256],
-        status=response.status,
-        cache=cache,
-        duration_ms=round(elapsed * 1000, 3),
-        request_id=request_id,
-    )
-    return response
-
-
-def error_to_response(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The one place where exceptions become responses, in Label Studio's error shape (aiohttp's redirects and
-    other non-errors are raised again, for aiohttp to answer)."""
-    if isinstance(exc, ClientClosedRequest):  # the caller's doing: one line, no traceback, counted as 499
-        log.info("client closed the request", extra={"request_id": request[REQUEST_ID], "path": request.path[:256]})
-        return web.Response(status=exc.status)  # never written: there is nobody to read it
-    if isinstance(exc, RequestBodyTimeout):  # close at once, without reading the rest of a slow body
-        return ClosingResponse(status=exc.status, body=error_body(exc.status, exc.detail), content_type=JSON)
-    if isinstance(exc, ProxyError):
-        headers: dict[str, str] = {}
-        if isinstance(exc, NotAuthenticated):
-            headers[hdrs.WWW_AUTHENTICATE] = "Token"
-        if isinstance(exc, UpstreamError):
-            headers["Cache-Status"] = cache_status(fwd_status=exc.upstream_status, detail=exc.outcome)
-            error_log.warning(
-                "upstream failure",
-                extra={
-                    "outcome": exc.outcome,
-                    "upstream_status": exc.upstream_status,
-                    "detail": exc.detail,
-                    "request_id": request[REQUEST_ID],
-                },
-            )
-        return error_response(exc.status, exc.detail, headers=headers)
-    if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        headers = {}
-        detail = exc.reason
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            headers[hdrs.ALLOW] = ", ".join(sorted(exc.allowed_methods))
-            detail = f'Method "{request.method[:32]}" not allowed.'
-        elif isinstance(exc, web.HTTPNotFound):
-            detail = "Not found."
-        return error_response(exc.status, detail, headers=headers)
-    # The last resort: log it, answer without internals.
-    error_log.error(
-        "unhandled error", exc_info=exc, extra={"request_id": request.get(REQUEST_ID), "path": request.path}
-    )
-    return error_response(500, "Internal server error.")
-
-
 # Handlers
 
 
 def id_from_path(request: web.Request) -> int:
     """The id segment (``/api/annotations/<id>/``, ``/cache/annotations/<id>``) as the caller sent it."""
     # The raw path, not match_info: aiohttp decodes %-escapes there ("%31" would become "1", "%2F" a "/").
-    # rel_url, so that an absolute-form request line ("GET http://host/api/...") parses the same.
-    return parse_annotation_id(request.rel_url.raw_path.split("/")[3])
+    return parse_annotation_id(path_as_sent(request).split("/")[3])
 
 
-def negotiate(request: web.Request) -> None:
-    """Label Studio's content negotiation, in its order (REST framework's): ``?format=`` other than ``json`` is a
-    404 and an ``Accept`` without JSON a 406, both before the key and the lookup."""
-    if request.query_string:  # most requests have none: no query to parse
-        formats = request.query.getall("format", ())
-        if formats and formats[-1] not in ("", "json"):
-            raise web.HTTPNotFound()  # it renders JSON only
-    headers = request.headers
-    if hdrs.ACCEPT in headers and not accepts_json(",".join(headers.getall(hdrs.ACCEPT))):
-        raise NotAcceptable()
+def negotiate_format(request: web.Request) -> None:
+    """Label Studio's content negotiation begins with ``?format=``: anything but ``json`` is a 404, before the
+    ``Accept`` header (a 406), the key and the lookup (REST framework's order)."""
+    formats = request.query.getall("format", ())
+    if formats and formats[-1] not in ("", "json"):
+        raise web.HTTPNotFound()  # it renders JSON only
 
 
 def request_directives(headers: CIMultiDictProxy[str]) -> RequestDirectives:
@@ -245,83 +104,106 @@ def request_directives(headers: CIMultiDictProxy[str]) -> RequestDirectives:
     return from_headers(headers.getall(hdrs.CACHE_CONTROL, ()), headers.getall(hdrs.PRAGMA, ()))
 
 
-async def get_annotation(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    negotiate(request)
-    scope = app[CLIENT_KEYS].check(request.headers.get(hdrs.AUTHORIZATION))
-    annotation_id = id_from_path(request)
-    expand = bool(request.query_string) and wants_expanded(request.query.getall("expand", []))
-    allowed = None if scope is None else scope.__contains__
-    try:
-        served = await app[SERVICE].lookup(
-            annotation_id,
-            expand=expand,
-            request_id=request[REQUEST_ID],
-            allowed=allowed,
-            directives=request_directives(request.headers),
-        )
-    except AnnotationNotFound:
-        request[CACHE_RESULT] = "hit"  # of another project, known to the cache: nothing was fetched
-        raise
-    except ProxyError:
-        request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
-        raise
-    request[CACHE_RESULT] = served.result
-    if scope is not None and (served.entry is None or served.entry.project not in scope):
-        # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
-        # tell a cached annotation of another project from a remembered 404), no ETag.
-        raise AnnotationNotFound()
-    return await annotation_response(request, served)
+class AnnotationRoute:
+    """``GET`` and ``HEAD /api/annotations/{id}/``. A hit the hot tier holds is answered without a coroutine
+    below :meth:`get`: it is the whole hit path besides aiohttp and the edge (docs/performance.md)."""
+
+    def __init__(self, app: web.Application) -> None:
+        settings = app[SETTINGS]
+        self._app = app  # the service is there once the application has started
+        self._keys, self._bodies, self._clock = app[CLIENT_KEYS], app[LIVE_BODIES], app[CLOCK]
+        self._ttl, self._compression = settings.proxy_cache_ttl, settings.proxy_compression
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        query = "?" in request.raw_path  # most requests have none: no query to parse
+        if query:
+            negotiate_format(request)
+        if hdrs.ACCEPT in headers and not accepts_json(",".join(headers.getall(hdrs.ACCEPT))):
+            raise NotAcceptable()
+        scope = self._keys.check(headers.get(hdrs.AUTHORIZATION))
+        annotation_id = id_from_path(request)
+        expand = query and wants_expanded(request.query.getall("expand", []))
+        directives = request_directives(headers)
+        service = self._app[SERVICE]
+        served = service.from_hot(annotation_id, expand=expand, directives=directives)
+        if served is None:
+            try:
+                served = await service.lookup(
+                    annotation_id,
+                    expand=expand,
+                    request_id=request[REQUEST_ID],
+                    allowed=None if scope is None else scope.__contains__,
+                    directives=directives,
+                )
+            except AnnotationNotFound:
+                request[CACHE_RESULT] = "hit"  # of another project, known to the cache: nothing was fetched
+                raise
+            except ProxyError:
+                request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
+                raise
+        request[CACHE_RESULT] = served.result
+        if scope is not None and (served.entry is None or served.entry.project not in scope):
+            # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
+            # tell a cached annotation of another project from a remembered 404), no ETag.
+            raise AnnotationNotFound()
+        return self.respond(request, served)
+
+    def respond(self, request: web.Request, served: Served) -> web.StreamResponse:
+        """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
+        headers = request.headers
+        entry = served.entry
+        now = self._clock()
+        status = served_status(served, now=now, ttl=self._ttl)
+        if entry is None:
+            return not_found_response(served, status, now)
+        # See docs/freshness.md: the webhook's promise, the caller's key.
+        out = {"Cache-Status": status, hdrs.CACHE_CONTROL: REVALIDATE}
+        bodies = self._bodies
+        kept = bodies.keeps(entry)  # larger bodies are written in parts, never gzipped
+        coding = None
+        if self._compression:
+            out[hdrs.VARY] = hdrs.ACCEPT_ENCODING
+            if kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
+                coding = GZIP if wants_gzip(",".join(headers.getall(hdrs.ACCEPT_ENCODING))) else None
+        if served.result in FROM_CACHE:
+            out[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
+        etag = out[hdrs.ETAG] = encoded_tag(entry.etag, coding)
+        if hdrs.IF_NONE_MATCH in headers and if_none_match(headers.getall(hdrs.IF_NONE_MATCH), etag):
+            return web.Response(status=304, headers=out)
+        # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
+        out[hdrs.CONTENT_TYPE] = JSON
+        now_us = int(now * 1_000_000)
+        if coding is not None:
+            out[hdrs.CONTENT_ENCODING] = coding
+        if kept or request.method == hdrs.METH_HEAD:
+            return web.Response(body=bodies.body(entry, now_us, coding), headers=out)
+        return PartsResponse(body_parts(entry, now_us), headers=out)
 
 
-async def annotation_response(request: web.Request, served: Served) -> web.StreamResponse:
-    """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
-    app = request.app
-    settings = app[SETTINGS]
-    now = app[CLOCK]()
-    entry = served.entry
-    headers = {"Cache-Status": served_status(served, now=now, ttl=settings.proxy_cache_ttl)}
-    if entry is None:
-        seen = served.missing_since
-        if served.result == "negative_hit" and seen is not None and seen <= now * 1_000_000:  # not a deletion's
-            headers[hdrs.AGE] = str(int(now - seen / 1_000_000))
-        return error_response(404, AnnotationNotFound.detail, headers=headers)
-    bodies = app[LIVE_BODIES]
-    kept = bodies.keeps(entry)  # larger bodies are written in parts, never gzipped
-    coding = None
-    headers[hdrs.CACHE_CONTROL] = REVALIDATE  # see docs/freshness.md: the webhook's promise, the caller's key
-    if settings.proxy_compression:
-        headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
-        if kept and len(entry.body) >= MIN_COMPRESSED_BYTES:
-            coding = GZIP if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))) else None
-    if served.result in FROM_CACHE:
-        headers[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
-    etag = headers[hdrs.ETAG] = encoded_tag(entry.etag, coding)
-    if hdrs.IF_NONE_MATCH in request.headers and if_none_match(request.headers.getall(hdrs.IF_NONE_MATCH), etag):
-        return web.Response(status=304, headers=headers)
-    # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
-    headers[hdrs.CONTENT_TYPE] = JSON
-    now_us = int(now * 1_000_000)
-    if coding is not None:
-        headers[hdrs.CONTENT_ENCODING] = coding
-    if kept or request.method == hdrs.METH_HEAD:
-        return web.Response(body=bodies.body(entry, now_us, coding), headers=headers)
-    return await write_in_parts(request, headers, body_parts(entry, now_us))
+def not_found_response(served: Served, status: str, now: float) -> web.Response:
+    """A 404 the lookup served: remembered (with its ``Age``), or Label Studio's just now."""
+    headers = {"Cache-Status": status}
+    seen = served.missing_since
+    if served.result == "negative_hit" and seen is not None and seen <= now * 1_000_000:  # not a deletion's
+        headers[hdrs.AGE] = str(int(now - seen / 1_000_000))
+    return error_response(404, AnnotationNotFound.detail, headers=headers)
 
 
-async def write_in_parts(
-    request: web.Request, headers: dict[str, str], parts: tuple[memoryview | bytes, ...]
-) -> web.StreamResponse:
+class PartsResponse(web.StreamResponse):
     """A large body written as views of the stored bytes around its rendered created_ago: no copy of it per
     response (proxy/budget.py). Each write waits while the caller's socket is behind."""
-    headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # sent with prepare(), before the edge would add it
-    response = web.StreamResponse(headers=headers)
-    response.content_length = sum(len(part) for part in parts)
-    await response.prepare(request)
-    for part in parts:
-        await response.write(part)
-    await response.write_eof()
-    return response
+
+    def __init__(self, parts: tuple[memoryview | bytes, ...], *, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.content_length = sum(len(part) for part in parts)
+        self._parts = parts
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        parts, self._parts = self._parts, ()
+        for part in parts:
+            await self.write(part)
+        await super().write_eof(data)
 
 
 async def purge_annotation(request: web.Request) -> web.Response:
@@ -375,18 +257,25 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(report.body(), status=200 if report.ready else 503)
 
 
+def add_operations_routes(app: web.Application) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz``: on the main listener and the operations listener alike."""
+    app.router.add_get("/metrics", observed(app, "metrics", metrics_endpoint), name="metrics")
+    app.router.add_get("/healthz", observed(app, "healthz", healthz), name="healthz")
+    app.router.add_get("/readyz", observed(app, "readyz", readyz), name="readyz")
+
+
 def setup_routes(app: web.Application) -> None:
     """Every route the proxy has. Nothing but the annotation route ever reaches Label Studio."""
     # With and without the trailing slash, both served (Label Studio does not redirect either).
     resource = app.router.add_resource(ANNOTATION_ROUTE, name="annotation")
+    get_annotation = observed(app, "annotation", AnnotationRoute(app).get)
     resource.add_route(hdrs.METH_GET, get_annotation)
     resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
-    resource.add_route(hdrs.METH_ANY, not_allowed)  # every other method, writes first of all
+    resource.add_route(hdrs.METH_ANY, observed(app, "annotation", not_allowed))  # every other method, writes first
     purge = app.router.add_resource("/cache/annotations/{id:[^/]+}{slash:/?}", name="purge")
-    purge.add_route(hdrs.METH_DELETE, purge_annotation)
+    purge.add_route(hdrs.METH_DELETE, observed(app, "purge", purge_annotation))
     if app[SETTINGS].proxy_webhook_secret is not None:
-        app.router.add_post("/webhooks/label-studio", label_studio_webhook, name="webhook")
-    app.router.add_get("/metrics", metrics_endpoint, name="metrics")
-    app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/openapi.json", openapi_endpoint, name="openapi")
+        app.router.add_post("/webhooks/label-studio", observed(app, "webhook", label_studio_webhook), name="webhook")
+    add_operations_routes(app)
+    app.router.add_get("/openapi.json", observed(app, "openapi", openapi_endpoint), name="openapi")
+    add_fallbacks(app)

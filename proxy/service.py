@@ -120,13 +120,12 @@ class AnnotationService:
         cannot make the proxy fetch (or revalidate) what it may not read. The caller still checks the project
         of what a fetch brings. ``directives`` are the request's Cache-Control (proxy/directives.py).
         """
+        hot = self.from_hot(annotation_id, expand=expand, directives=directives)
+        if hot is not None:
+            return hot
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
         if not directives.ordinary and not self._policy.client_revalidation:
             directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
-        hot = self.hot.get(key)
-        if hot is not None and (directives.ordinary or self._judge.accepts(directives, hot)):
-            self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
-            return hot
         epoch = self.hot.epoch
         failure = self._failures.recall(annotation_id)  # a 500 for this id, answered again without fetching
         if failure is None and self._claims_fetch(key, directives):  # a miss claims its fetch in the same trip
@@ -143,6 +142,20 @@ class AnnotationService:
             raise
         self._metrics.cache_request(served.result)
         return served
+
+    def from_hot(self, annotation_id: int, *, expand: bool, directives: RequestDirectives = ORDINARY) -> Served | None:
+        """The hot tier's answer if it holds one the request accepts (counted), else None. Not a coroutine:
+        most hits end here, at no await's cost; :meth:`lookup` starts with it."""
+        hot = self.hot.get(AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN))
+        if hot is None:
+            return None
+        if not directives.ordinary:
+            if not self._policy.client_revalidation:
+                directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
+            if not self._judge.accepts(directives, hot):
+                return None
+        self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
+        return hot
 
     async def _answer(
         self,
@@ -176,23 +189,10 @@ class AnnotationService:
                 raise failure
             return await self._loads.join_or_load(key, request_id, store=not directives.no_store, claimed=claimed)
         except UNAVAILABLE as exc:
-            stale = self._stale_if_error(cached, exc)
+            stale = judge.stale_if_error(cached, exc.detail)
             if stale is None:
                 raise
             return stale
-
-    def _stale_if_error(self, cached: Lookup, error: UpstreamError) -> Served | None:
-        """The last validated version, in place of an error, if it is young enough."""
-        if not isinstance(cached, CachedAnnotation):
-            return None
-        age = self._clock() - cached.stored_at
-        if age >= self._policy.stale_if_error_ttl:
-            return None
-        log.warning(
-            "Label Studio failed: serving the cached version",
-            extra={"annotation_id": cached.annotation_id, "error": error.detail, "age_s": age},
-        )
-        return Served(cached, "stale_if_error")
 
     def _claims_fetch(self, key: AnnotationKey, directives: RequestDirectives) -> bool:
         """Whether the read claims the fetch when nothing is cached: across replicas (claims on), only for a

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from proxy.keys import READINESS
 from proxy.logs import JsonFormatter
@@ -206,3 +207,37 @@ async def test_one_structured_access_line_per_request(
     }
     assert second["cache"] == "hit"
     assert isinstance(first["duration_ms"], float)
+
+
+async def test_the_access_line_logs_the_path_as_sent_and_never_the_query(
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    proxy.fake.add_annotation()
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        await proxy.client.get("/api/annotations/1/?expand=completed_by&token=not-for-logs", headers=proxy.auth())
+        for path in ("/api/annotations/%31/", "/no/such%20path?x=1"):  # %31: a 404, only digits are ids
+            # Sent exactly as written: the test client would otherwise normalise %31.
+            url = URL(f"http://{proxy.client.host}:{proxy.client.port}{path}", encoded=True)
+            await proxy.client.session.get(url, headers=proxy.auth())
+    paths = [r.path for r in caplog.records if r.name == "proxy.access"]  # type: ignore[attr-defined]
+    assert paths == ["/api/annotations/1/", "/api/annotations/%31/", "/no/such%20path"]
+    assert "not-for-logs" not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz", "/openapi.json", "/cache/annotations/1"])
+async def test_a_method_a_route_does_not_take_is_405_in_label_studios_shape(
+    make_proxy: ProxyFactory, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        response = await proxy.client.put(path, headers=proxy.auth())
+    assert response.status == 405
+    body = await response.json()
+    assert (body["status_code"], body["detail"]) == (405, 'Method "PUT" not allowed.')
+    assert response.headers["Allow"] == ("DELETE" if path.startswith("/cache/") else "GET, HEAD")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Request-ID"]
+    assert proxy.metric("http_requests_total", route="unmatched", method="PUT", status="405") == 1
+    [line] = [r for r in caplog.records if r.name == "proxy.access"]
+    assert (line.route, line.status) == ("unmatched", 405)  # type: ignore[attr-defined]

@@ -8,8 +8,9 @@ import pytest
 
 from proxy import __version__
 from proxy.cache_status import cache_status
+from proxy.edge import error_body, request_id_from
 from proxy.errors import AnnotationNotFound
-from proxy.routes import error_body, parse_annotation_id, request_id_from, wants_expanded
+from proxy.routes import parse_annotation_id, wants_expanded
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("06", 6), ("000042", 42), ("9223372036854775807", 2**63 - 1)])
