@@ -13,8 +13,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -47,12 +48,14 @@ class LineWriter:
 
     Under load many requests finish in one turn, and their log lines leave in one write. With no running loop
     (start-up, shutdown) or when asked (``urgent``), pending lines are written at once. A stream that fails
-    (a closed pipe) loses the lines rather than the request.
+    (a closed pipe) loses the lines rather than the request. A line may also be left to format when the turn's
+    lines are written (:meth:`defer`): formatting many lines in one go costs less than one at a time between
+    requests.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._pending: list[str] = []
+        self._pending: list[str | tuple[Callable[[tuple[Any, ...]], str], tuple[Any, ...]]] = []
         self._scheduled = False
 
     def write(self, line: str, *, urgent: bool = False) -> None:
@@ -60,21 +63,30 @@ class LineWriter:
         if urgent:
             self.flush()
         elif not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            loop.call_soon(self.flush)
-            self._scheduled = True
+            self._schedule()
+
+    def defer(self, render: Callable[[tuple[Any, ...]], str], fields: tuple[Any, ...]) -> None:
+        """A line that ``render(fields)`` formats when it is written, in its place among the others."""
+        self._pending.append((render, fields))
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_soon(self.flush)
+        self._scheduled = True
 
     def flush(self) -> None:
         self._scheduled = False
         if not self._pending:
             return
-        data = "".join(self._pending)
-        self._pending.clear()
+        pending, self._pending = self._pending, []
         try:
+            data = "".join(item if isinstance(item, str) else item[0](item[1]) for item in pending)
             self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError):
@@ -137,8 +149,12 @@ class AccessLog:
             fields = {"method": method, "route": route, "path": path, "status": status, "cache": cache}
             self.logger.info("request", extra=fields | {"duration_ms": duration_ms, "request_id": request_id})
             return
-        writer.write(
-            f'{{"ts": "{self._ts(time.time())}", "level": "info", "logger": "proxy.access", "msg": "request", '
+        writer.defer(self._line, (time.time(), method, route, path, status, cache, duration_ms, request_id))
+
+    def _line(self, fields: tuple[Any, ...]) -> str:
+        now, method, route, path, status, cache, duration_ms, request_id = fields
+        return (
+            f'{{"ts": "{self._ts(now)}", "level": "info", "logger": "proxy.access", "msg": "request", '
             f'"method": {_string(method)}, "route": {_string(route)}, "path": {_string(path)}, '
             f'"status": {status}, "cache": {"null" if cache is None else _string(cache)}, '
             f'"duration_ms": {duration_ms!r}, "request_id": {_string(request_id)}}}\n'
