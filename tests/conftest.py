@@ -16,7 +16,7 @@ from proxy.keys import READINESS
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.clock import Clock
-from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory, ServerFactory
+from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory, ProxyTestServer, ServerFactory
 from tests.support.redis_servers import (
     RedisServer,
     SentinelTopology,
@@ -97,7 +97,7 @@ def make_proxy(
         settings = Settings(**fields)
         registry = CollectorRegistry()
         app = create_app(settings, registry=registry, clock=clock, monotonic=steady)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ProxyTestServer(app))
         # The first dependency check runs at start-up (proxy/readiness.py); tests begin once it is done.
         await wait_until(lambda: app[READINESS].report().checks["label_studio"]["status"] != "pending")
         return Proxy(client, registry, fake_ls, settings, upstream)

@@ -15,7 +15,7 @@ from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, 
 from proxy.errors import CacheBusy, UpstreamBadStatus
 from proxy.keys import BODIES, READINESS, UPSTREAM
 from proxy.settings import Settings
-from tests.support.proxies import ClientFactory, ServerFactory
+from tests.support.proxies import ClientFactory, ProxyTestServer, ServerFactory
 from tests.support.waiting import wait_until
 
 KEY = AnnotationKey(7, Variant.PLAIN)
@@ -117,7 +117,7 @@ async def test_the_dependency_check_gives_back_what_a_200_reserved(
         label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
         redis_url=None,
     )
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(ProxyTestServer(create_app(settings)))
     app = client.app
     await wait_until(lambda: app[READINESS].report().checks["label_studio"]["status"] != "pending")
     for _ in range(3):

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
+from proxy.server import ProxyRunner
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.cache_status import status_of
@@ -97,7 +98,7 @@ async def served(upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock, s
         redis_url=None,
     )
     registry = CollectorRegistry()
-    runner = web.AppRunner(create_app(settings, registry=registry, clock=clock, monotonic=steady), access_log=None)
+    runner = ProxyRunner(create_app(settings, registry=registry, clock=clock, monotonic=steady), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -17,7 +17,7 @@ from proxy.logs import JsonFormatter
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.ports import free_port
-from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory
+from tests.support.proxies import CLIENT_KEY, ClientFactory, Proxy, ProxyFactory, ProxyTestServer
 from tests.support.samples import encode, sample
 from tests.support.webhooks import annotations_deleted
 
@@ -275,7 +275,7 @@ async def test_an_unhandled_error_logs_a_traceback_without_secrets(
         proxy_webhook_secret=WEBHOOK_SECRET,
         redis_url=None,
     )
-    client = await aiohttp_client(create_app(settings, store=ExplodingStore()))  # type: ignore[arg-type]
+    client = await aiohttp_client(ProxyTestServer(create_app(settings, store=ExplodingStore())))  # type: ignore[arg-type]
     fake_ls.add_annotation()
     with caplog.at_level(logging.DEBUG):
         answers = [

@@ -24,7 +24,7 @@ from proxy.settings import Settings
 from tests.e2e.dataset import Dataset, create_dataset
 from tests.e2e.label_studio import LabelStudio
 from tests.support.cache_status import status_of
-from tests.support.proxies import CLIENT_KEY, ClientFactory
+from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyTestServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +61,7 @@ def make_proxy(aiohttp_client: ClientFactory, label_studio: LabelStudio) -> Prox
         clock = overrides.pop("clock", time.time)
         registry = CollectorRegistry()
         app = create_app(Settings(**(fields | overrides)), registry=registry, clock=clock)
-        return Proxy(await aiohttp_client(app), registry)
+        return Proxy(await aiohttp_client(ProxyTestServer(app)), registry)
 
     return start
 

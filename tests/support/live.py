@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.app import create_app
+from proxy.server import ProxyRunner
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.proxies import CLIENT_KEY
@@ -65,7 +66,7 @@ def running_proxy(annotations: int = 3, **overrides: Any) -> Iterator[Live]:
         }
         fields.update(overrides)
         settings = Settings(**fields)
-        proxy = web.AppRunner(create_app(settings))
+        proxy = ProxyRunner(create_app(settings))
         await proxy.setup()
         runners.insert(0, proxy)
         await web.TCPSite(proxy, "127.0.0.1", 0).start()

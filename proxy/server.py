@@ -1,0 +1,101 @@
+"""The main listener: the application behind a front door that sends annotation reads straight to their handler.
+
+aiohttp's ``Application`` resolves every request through its router and builds match info for it before the
+handler runs; for a cache hit that was about 10 us of 65 (docs/performance.md). :class:`FrontDoor` is the
+handler of aiohttp's low-level server under the application: ``GET`` and ``HEAD`` on
+``/api/annotations/<id>/`` (the path as sent, one segment after the prefix, an optional slash) go to the
+annotation route's own handler, everything else to the application as before. The annotation handler reads
+nothing the router would have given it (the id comes from the raw path, the services from the application), so
+both ways answer alike; every other route, the lifecycle (cleanup contexts, ``on_shutdown``) and the request body
+limit stay the application's.
+
+:class:`ProxyRunner` is ``web.AppRunner`` with the front door in place; :func:`serve` runs it the way
+``web.run_app`` would (signals, graceful shutdown), which cannot take another runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import hdrs, web
+
+ANNOTATIONS = "/api/annotations/"
+FAST_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD})
+ANNOTATION_ROUTE_NAME = "annotation"
+
+
+def is_annotation_path(raw_path: str) -> bool:
+    """``/api/annotations/<segment>`` or ``.../<segment>/``, a query allowed: what the annotation route matches."""
+    if not raw_path.startswith(ANNOTATIONS):
+        return False
+    rest = raw_path[len(ANNOTATIONS) :].partition("?")[0]
+    segment = rest[:-1] if rest.endswith("/") else rest
+    return bool(segment) and "/" not in segment
+
+
+class FrontDoor:
+    """The low-level server's request handler: annotation reads to their route's handler, the rest to the
+    application's."""
+
+    def __init__(self, app: web.Application, application: Any) -> None:
+        self._application = application  # what aiohttp's AppRunner serves: the router, then the handler
+        self._annotation = next(
+            route.handler for route in app.router[ANNOTATION_ROUTE_NAME] if route.method == hdrs.METH_GET
+        )
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method in FAST_METHODS and is_annotation_path(request.raw_path):
+            return await self._annotation(request)  # type: ignore[arg-type]  # it reads no match info
+        response: web.StreamResponse = await self._application(request)
+        return response
+
+
+class ProxyRunner(web.AppRunner):
+    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = FrontDoor(self.app, server.request_handler)
+        return server
+
+
+def serve(
+    app: web.Application, *, host: str, port: int, shutdown_timeout: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, as ``web.run_app`` does: stop listening, run ``on_shutdown``, let
+    requests in flight finish within ``shutdown_timeout``, close the cleanup contexts, close the loop. OSError
+    when the address cannot be listened on."""
+    runner = ProxyRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout)
+
+    async def run() -> None:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()  # until a signal raises GracefulExit
+        finally:
+            await runner.cleanup()
+
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(run())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        loop.run_until_complete(_cancel_the_rest())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel the tasks still running after the cleanup (none, normally) and let them end."""
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)

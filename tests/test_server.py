@@ -1,0 +1,108 @@
+"""proxy/server.py: the front door sends exactly the annotation route's requests to its handler, and what they
+get is what the application's router would have given them."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from proxy.app import create_app
+from proxy.server import is_annotation_path
+from proxy.settings import Settings
+from tests.fakes.label_studio import FakeLabelStudio
+from tests.support.clock import Clock
+from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyTestServer
+
+PATHS = [
+    "/api/annotations/1/",
+    "/api/annotations/1",
+    "/api/annotations/007/",
+    "/api/annotations/%31/",
+    "/api/annotations/1%2F2/",
+    "/api/annotations/abc/",
+    "/api/annotations/1/?expand=completed_by",
+    "/api/annotations/1?format=json",
+    "/api/annotations/",
+    "/api/annotations//",
+    "/api/annotations/1//",
+    "/api/annotations/1/2/",
+    "/api/annotations/1/x",
+    "//api/annotations/1/",
+    "/api/annotations",
+    "/api/annotationsX/1/",
+    "/api/annotations/%2F/",
+    "/cache/annotations/1",
+    "/metrics",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_front_door_takes_exactly_the_paths_the_annotation_route_matches(path: str) -> None:
+    app = create_app(Settings(label_studio_url="http://ls.invalid/", label_studio_api_key="k" * 40))
+    match = await app.router.resolve(make_mocked_request("GET", path))
+    routed = getattr(match.route.resource, "name", None) == "annotation"
+    assert is_annotation_path(path) is routed
+
+
+REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/api/annotations/1/", {}),  # a miss
+    ("GET", "/api/annotations/1/", {}),  # a hit
+    ("HEAD", "/api/annotations/1", {}),
+    ("GET", "/api/annotations/1/", {"If-None-Match": "*"}),
+    ("GET", "/api/annotations/1/", {"Accept-Encoding": "gzip"}),
+    ("GET", "/api/annotations/1/?expand=completed_by", {}),
+    ("GET", "/api/annotations/1/?format=api", {}),
+    ("GET", "/api/annotations/1/", {"Accept": "text/html"}),
+    ("GET", "/api/annotations/1/", {"Authorization": "Token wrong-key-0123456789"}),
+    ("GET", "/api/annotations/99/", {}),
+    ("GET", "/api/annotations/%31/", {}),
+    ("GET", "/api/annotations/1/", {"Cache-Control": "only-if-cached"}),
+    ("POST", "/api/annotations/1/", {}),
+    ("GET", "/api/annotations/1/2/", {}),
+]
+
+
+async def test_answers_through_the_front_door_are_the_applications(aiohttp_client: ClientFactory) -> None:
+    """Two proxies in front of one Label Studio: one served as ``python -m proxy`` serves it, one by aiohttp's own
+    AppRunner (every request through the router). The same requests get the same answers."""
+    clock = Clock()
+    fake = FakeLabelStudio(clock=clock)
+    for _ in range(2):
+        fake.add_annotation()
+    upstream = TestServer(fake.app())
+    await upstream.start_server()
+    clients: list[TestClient] = []  # type: ignore[type-arg]
+    for server in (ProxyTestServer, TestServer):
+        settings = Settings(
+            label_studio_url=str(upstream.make_url("/")),
+            label_studio_api_key=fake.legacy_token,
+            proxy_client_keys=(CLIENT_KEY,),
+            redis_url=None,
+        )
+        app = create_app(settings, registry=CollectorRegistry(), clock=clock)
+        clients.append(await aiohttp_client(server(app)))
+    try:
+        answers = []
+        for client in clients:
+            seen = []
+            for method, path, headers in REQUESTS:
+                url = URL(f"http://{client.host}:{client.port}{path}", encoded=True)  # sent as written
+                response = await client.session.request(
+                    method, url, headers={"Authorization": f"Token {CLIENT_KEY}"} | headers
+                )
+                body = await response.read()
+                kept = {k: v for k, v in response.headers.items() if k not in ("Date", "X-Request-ID")}
+                if response.content_type == "application/json" and response.status >= 400:
+                    body = b""  # error bodies carry a fresh uuid
+                seen.append((method, path, response.status, kept, body))
+            answers.append(seen)
+        front, application = answers
+        for ours, theirs in zip(front, application, strict=True):
+            assert ours == theirs
+        assert [status for _, _, status, _, _ in front] == [
+            200, 200, 200, 304, 200, 200, 404, 406, 401, 404, 404, 200, 405, 404
+        ]  # fmt: skip
+    finally:
+        await upstream.close()
