@@ -53,6 +53,19 @@ class TestHotTier:
         clock.now += 1
         assert hot.get(KEY) is None  # the version's freshness ends first
 
+    def test_answers_kept_together_leave_over_the_last_quarter_of_the_ttl(self, clock: Clock) -> None:
+        draws = iter([0.0, 0.5, 0.999])
+        hot: HotTier[Served] = HotTier(ttl=4.0, max_bytes=10_000, clock=clock, draw=lambda: next(draws))
+        hot.resume()
+        keys = [AnnotationKey(n, Variant.PLAIN) for n in (1, 2, 3)]
+        for key in keys:
+            hot.put(key, served(key.annotation_id), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        kept = []
+        for moment in (2.9, 3.1, 3.6, 4.0):
+            clock.now += moment - (kept[-1][0] if kept else 0.0)
+            kept.append((moment, [key.annotation_id for key in keys if hot.get(key) is not None]))
+        assert kept == [(2.9, [1, 2, 3]), (3.1, [1, 2]), (3.6, [1]), (4.0, [])]
+
     def test_an_answer_read_before_a_change_is_refused(self, hot: HotTier[Served], clock: Clock) -> None:
         epoch = hot.epoch  # a read begins...
         hot.drop(7)  # ...the change is heard...

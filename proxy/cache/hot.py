@@ -13,6 +13,7 @@ moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read u
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -26,6 +27,9 @@ V = TypeVar("V")
 
 # What one kept answer costs beyond its body (the key, the record, the dict slot), so the bound holds for 404s too.
 RECORD_OVERHEAD = 300
+# Each answer is kept for between (1 - SPREAD) x ttl and ttl, drawn at random: answers read together (a warm-up,
+# a deploy, a burst) are not all read from the store again in the same moment, which showed in the tail latency.
+SPREAD = 0.25
 
 
 @dataclass(slots=True)
@@ -35,10 +39,18 @@ class _Kept(Generic[V]):
 
 
 class HotTier(Generic[V]):
-    def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_bytes: int,
+        clock: Callable[[], float],
+        draw: Callable[[], float] = random.random,  # in [0, 1): where in the spread an answer's end falls
+    ) -> None:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._clock = clock
+        self._draw = draw
         self._kept: ByteBoundedMap[AnnotationKey, _Kept[V]] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
         self.enabled = False  # on once the store's announcements are heard (see module docstring)
         self.epoch = 0
@@ -61,10 +73,10 @@ class HotTier(Generic[V]):
 
     def put(self, key: AnnotationKey, answer: V, *, size: int, fresh_until: float, epoch: int) -> None:
         """Keep ``answer`` (``size`` bytes of body; read from the store under ``epoch``) until ``fresh_until`` or
-        ``ttl`` from now."""
+        at most ``ttl`` from now (see :data:`SPREAD`)."""
         if not self.enabled or epoch != self.epoch or self.ttl <= 0:
             return
-        until = min(fresh_until, self._clock() + self.ttl)
+        until = min(fresh_until, self._clock() + self.ttl * (1 - SPREAD * self._draw()))
         if self._kept.fits(size):
             self._kept.put(key, _Kept(answer, until), size)  # the oldest kept out first
 
