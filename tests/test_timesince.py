@@ -181,6 +181,10 @@ def test_a_key_written_with_escapes_is_still_created_ago() -> None:
 
     assert span_text(body, find_created_ago(body)) == "1\u00a0minute"
     assert json.loads(body)[KEY] == "1\u00a0minute"
+    duplicated = b'{"created_ago":"first","created\\u005fago":"last"}'  # the last wins, escapes and all
+    for parsed in (False, True):
+        assert span_text(body, find_created_ago(body, parsed=parsed)) == "1\u00a0minute"
+        assert span_text(duplicated, find_created_ago(duplicated, parsed=parsed)) == "last"
 
 
 @pytest.mark.parametrize("indent", [None, 0, 2, "\t"])
@@ -331,3 +335,34 @@ def test_found_exactly_when_json_loads_has_a_top_level_string(document: dict[str
         assert span_text(body, span) == document[KEY]
     else:
         assert span is None
+
+
+# --- The quick search (find_created_ago(parsed=True)) answers as the walk does ------------------------------------
+
+_DECOY_TEXT = st.sampled_from(
+    ["created_ago", '"created_ago"', '"created_ago":"x"', '\\"created_ago\\":', "{[", "]}", "ü 😀", "\u2028", "\\u005f"]
+)
+_KEYS = st.sampled_from([KEY, "created_ago ", "Created_ago", "result", "id", "x", '"created_ago"'])
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | _DECOY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@JSON_PROPERTY
+@given(
+    st.dictionaries(_KEYS, _JSON_VALUES, max_size=6),
+    st.sampled_from([(",", ":"), (", ", ": "), (",\n ", " :\t")]),
+    st.booleans(),
+)
+def test_the_quick_search_finds_what_the_walk_finds(
+    document: dict[str, object], separators: tuple[str, str], ascii_only: bool
+) -> None:
+    body = json.dumps(document, ensure_ascii=ascii_only, separators=separators).encode()
+
+    assert find_created_ago(body, parsed=True) == find_created_ago(body)
+
+
+def test_the_quick_search_finds_label_studios_created_ago() -> None:
+    assert find_created_ago(SAMPLE_BODY, parsed=True) == find_created_ago(SAMPLE_BODY) is not None
