@@ -80,12 +80,12 @@ def error_response(status: int, detail: str, *, headers: dict[str, str] | None =
 
 def path_as_sent(request: web.BaseRequest) -> str:
     """The request's path as the caller sent it: still percent-encoded, without the query (where a caller may
-    have put what it should not). The request line's own string when it is origin-form (``/...``): reading it
-    costs nothing, where ``request.path`` decodes a new URL per request."""
+    have put what it should not) or a fragment. The request line's own string when it is origin-form (``/...``):
+    reading it costs nothing, where ``request.path`` decodes a new URL per request."""
     raw = request.raw_path
     if not raw.startswith("/"):  # absolute-form ("GET http://host/...") or "*": the URL aiohttp parsed
         return request.rel_url.raw_path
-    return raw.partition("?")[0]
+    return raw.partition("?")[0].partition("#")[0]
 
 
 def observed(app: web.Application, route: str, handler: Handler) -> Handler:

@@ -22,40 +22,63 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from proxy.edge import UNMATCHED
+
 ANNOTATIONS = "/api/annotations/"
 FAST_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD})
 ANNOTATION_ROUTE_NAME = "annotation"
+# An idle keep-alive connection is closed after this many seconds: web.run_app's value (aiohttp's own server
+# default is an hour, which lets any caller hold idle sockets open).
+KEEPALIVE_TIMEOUT = 75.0
 
 
 def is_annotation_path(raw_path: str) -> bool:
     """``/api/annotations/<segment>`` or ``.../<segment>/``, a query allowed: what the annotation route matches."""
     if not raw_path.startswith(ANNOTATIONS):
         return False
-    rest = raw_path[len(ANNOTATIONS) :].partition("?")[0]
+    rest = raw_path[len(ANNOTATIONS) :].partition("?")[0].partition("#")[0]
     segment = rest[:-1] if rest.endswith("/") else rest
     return bool(segment) and "/" not in segment
 
 
 class FrontDoor:
     """The low-level server's request handler: annotation reads to their route's handler, the rest to the
-    application's."""
+    application's. A request with ``Expect`` goes through the application, which answers it (100 or 417)."""
 
     def __init__(self, app: web.Application, application: Any) -> None:
         self._application = application  # what aiohttp's AppRunner serves: the router, then the handler
         self._annotation = next(
             route.handler for route in app.router[ANNOTATION_ROUTE_NAME] if route.method == hdrs.METH_GET
         )
+        self._unmatched = next(route.handler for route in app.router[UNMATCHED])
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         """The handler's coroutine itself, for aiohttp to await: no coroutine of its own in between."""
-        if request.method in FAST_METHODS and is_annotation_path(request.raw_path):
+        if (
+            request.method in FAST_METHODS
+            and is_annotation_path(request.raw_path)
+            and hdrs.EXPECT not in request.headers
+        ):
             return self._annotation(request)  # type: ignore[arg-type]  # it reads no match info
-        answer: Awaitable[web.StreamResponse] = self._application(request)
-        return answer
+        return self._through_router(request)
+
+    async def _through_router(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await self._application(request)
+        except web.HTTPNotFound:
+            # A request-target no route can match ("*", "host:443", an absolute URL without a path): the router
+            # raises before any handler, so the edge answers it here, as it answers every other unknown path.
+            response = await self._unmatched(request)  # type: ignore[arg-type]  # the app's: a web.Request
+        return response
 
 
 class ProxyRunner(web.AppRunner):
-    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first."""
+    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first, idle connections closed after
+    :data:`KEEPALIVE_TIMEOUT` unless told otherwise."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -69,7 +92,12 @@ def serve(
     """Serve ``app`` until SIGINT or SIGTERM, as ``web.run_app`` does: stop listening, run ``on_shutdown``, let
     requests in flight finish within ``shutdown_timeout``, close the cleanup contexts, close the loop. OSError
     when the address cannot be listened on."""
-    runner = ProxyRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = ProxyRunner(
+        app,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+    )
 
     async def run() -> None:
         await runner.setup()
@@ -86,13 +114,15 @@ def serve(
     except (web.GracefulExit, KeyboardInterrupt):
         pass
     finally:
-        if not main.done():
-            main.cancel()
-            with suppress(asyncio.CancelledError):
-                loop.run_until_complete(main)
-        loop.run_until_complete(_cancel_the_rest())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        try:
+            if not main.done():  # a second signal during the cleanup ends it, and the loop still closes
+                main.cancel()
+                with suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            loop.run_until_complete(_cancel_the_rest())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
 
 async def _cancel_the_rest() -> None:

@@ -3,6 +3,9 @@ get is what the application's router would have given them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client import CollectorRegistry
@@ -13,7 +16,7 @@ from proxy.server import is_annotation_path
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.clock import Clock
-from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyTestServer
+from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyFactory, ProxyTestServer
 
 PATHS = [
     "/api/annotations/1/",
@@ -33,6 +36,8 @@ PATHS = [
     "/api/annotations",
     "/api/annotationsX/1/",
     "/api/annotations/%2F/",
+    "/api/annotations/1#x",
+    "/api/annotations/1/#x/y",
     "/cache/annotations/1",
     "/metrics",
 ]
@@ -61,6 +66,7 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/api/annotations/1/", {"Cache-Control": "only-if-cached"}),
     ("POST", "/api/annotations/1/", {}),
     ("GET", "/api/annotations/1/2/", {}),
+    ("GET", "/api/annotations/1/", {"Expect": "something"}),  # the application answers Expect: 417
 ]
 
 
@@ -102,7 +108,61 @@ async def test_answers_through_the_front_door_are_the_applications(aiohttp_clien
         for ours, theirs in zip(front, application, strict=True):
             assert ours == theirs
         assert [status for _, _, status, _, _ in front] == [
-            200, 200, 200, 304, 200, 200, 404, 406, 401, 404, 404, 200, 405, 404
+            200, 200, 200, 304, 200, 200, 404, 406, 401, 404, 404, 200, 405, 404, 417
         ]  # fmt: skip
     finally:
         await upstream.close()
+
+
+async def raw_exchange(host: str, port: int, request: bytes) -> tuple[bytes, bytes]:
+    """One request written as it is; the status line and headers, and the body (Content-Length long)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        return head, await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("target", [b"*", b"host:443", b"http://proxy"])
+async def test_a_target_no_route_can_match_is_the_edges_404(make_proxy: ProxyFactory, target: bytes) -> None:
+    """Not a path: aiohttp's router raises before any handler; the front door answers it through the edge."""
+    proxy = await make_proxy()
+    method = b"CONNECT" if target == b"host:443" else b"OPTIONS" if target == b"*" else b"GET"
+    head, body = await raw_exchange(
+        proxy.client.host, proxy.client.port, method + b" " + target + b" HTTP/1.1\r\nHost: proxy\r\n\r\n"
+    )
+    assert head.startswith(b"HTTP/1.1 404")
+    assert b"X-Request-ID: " in head
+    assert b"Cache-Control: no-store" in head
+    assert json.loads(body)["detail"] == "Not found."
+    method_label = "CONNECT" if method == b"CONNECT" else method.decode()
+    assert proxy.metric("http_requests_total", route="unmatched", method=method_label, status="404") == 1
+
+
+async def test_a_fragment_in_the_request_target_is_not_part_of_the_id(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    proxy.fake.add_annotation()
+    head, body = await raw_exchange(
+        proxy.client.host,
+        proxy.client.port,
+        b"GET /api/annotations/1#x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Token "
+        + CLIENT_KEY.encode()
+        + b"\r\n\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["id"] == 1
+
+
+async def test_idle_connections_are_closed_after_75_seconds_as_run_app_did(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    assert (await proxy.client.get("/healthz")).status == 200
+    runner = proxy.client.server.runner
+    assert runner is not None
+    assert runner.server is not None
+    [connection] = runner.server.connections
+    assert connection.keepalive_timeout == 75.0  # aiohttp's own server default is 3630
