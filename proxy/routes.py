@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.cache_status import FROM_CACHE, served_status
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
-from proxy.edge import JSON, add_fallbacks, error_response, observed, path_as_sent
+from proxy.edge import JSON, REQUEST_ID_HEADER, add_fallbacks, error_response, observed, path_as_sent
 from proxy.errors import (
     AnnotationNotFound,
     CacheError,
@@ -24,6 +24,7 @@ from proxy.errors import (
     ServiceUnavailable,
 )
 from proxy.freshness import encoded_tag, if_none_match
+from proxy.http_guard import ClientClosedRequest
 from proxy.keys import (
     ADMIN_KEYS,
     CACHE_RESULT,
@@ -147,7 +148,10 @@ class AnnotationRoute:
             # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
             # tell a cached annotation of another project from a remembered 404), no ETag.
             raise AnnotationNotFound()
-        return self.respond(request, served)
+        response = self.respond(request, served)
+        if isinstance(response, PartsResponse):  # written here, so the edge times and counts its transfer
+            await response.send(request)
+        return response
 
     def respond(self, request: web.Request, served: Served) -> web.StreamResponse:
         """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
@@ -199,11 +203,17 @@ class PartsResponse(web.StreamResponse):
         self.content_length = sum(len(part) for part in parts)
         self._parts = parts
 
-    async def write_eof(self, data: bytes = b"") -> None:
-        parts, self._parts = self._parts, ()
-        for part in parts:
-            await self.write(part)
-        await super().write_eof(data)
+    async def send(self, request: web.Request) -> None:
+        """Write it all, inside the handler: the edge's duration and status include the transfer, and a caller
+        that goes away mid-body is a 499 (:class:`ClientClosedRequest`), not a server error."""
+        self.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # prepare() sends the headers: the edge's is too late
+        try:
+            await self.prepare(request)
+            for part in self._parts:
+                await self.write(part)
+            await self.write_eof()
+        except ConnectionError:  # aiohttp's "Connection lost" when the caller goes away mid-body
+            raise ClientClosedRequest() from None
 
 
 async def purge_annotation(request: web.Request) -> web.Response:

@@ -87,15 +87,18 @@ class Served:
 
 
 @pytest.fixture
-async def served(upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock) -> AsyncIterator[Served]:
+async def served(
+    request: pytest.FixtureRequest, upstream: TestServer, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
+) -> AsyncIterator[Served]:
     """Unlike aiohttp's TestServer, web.run_app does not cancel a handler whose caller goes away: the handler
-    sees the connection fail, which is the case to test."""
+    sees the connection fail, which is the case to test. Indirect parameters are Settings fields."""
     settings = Settings(
         label_studio_url=str(upstream.make_url("/")),
         label_studio_api_key=fake_ls.legacy_token,
         proxy_client_keys=(CLIENT_KEY,),
         proxy_webhook_secret=SECRET,
         redis_url=None,
+        **getattr(request, "param", {}),
     )
     registry = CollectorRegistry()
     runner = ProxyRunner(create_app(settings, registry=registry, clock=clock, monotonic=steady), access_log=None)
@@ -255,3 +258,27 @@ class TestStrictWebhookIds:
         assert status_of(after.headers) == "annotation-proxy; hit"
         assert json.loads(await after.read())["lead_time"] != 2.5  # the cached copy, untouched
         assert len(proxy.fake.annotation_gets()) == gets
+
+
+@pytest.mark.parametrize(
+    "served", [{"proxy_render_max_bytes": 64 * 1024, "proxy_max_body_bytes": 12 * 1024 * 1024}], indirect=True
+)
+async def test_a_caller_gone_in_the_middle_of_a_large_body_is_a_499(
+    served: Served, fake_ls: FakeLabelStudio, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body written in parts is written inside the handler, so the edge times, counts and logs what became of
+    it: a caller that reads the headers and hangs up is a 499 (nginx's "client closed request"), not a 200 logged
+    before the body left, nor a 500. 8 MB: more than loopback's socket buffers hold, so the proxy is still writing
+    when the caller goes."""
+    fake_ls.add_annotation(result=[{"id": f"r{i}", "value": {"text": ["x" * 200]}} for i in range(36_000)])
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        reader, writer = await asyncio.open_connection(served.host, served.port)
+        writer.write(b"GET /api/annotations/1/ HTTP/1.1\r\nHost: proxy\r\n" + AUTH + b"\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+        await reader.readexactly(64 * 1024)  # some of the body, then gone with the rest unread
+        writer.close()
+        await wait_until(lambda: any(r.name == "proxy.access" for r in caplog.records), limit=30)
+    [line] = [r for r in caplog.records if r.name == "proxy.access"]
+    assert (line.route, line.status) == ("annotation", 499)  # type: ignore[attr-defined]
+    assert served.requests(route="annotation", method="GET", status="499") == 1
+    assert served.requests(route="annotation", method="GET", status="200") == 0
