@@ -85,8 +85,8 @@ class LineWriter:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        data = "".join(item if isinstance(item, str) else item[0](item[1]) for item in pending)
         try:
-            data = "".join(item if isinstance(item, str) else item[0](item[1]) for item in pending)
             self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError):
