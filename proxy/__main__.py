@@ -22,11 +22,6 @@ from proxy.settings import load_settings
 
 log = logging.getLogger("proxy")
 
-# The cyclic garbage collector's first generation runs after this many container objects, net, instead of 700.
-# Requests free nearly everything they allocate by reference counting; at 700 the collector ran every few hits
-# and took about 10 us of each (docs/performance.md). Cycles wait longer: at most this many objects, a few MB.
-GC_FIRST_GENERATION = 20_000
-
 
 def event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop where it is installed (Linux and macOS): sockets and scheduling in C, which is most of
@@ -34,13 +29,12 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop() if uvloop is None else uvloop.new_event_loop()
 
 
-def collect_less() -> None:
-    """Take what start-up built (modules, settings, the application) out of the collector's sight, and collect
-    the youngest generation less often: both only change how often CPU goes to looking for cycles."""
+def freeze_start_up() -> None:
+    """Take what start-up built (modules, settings, the application) out of the cyclic collector's sight: its
+    full collections no longer walk them. The collection thresholds stay CPython's: a first generation of 20,000
+    instead of 700 held cycles with large bodies long enough to overrun the memory budget (docs/performance.md)."""
     gc.collect()
     gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_FIRST_GENERATION, second, third)
 
 
 def main() -> int:
@@ -62,7 +56,7 @@ def main() -> int:
             extra={"memory_budget_mib": budget.in_mib()["total"], "container_limit_mib": limit // MiB},
         )
     app = create_app(settings)
-    collect_less()
+    freeze_start_up()
     try:
         serve(
             app,
