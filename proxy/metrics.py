@@ -108,11 +108,6 @@ class Metrics:
     credentials_refused: Gauge
     build_info: Gauge
 
-    def request_done(self, route: str, method: str, status: int, cache: str, seconds: float) -> None:
-        """Count one answered HTTP request and its duration. Labels are bounded by the caller (route names,
-        known methods, status codes, :data:`REQUEST_CACHE_LABELS`)."""
-        self.requests.request_done(route, method, status, cache, seconds)
-
     def cache_request(self, result: CacheResult) -> None:
         """Count one annotation request by how the cache served it (one of :data:`CACHE_RESULTS`)."""
         self.requests.cache_request(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.directives import RequestDirectives, without_forcing
 from proxy.exchange import UpstreamReply
 
 
@@ -35,3 +36,10 @@ class CachePolicy:
     def retention(self) -> float:
         """How long the store keeps a version (and a deleted annotation's tombstone)."""
         return max(self.ttl + self.stale_ttl, self.stale_if_error_ttl)
+
+    def honoured(self, directives: RequestDirectives) -> RequestDirectives:
+        """A request's directives as the proxy honours them: with client revalidation off, nothing in them forces
+        a fetch."""
+        if directives.ordinary or self.client_revalidation:
+            return directives
+        return without_forcing(directives, stale_window=self.stale_ttl)

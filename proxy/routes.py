@@ -14,7 +14,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.cache_status import FROM_CACHE, served_status
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
-from proxy.edge import JSON, REQUEST_ID_HEADER, add_fallbacks, error_response, observed, path_as_sent
+from proxy.edge import (
+    JSON,
+    REQUEST_ID_HEADER,
+    add_fallbacks,
+    error_response,
+    method_not_allowed,
+    observed,
+    path_as_sent,
+)
 from proxy.errors import (
     AnnotationNotFound,
     CacheError,
@@ -46,8 +54,8 @@ from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
 
-ALLOWED_ON_ANNOTATIONS = "GET, HEAD"
 ANNOTATION_ID = re.compile(r"[0-9]+")
+MAX_ID_DIGITS = len(str(INT64_MAX))
 ANNOTATION_ROUTE = "/api/annotations/{id:[^/]+}{slash:/?}"
 # Every annotation a caller keeps is checked with the proxy before it is used again (a 304 when unchanged):
 # a webhook's change shows at once, and no shared cache keeps what depends on the caller's key.
@@ -68,7 +76,7 @@ def parse_annotation_id(raw: str) -> int:
     if not ANNOTATION_ID.fullmatch(raw):
         raise AnnotationNotFound()
     digits = raw.lstrip("0")
-    if not digits or len(digits) > len(str(INT64_MAX)):
+    if not digits or len(digits) > MAX_ID_DIGITS:
         raise AnnotationNotFound()
     annotation_id = int(digits)
     if annotation_id > INT64_MAX:
@@ -130,7 +138,7 @@ class AnnotationRoute:
         served = service.from_hot(annotation_id, expand=expand, directives=directives)
         if served is None:
             try:
-                served = await service.lookup(
+                served = await service.from_store(
                     annotation_id,
                     expand=expand,
                     request_id=request[REQUEST_ID],
@@ -231,15 +239,6 @@ async def purge_annotation(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def not_allowed(request: web.Request) -> web.Response:
-    """Writes on the annotation path: the proxy never changes data with its token."""
-    return error_response(
-        405,
-        f'Method "{request.method[:32]}" not allowed.',
-        headers={hdrs.ALLOW: ALLOWED_ON_ANNOTATIONS},
-    )
-
-
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, hdrs.VARY: hdrs.ACCEPT_ENCODING}
@@ -281,7 +280,8 @@ def setup_routes(app: web.Application) -> None:
     get_annotation = observed(app, "annotation", AnnotationRoute(app).get)
     resource.add_route(hdrs.METH_GET, get_annotation)
     resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
-    resource.add_route(hdrs.METH_ANY, observed(app, "annotation", not_allowed))  # every other method, writes first
+    # Every other method, writes first: a 405 counted under the route's own name (add_fallbacks' are 'unmatched').
+    resource.add_route(hdrs.METH_ANY, observed(app, "annotation", method_not_allowed([hdrs.METH_GET, hdrs.METH_HEAD])))
     purge = app.router.add_resource("/cache/annotations/{id:[^/]+}{slash:/?}", name="purge")
     purge.add_route(hdrs.METH_DELETE, observed(app, "purge", purge_annotation))
     if app[SETTINGS].proxy_webhook_secret is not None:

@@ -28,7 +28,7 @@ from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
 from proxy.changes import ChangeFollower
 from proxy.claims import Claims
-from proxy.directives import ORDINARY, RequestDirectives, without_forcing
+from proxy.directives import ORDINARY, RequestDirectives
 from proxy.errors import (
     AnnotationNotFound,
     NotCached,
@@ -113,19 +113,27 @@ class AnnotationService:
         allowed: Callable[[int | None], bool] | None = None,
         directives: RequestDirectives = ORDINARY,
     ) -> Served:
-        """Serve one annotation request. Raises :class:`ProxyError` for answers other than 200 and 404.
-
-        ``allowed`` (a scoped client key) says which projects the caller may read: an annotation the cache knows
-        to be of another project is :class:`AnnotationNotFound` at once, without asking Label Studio, so a key
-        cannot make the proxy fetch (or revalidate) what it may not read. The caller still checks the project
-        of what a fetch brings. ``directives`` are the request's Cache-Control (proxy/directives.py).
-        """
+        """Serve one annotation request: :meth:`from_hot`, else :meth:`from_store`."""
         hot = self.from_hot(annotation_id, expand=expand, directives=directives)
         if hot is not None:
             return hot
+        return await self.from_store(
+            annotation_id, expand=expand, request_id=request_id, allowed=allowed, directives=directives
+        )
+
+    async def from_store(
+        self,
+        annotation_id: int,
+        *,
+        expand: bool,
+        request_id: str,
+        allowed: Callable[[int | None], bool] | None = None,
+        directives: RequestDirectives = ORDINARY,
+    ) -> Served:
+        """The lookup once the hot tier has no answer (ProxyError for answers but 200 and 404). ``allowed``: a scoped
+        key's projects; one the cache knows to be another's is a 404 without asking Label Studio."""
         key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
-        if not directives.ordinary and not self._policy.client_revalidation:
-            directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
+        directives = self._policy.honoured(directives)
         epoch = self.hot.epoch
         failure = self._failures.recall(annotation_id)  # a 500 for this id, answered again without fetching
         if failure is None and self._claims_fetch(key, directives):  # a miss claims its fetch in the same trip
@@ -144,16 +152,12 @@ class AnnotationService:
         return served
 
     def from_hot(self, annotation_id: int, *, expand: bool, directives: RequestDirectives = ORDINARY) -> Served | None:
-        """The hot tier's answer if it holds one the request accepts (counted), else None. Not a coroutine:
-        most hits end here, at no await's cost; :meth:`lookup` starts with it."""
+        """The hot tier's answer, if it holds one the request accepts (counted); not a coroutine: no await's cost."""
         hot = self.hot.get(AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN))
         if hot is None:
             return None
-        if not directives.ordinary:
-            if not self._policy.client_revalidation:
-                directives = without_forcing(directives, stale_window=self._policy.stale_ttl)
-            if not self._judge.accepts(directives, hot):
-                return None
+        if not directives.ordinary and not self._judge.accepts(self._policy.honoured(directives), hot):
+            return None
         self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
         return hot
 
