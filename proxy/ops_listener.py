@@ -19,6 +19,7 @@ from aiohttp import web
 from proxy.edge import add_fallbacks
 from proxy.keys import METRICS, READINESS, SETTINGS
 from proxy.routes import add_operations_routes
+from proxy.server import ProxyRunner
 
 log = logging.getLogger("proxy.ops_listener")
 
@@ -34,13 +35,19 @@ def create_ops_app(app: web.Application) -> web.Application:
     return ops
 
 
+def ops_runner(app: web.Application) -> web.AppRunner:
+    """The listener's runner: the main listener's (:class:`proxy.server.ProxyRunner`), so that idle connections
+    close after the same 75 s and a request-target no route can match gets the edge's 404."""
+    return ProxyRunner(create_ops_app(app), access_log=None, handle_signals=False)
+
+
 async def ops_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     """A cleanup context: listen on PROXY_METRICS_HOST:PROXY_METRICS_PORT while ``app`` runs (none if unset)."""
     settings = app[SETTINGS]
     if settings.proxy_metrics_port is None:
         yield
         return
-    runner = web.AppRunner(create_ops_app(app), access_log=None, handle_signals=False)
+    runner = ops_runner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.proxy_metrics_host, settings.proxy_metrics_port).start()

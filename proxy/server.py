@@ -41,25 +41,15 @@ def is_annotation_path(raw_path: str) -> bool:
     return bool(segment) and "/" not in segment
 
 
-class FrontDoor:
-    """The low-level server's request handler: annotation reads to their route's handler, the rest to the
-    application's. A request with ``Expect`` goes through the application, which answers it (100 or 417)."""
+class RouterDoor:
+    """The low-level server's request handler for an application without the annotation route (the operations
+    listener's): everything through the router, and what no route can match answered by the edge."""
 
     def __init__(self, app: web.Application, application: Any) -> None:
         self._application = application  # what aiohttp's AppRunner serves: the router, then the handler
-        self._annotation = next(
-            route.handler for route in app.router[ANNOTATION_ROUTE_NAME] if route.method == hdrs.METH_GET
-        )
         self._unmatched = next(route.handler for route in app.router[UNMATCHED])
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-        """The handler's coroutine itself, for aiohttp to await: no coroutine of its own in between."""
-        if (
-            request.method in FAST_METHODS
-            and is_annotation_path(request.raw_path)
-            and hdrs.EXPECT not in request.headers
-        ):
-            return self._annotation(request)  # type: ignore[arg-type]  # it reads no match info
         return self._through_router(request)
 
     async def _through_router(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -72,9 +62,31 @@ class FrontDoor:
         return response
 
 
+class FrontDoor(RouterDoor):
+    """The main listener's request handler: annotation reads to their route's handler, the rest to the
+    application's. A request with ``Expect`` goes through the application, which answers it (100 or 417)."""
+
+    def __init__(self, app: web.Application, application: Any) -> None:
+        super().__init__(app, application)
+        self._annotation = next(
+            route.handler for route in app.router[ANNOTATION_ROUTE_NAME] if route.method == hdrs.METH_GET
+        )
+
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The handler's coroutine itself, for aiohttp to await: no coroutine of its own in between."""
+        if (
+            request.method in FAST_METHODS
+            and is_annotation_path(request.raw_path)
+            and hdrs.EXPECT not in request.headers
+        ):
+            return self._annotation(request)  # type: ignore[arg-type]  # it reads no match info
+        return self._through_router(request)
+
+
 class ProxyRunner(web.AppRunner):
-    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first, idle connections closed after
-    :data:`KEEPALIVE_TIMEOUT` unless told otherwise."""
+    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first (a :class:`RouterDoor` for an
+    application without the annotation route), idle connections closed after :data:`KEEPALIVE_TIMEOUT` unless
+    told otherwise."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
@@ -82,7 +94,8 @@ class ProxyRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.request_handler = FrontDoor(self.app, server.request_handler)
+        door = FrontDoor if ANNOTATION_ROUTE_NAME in self.app.router.named_resources() else RouterDoor
+        server.request_handler = door(self.app, server.request_handler)
         return server
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import create_app
+from proxy.ops_listener import ops_runner
 from proxy.server import is_annotation_path
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
@@ -166,3 +169,28 @@ async def test_idle_connections_are_closed_after_75_seconds_as_run_app_did(make_
     assert runner.server is not None
     [connection] = runner.server.connections
     assert connection.keepalive_timeout == 75.0  # aiohttp's own server default is 3630
+
+
+async def test_the_operations_listener_closes_idle_connections_and_answers_any_target_like_the_main_one(
+    make_proxy: ProxyFactory,
+) -> None:
+    """PROXY_METRICS_PORT's listener runs on the same runner: an idle connection held for run_app's 75 s, not
+    aiohttp's hour, and ``OPTIONS *`` answered by the edge (a JSON 404 with a request id), not aiohttp's text."""
+    proxy = await make_proxy()
+    runner = ops_runner(proxy.client.app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # port 0: the one it got
+        head, body = await raw_exchange("127.0.0.1", port, b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404")
+        assert b"X-Request-ID: " in head
+        assert json.loads(body)["detail"] == "Not found."
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200
+            assert runner.server is not None
+            [connection] = runner.server.connections
+            assert connection.keepalive_timeout == 75.0
+    finally:
+        await runner.cleanup()
