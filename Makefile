@@ -38,7 +38,7 @@ lint: system-packages $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The hit-path benchmark (bench/run.py): about two minutes; rewrites the table in docs/performance.md.
+# The benchmark (bench/run.py, then bench/miss_costs.py): about four minutes; rewrites docs/performance.md's table.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo 'installing wrk (Debian package)'; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi; }

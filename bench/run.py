@@ -6,10 +6,12 @@ Rows, each measured with wrk after a short warm-up run, the same way (threads, c
 
     (a)  a bare aiohttp web.Application, one route returning the annotation's 855 bytes, asyncio's loop
     (a') the same on uvloop: the framework's limit here, and the baseline of the targets (the issue's (a))
+    (a'-1) the same at one connection: each request arrives at an idle server, as the cold rows' requests do
     (a1) aiohttp's low-level server (web.Server, one handler, no Application), the same bytes, uvloop
     (a2) an asyncio Protocol with httptools' parser writing one prebuilt response, uvloop: near the limit of Python
     (b)  the proxy, cache hits, in-process store
     (c)  the proxy, cache hits, Redis (a private redis-server on a free port)
+    (c-1) the same at one connection
     (d0) the fake upstream itself, cold ids, with a fixed added latency
     (d)  the proxy, cold misses over ids never asked before, against that upstream, in-process store
     (d2) the same with Redis
@@ -25,13 +27,15 @@ from /proc) per request wrk counted, and the CPU that processes outside the benc
 from /proc/stat less this script's and all its child processes'); a row where those neighbours took more than
 BUSY_LIMIT of a CPU is measured once more, and marked when they still did. The proxy's resident set size is
 sampled every 0.2 s while it runs. Prints one markdown table and the targets of the performance issue, and
-rewrites the part of docs/performance.md between its markers. Exit status: 0 when the run completed (1 with
+rewrites the part of docs/performance.md between its markers. Last, bench/miss_costs.py splits a cold miss's CPU
+into its parts, for the table under the targets. Exit status: 0 when the run completed (1 with
 ``--check`` when a target fails), 2 when the set-up failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -65,6 +69,8 @@ HOT_IDS = 100
 LARGE_BODY = 20_000  # (f) and (g): a realistic large annotation
 LATENCY = 0.020  # the fake upstream's added latency for (d0), (d), (d2) and (e)
 THREADS, CONNECTIONS, COLD_CONNECTIONS = 1, 32, 16
+# Rows (a'-1) and (c-1): one request at a time, each arriving at an idle server, as cold misses arrive.
+ONE = "one connection: every request wakes an idle server"
 BASELINE = "a'"  # the issue's (a): aiohttp web.Application, one route, uvloop
 BUSY_LIMIT = 15.0  # percent of one CPU that processes outside the benchmark may take during a row
 MiB = 1024 * 1024
@@ -349,6 +355,7 @@ class Run:
     seconds: float
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    miss_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # bench/miss_costs.py's, per store
     next_cold_id: int = 10**6
 
     def cold_ids(self) -> int:
@@ -412,6 +419,8 @@ def reference_rows(run: Run) -> None:
         base = f"http://{LOOPBACK}:{port}"
         with running(command(port), url=f"{base}/health", what=f"server ({name})", env=env) as pid:
             run.measure(name, what, base, hot_script, server=pid)
+            if name == BASELINE:
+                run.measure(f"{name}-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
 
 
 def proxy_hit_rows(run: Run, upstream_port: int) -> None:
@@ -421,6 +430,8 @@ def proxy_hit_rows(run: Run, upstream_port: int) -> None:
                 warm_hits(base)
                 with RssSampler(pid) as rss:
                     row = run.measure(name, f"proxy, hits over {HOT_IDS} ids, {store}", base, hot_script, server=pid)
+                    if name == "c":
+                        run.measure("c-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
                 row.rss = rss.peak
 
 
@@ -601,6 +612,19 @@ def against_nginx(run: Run) -> str:
     )
 
 
+def one_connection_note(run: Run) -> str:
+    """The line on (a'-1) and (c-1): what a request costs when it arrives at an idle server."""
+    a, c = run.row(f"{BASELINE}-1"), run.row("c-1")
+    if a is None or c is None:
+        return ""
+    ratio = c.cpu.server_us / a.cpu.server_us
+    return (
+        f"One request at a time, each waking an idle server: the baseline ({a.name}) takes {a.cpu.server_us:.0f} us "
+        f"of CPU a request, a proxy hit ({c.name}) {c.cpu.server_us:.0f} us ({ratio:.1f}x), against the "
+        "32-connection rows' figures above; the cold rows' requests arrive that way."
+    )
+
+
 def busy_note(run: Run) -> str:
     busy = [f"({row.name})" for row in run.rows if row.busy]
     if not busy:
@@ -645,7 +669,16 @@ def targets(run: Run) -> list[tuple[bool, str]]:
 
 def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
-    notes = "".join(f"\n{note}\n" for note in [against_nginx(run), busy_note(run), *run.notes] if note)
+    notes = "".join(
+        f"\n{note}\n" for note in [against_nginx(run), one_connection_note(run), busy_note(run), *run.notes] if note
+    )
+    misses = miss_table(run)
+    if misses:
+        misses = (
+            "\nWhere a cold miss's CPU goes (`bench/miss_costs.py`: each part run alone in a process built as the "
+            "proxy is, 16 at a time against the same upstream; the last row less the others is the rest):\n\n"
+            f"{misses}\n"
+        )
     return (
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `{command}` ({wall:.0f} s).\n\n"
         f"Machine: {machine()}.\n\n"
@@ -657,7 +690,7 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
         "the measured run, per request wrk counted. Others: the CPU that processes outside the benchmark took "
         f"meanwhile; above {BUSY_LIMIT:.0f}% of a CPU the row was measured once more. The targets' baseline, the "
         f"issue's (a) (aiohttp web.Application, one route, uvloop), is row ({BASELINE}).\n\n"
-        f"{table(run)}\n{notes}\nTargets:\n\n{checks}\n"
+        f"{table(run)}\n{notes}\nTargets:\n\n{checks}\n{misses}"
     )
 
 
@@ -669,6 +702,60 @@ def write_doc(text: str) -> None:
     head, _, rest = current.partition(BEGIN)
     _, _, tail = rest.partition(END)
     DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+def miss_parts(run: Run) -> None:
+    """bench/miss_costs.py: a cold miss's CPU, part by part, for the table under the targets."""
+    command = [sys.executable, str(ROOT / "bench" / "miss_costs.py"), "--json"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)}
+    ).stdout
+    run.miss_parts = json.loads(output.strip().splitlines()[-1])
+
+
+MISS_PARTS = {  # bench/miss_costs.py's parts that make up its lookup
+    "client": "the upstream client: breaker, slots, aiohttp's client, the request and the answer",
+    "entry": "the body validated and made an entry: pydantic, the created_ago span, the ETag",
+    "store read": "the store's read with the claim",
+    "store write": "the store's write with the announcement and the release (with Redis: hearing it too)",
+}
+
+
+def miss_table(run: Run) -> str:
+    """Where the CPU of a cold miss goes: bench/miss_costs.py's parts, and what is left of rows (d) and (d2)."""
+    columns = [(run.row("d"), "in-process store"), (run.row("d2"), "Redis")]
+    if not run.miss_parts or any(row is None for row, _ in columns):
+        return ""
+    lines: list[tuple[str, list[float]]] = []
+    for part, label in MISS_PARTS.items():
+        lines.append((label, [run.miss_parts[store][part] for _, store in columns]))
+    parts = [run.miss_parts[store] for _, store in columns]
+    lines.append(
+        (
+            "the rest of the lookup: the load, coalescing, metrics, timeouts, and what its parts cost more run "
+            "together, each on a loop the upstream's pace left idle, than alone",
+            [each["lookup"] - sum(each[part] for part in MISS_PARTS) for each in parts],
+        )
+    )
+    lines.append(("the first rendering of the body", [each["render"] for each in parts]))
+    totals = [row.cpu.server_us for row, _ in columns if row is not None]
+    lines.append(
+        (
+            "the rest: aiohttp's server, the edge, the handler, the response and the access line, on an idle loop "
+            "(the row's CPU less the above)",
+            [total - each["lookup"] - each["render"] for total, each in zip(totals, parts, strict=True)],
+        )
+    )
+    lines.append(("**the row's CPU per miss**", totals))
+    header = "| part of a cold miss, CPU us | " + " | ".join(f"({row.name}) {store}" for row, store in columns if row)
+    return "\n".join(
+        [
+            header + " |",
+            "|---|---:|---:|",
+            *(f"| {label} | " + " | ".join(f"{us:.0f}" for us in values) + " |" for label, values in lines),
+        ]
+    )
 
 
 def all_rows(run: Run) -> None:
@@ -693,6 +780,7 @@ def all_rows(run: Run) -> None:
         proxy_cold_rows(run, slow_upstream)
         nginx_row(run, slow_upstream)
     large_body_rows(run)
+    miss_parts(run)
 
 
 def main() -> int:
