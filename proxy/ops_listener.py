@@ -38,7 +38,7 @@ def create_ops_app(app: web.Application) -> web.Application:
 def ops_runner(app: web.Application) -> web.AppRunner:
     """The listener's runner: the main listener's (:class:`proxy.server.ProxyRunner`), so that idle connections
     close after the same 75 s and a request-target no route can match gets the edge's 404."""
-    return ProxyRunner(create_ops_app(app), access_log=None, handle_signals=False)
+    return ProxyRunner(create_ops_app(app), annotations=False, access_log=None, handle_signals=False)
 
 
 async def ops_listener_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -84,18 +84,18 @@ class FrontDoor(RouterDoor):
 
 
 class ProxyRunner(web.AppRunner):
-    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first (a :class:`RouterDoor` for an
-    application without the annotation route), idle connections closed after :data:`KEEPALIVE_TIMEOUT` unless
-    told otherwise."""
+    """``web.AppRunner`` whose server hands requests to a :class:`FrontDoor` first (a :class:`RouterDoor` when
+    ``annotations`` is false: the operations listener's application has no annotation route), idle connections
+    closed after :data:`KEEPALIVE_TIMEOUT` unless told otherwise."""
 
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, annotations: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
         super().__init__(app, **kwargs)
+        self._door = FrontDoor if annotations else RouterDoor
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        door = FrontDoor if ANNOTATION_ROUTE_NAME in self.app.router.named_resources() else RouterDoor
-        server.request_handler = door(self.app, server.request_handler)
+        server.request_handler = self._door(self.app, server.request_handler)
         return server
 
 
