@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover - a platform without uvloop (Windows)
 
 from proxy import __version__
 from proxy.app import create_app
-from proxy.budget import MiB, container_memory_limit, return_large_blocks
+from proxy.budget import MiB, container_memory_limit
 from proxy.errors import ConfigError
 from proxy.logs import configure_logging
 from proxy.server import serve
@@ -38,7 +38,6 @@ def freeze_start_up() -> None:
 
 
 def main() -> int:
-    return_large_blocks()  # before any body is read: freed bodies leave no resident holes (proxy/budget.py)
     try:
         settings = load_settings()
     except ConfigError as exc:

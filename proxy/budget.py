@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,28 +88,6 @@ def container_memory_limit(path: Path = CGROUP_MEMORY_MAX) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-# mallopt(3)'s M_MMAP_THRESHOLD (glibc's malloc.h), and the value it is fixed at: glibc's own starting one.
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
-
-
-def return_large_blocks() -> bool:
-    """Fix glibc's mmap threshold at 128 KiB, so that every block freed from that size up goes back to the system
-    at once. True when set; false where the C library is not glibc's.
-
-    glibc otherwise raises the threshold to the size of each large block freed (up to 32 MiB). After the first
-    large body, later ones come from the heap, and whatever they leave free between blocks still in use stays
-    resident: memory the byte bounds above never see. With many large annotations read at once, that took
-    tests/test_memory.py's Redis row from about 220 MiB to 260 MiB, past its 240 MiB budget. Setting the
-    threshold also turns that adjustment off (mallopt(3)). Called once, at start-up, before any body is read.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # no C library to ask, or one without mallopt
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 class ByteBudget:

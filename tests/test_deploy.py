@@ -22,7 +22,6 @@ from aiohttp import web
 from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from redis.utils import HIREDIS_AVAILABLE
 
 from proxy import metrics as proxy_metrics
 from proxy.app import create_app
@@ -960,10 +959,3 @@ async def test_webhook_job_fails_with_one_line_on_a_rejected_token(
     status, _, stderr = await run_register_webhook(url, WEBHOOK_URL="")
     assert status == 2
     assert stderr.strip() == "register-webhook: WEBHOOK_URL is required"
-
-
-def test_redis_replies_are_parsed_in_c() -> None:
-    """hiredis, with the proxy's Redis client: redis-py's own parser cost about 135 us more CPU per cache miss
-    (docs/performance.md). redis-py falls back to it silently when hiredis is missing."""
-    assert HIREDIS_AVAILABLE
-    assert "hiredis" in locked_pins()

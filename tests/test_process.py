@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.fakes.label_studio import FakeLabelStudio
@@ -72,32 +70,3 @@ def test_start_up_is_frozen_out_of_the_collectors_sight_and_its_thresholds_stay_
     before, after, frozen = json.loads(out)
     assert after == before  # CPython's: fewer collections held large bodies in cycles past the memory budget
     assert frozen > 10_000  # what start-up built
-
-
-FREED_BLOCKS = """
-import sys
-from proxy.budget import return_large_blocks
-if sys.argv[1] == "fixed":
-    assert return_large_blocks()
-big = bytearray(8 * 1024 * 1024)
-del big  # one large body freed: glibc would raise its threshold to this size
-blocks = [bytearray(1024 * 1024) for _ in range(64)]
-last = blocks[-1]  # the newest still in use, as a body being served is
-del blocks
-print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")))
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
-def test_bodies_freed_after_a_large_one_go_back_to_the_system() -> None:
-    """proxy/budget.py's return_large_blocks, which python -m proxy calls first: 63 freed 1 MiB blocks stay
-    resident without it (behind the one still in use, in the heap glibc moved them to), and are returned with it."""
-    resident = {
-        how: int(
-            subprocess.run(  # noqa: S603
-                [sys.executable, "-c", FREED_BLOCKS, how], capture_output=True, text=True, check=True
-            ).stdout
-        )
-        for how in ("glibc's default", "fixed")
-    }
-    assert resident["glibc's default"] - resident["fixed"] > 40 * 1024  # kB: most of the 63 MiB

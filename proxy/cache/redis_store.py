@@ -59,8 +59,7 @@ LARGE_ENTRY = 256 * 1024
 # How long a read waits for that room before it gives up (served as a miss).
 ROOM_WAIT = 5.0
 # What a large read costs at its peak, in times the entry's size: the reply parser's buffer, the reply's bytes and
-# the decoded entry's body (measured at six 5 MB reads at once: 2.4 with redis-py's Python parser, 2.9 with
-# hiredis, whose buffer grows by reallocation).
+# the decoded entry's body (measured at six 5 MB reads at once with redis-py's parser: 2.4).
 LARGE_READ_FACTOR = 3
 
 # Every script that changes what a read answers ends by announcing the id: PUBLISH <changes channel> <id>, the
