@@ -50,6 +50,7 @@ from proxy.entries import entry_from_body
 from proxy.keys import LIVE_BODIES, SERVICE, STORE, UPSTREAM
 from proxy.settings import Settings
 from tests.support.ports import free_port
+from tests.support.processes import clean_environment
 from tests.support.redis_servers import running_redis
 
 CONCURRENCY = 16  # the cold rows' connections
@@ -149,7 +150,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (bench/run.py reads them)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the background dependency check's complaints: not figures
-    for name in [name for name in os.environ if name.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))]:
+    for name in os.environ.keys() - clean_environment().keys():
         del os.environ[name]  # the proxy's defaults, as the bench runs it: Settings reads the environment
     with ExitStack() as stack:
         port = free_port()

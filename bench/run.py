@@ -58,6 +58,7 @@ from pathlib import Path
 from bench.soak import proc_rss
 from bench.upstream import LEGACY_TOKEN
 from tests.support.ports import free_port
+from tests.support.processes import clean_environment
 from tests.support.redis_servers import running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,8 +280,7 @@ def floor(port: int, kind: str) -> list[str]:
 
 
 def proxy_env(upstream_port: int, port: int, redis_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    env |= {
+    env = clean_environment() | {
         "PYTHONPATH": str(ROOT),
         "LABEL_STUDIO_URL": f"http://{LOOPBACK}:{upstream_port}",
         "LABEL_STUDIO_API_KEY": LEGACY_TOKEN,
@@ -708,10 +708,8 @@ def miss_parts(run: Run) -> None:
     """bench/miss_costs.py: a cold miss's CPU, part by part, for the table under the targets (a note instead,
     when it fails: the rows measured so far are kept)."""
     command = [sys.executable, str(ROOT / "bench" / "miss_costs.py"), "--json"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT)}
-    )
+    env = clean_environment() | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, env=env)
     try:
         run.miss_parts = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
     except (ValueError, IndexError):

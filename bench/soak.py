@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import secrets
 import signal
@@ -42,6 +41,7 @@ try:
     from tests.fakes.label_studio import FakeLabelStudio
     from tests.support.metrics_text import parse_metrics
     from tests.support.ports import free_port
+    from tests.support.processes import clean_environment
     from tests.support.redis_servers import running_redis
 except ImportError:  # pragma: no cover - how it is run, not what it tests
     sys.exit("soak: cannot import the fake Label Studio: run from the repository root with PYTHONPATH=.")
@@ -209,8 +209,7 @@ async def wait_until_healthy(base: str, process: asyncio.subprocess.Process, ses
 
 
 def proxy_environment(upstream: str, redis_url: str, port: int, client_key: str, token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    return env | {
+    return clean_environment() | {
         "LABEL_STUDIO_URL": upstream,
         "LABEL_STUDIO_API_KEY": token,
         "REDIS_URL": redis_url,

@@ -50,6 +50,7 @@ from proxy.negotiation import GZIP, accepts_json, wants_gzip
 from proxy.openapi import document
 from proxy.render import body_parts, gzipped
 from proxy.served import Served
+from proxy.server import ANNOTATION_ROUTE_NAME
 from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
@@ -276,12 +277,13 @@ def add_operations_routes(app: web.Application) -> None:
 def setup_routes(app: web.Application) -> None:
     """Every route the proxy has. Nothing but the annotation route ever reaches Label Studio."""
     # With and without the trailing slash, both served (Label Studio does not redirect either).
-    resource = app.router.add_resource(ANNOTATION_ROUTE, name="annotation")
-    get_annotation = observed(app, "annotation", AnnotationRoute(app).get)
+    resource = app.router.add_resource(ANNOTATION_ROUTE, name=ANNOTATION_ROUTE_NAME)  # the front door's way in
+    get_annotation = observed(app, ANNOTATION_ROUTE_NAME, AnnotationRoute(app).get)
     resource.add_route(hdrs.METH_GET, get_annotation)
     resource.add_route(hdrs.METH_HEAD, get_annotation)  # aiohttp drops the body
     # Every other method, writes first: a 405 counted under the route's own name (add_fallbacks' are 'unmatched').
-    resource.add_route(hdrs.METH_ANY, observed(app, "annotation", method_not_allowed([hdrs.METH_GET, hdrs.METH_HEAD])))
+    not_allowed = method_not_allowed([hdrs.METH_GET, hdrs.METH_HEAD])
+    resource.add_route(hdrs.METH_ANY, observed(app, ANNOTATION_ROUTE_NAME, not_allowed))
     purge = app.router.add_resource("/cache/annotations/{id:[^/]+}{slash:/?}", name="purge")
     purge.add_route(hdrs.METH_DELETE, observed(app, "purge", purge_annotation))
     if app[SETTINGS].proxy_webhook_secret is not None:

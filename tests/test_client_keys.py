@@ -13,6 +13,7 @@ from proxy.auth import ClientKey, ClientKeys, parse_entry
 from proxy.errors import ConfigError, InvalidClientKey, NotAuthenticated
 from proxy.settings import load_settings
 from tests.support.clock import Clock
+from tests.support.processes import SETTING_PREFIXES
 from tests.support.proxies import CLIENT_KEY, ProxyFactory
 
 SCOPED_KEY = "scoped-key-0123456789abcdef"
@@ -60,7 +61,7 @@ class TestKeyFile:
     @pytest.fixture(autouse=True)
     def environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in list(os.environ):
-            if name.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_")):
+            if name.startswith(SETTING_PREFIXES):
                 monkeypatch.delenv(name)
         monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080")
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0123456789abcdef0123456789abcdef01234567")

@@ -23,6 +23,7 @@ from proxy.app import create_app
 from proxy.server import ProxyRunner
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support import raw_http
 from tests.support.cache_status import status_of
 from tests.support.clock import Clock
 from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory
@@ -37,13 +38,7 @@ HANG_GUARD = 5.0  # seconds; only so that a broken proxy fails the test instead 
 
 async def exchange(proxy: Proxy, raw: bytes) -> bytes:
     """Write ``raw`` and read until the proxy closes the connection."""
-    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
-    try:
-        writer.write(raw)
-        async with asyncio.timeout(HANG_GUARD):
-            return await reader.read()
-    finally:
-        writer.close()
+    return await raw_http.exchange(proxy.client.host, proxy.client.port, raw)
 
 
 def head_and_body(answer: bytes) -> tuple[list[bytes], bytes]:

@@ -8,7 +8,6 @@ are in tests/test_proxy.py (TestCallers); these are the cases it leaves out.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from tests.fakes.label_studio import CHECK_PATH, FakeLabelStudio
+from tests.support import raw_http
 from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 
 AUTH = f"Authorization: Token {CLIENT_KEY}\r\n".encode()
@@ -65,14 +65,8 @@ async def proxy(make_proxy: ProxyFactory) -> Proxy:
 
 
 async def exchange(proxy: Proxy, raw: bytes) -> bytes:
-    """Write ``raw`` to the proxy and read until it closes the connection (within 10 s)."""
-    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
-    try:
-        writer.write(raw)
-        async with asyncio.timeout(10):
-            return await reader.read()
-    finally:
-        writer.close()
+    """Write ``raw`` to the proxy and read until it closes the connection."""
+    return await raw_http.exchange(proxy.client.host, proxy.client.port, raw)
 
 
 def request(line: bytes, *headers: bytes, host: bytes | None = b"proxy.internal") -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.cache_status import status_of
 from tests.support.ports import free_port
-from tests.support.processes import START_TIMEOUT, wait_until_healthy
+from tests.support.processes import START_TIMEOUT, clean_environment, wait_until_healthy
 from tests.support.proxies import CLIENT_KEY
 
 
@@ -24,7 +23,7 @@ async def test_the_process_serves_annotations_and_logs_its_configuration_masked(
 ) -> None:
     fake_ls.add_annotation()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    env = clean_environment()
     env |= {
         "LABEL_STUDIO_URL": str(upstream.make_url("/")),
         "LABEL_STUDIO_API_KEY": fake_ls.legacy_token,

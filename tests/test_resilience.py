@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.cache_status import status_of
 from tests.support.clock import Clock
 from tests.support.ports import free_port
-from tests.support.processes import wait_until_healthy
+from tests.support.processes import clean_environment, wait_until_healthy
 from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 from tests.support.redis_servers import running_redis
 from tests.support.samples import encode, sample
@@ -245,7 +244,7 @@ class TestRedisFailsOpen:
 async def test_sigterm_lets_requests_in_flight_finish(upstream: TestServer, fake_ls: FakeLabelStudio) -> None:
     fake_ls.add_annotation()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    env = clean_environment()
     env |= {
         "LABEL_STUDIO_URL": str(upstream.make_url("/")),
         "LABEL_STUDIO_API_KEY": fake_ls.legacy_token,

@@ -3,7 +3,6 @@ get is what the application's router would have given them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -18,6 +17,7 @@ from proxy.ops_listener import ops_runner
 from proxy.server import is_annotation_path
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
+from tests.support import raw_http
 from tests.support.clock import Clock
 from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyFactory, ProxyTestServer
 
@@ -118,17 +118,9 @@ async def test_answers_through_the_front_door_are_the_applications(aiohttp_clien
 
 
 async def raw_exchange(host: str, port: int, request: bytes) -> tuple[bytes, bytes]:
-    """One request written as it is; the status line and headers, and the body (Content-Length long)."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(
-            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-        )
-        return head, await reader.readexactly(length)
-    finally:
-        writer.close()
+    """One request written as it is; the status line and headers, and the body."""
+    head, _, body = (await raw_http.exchange(host, port, request)).partition(b"\r\n\r\n")
+    return head, body
 
 
 @pytest.mark.parametrize("target", [b"*", b"host:443", b"http://proxy"])
@@ -137,7 +129,9 @@ async def test_a_target_no_route_can_match_is_the_edges_404(make_proxy: ProxyFac
     proxy = await make_proxy()
     method = b"CONNECT" if target == b"host:443" else b"OPTIONS" if target == b"*" else b"GET"
     head, body = await raw_exchange(
-        proxy.client.host, proxy.client.port, method + b" " + target + b" HTTP/1.1\r\nHost: proxy\r\n\r\n"
+        proxy.client.host,
+        proxy.client.port,
+        method + b" " + target + b" HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
     )
     assert head.startswith(b"HTTP/1.1 404")
     assert b"X-Request-ID: " in head
@@ -153,7 +147,7 @@ async def test_a_fragment_in_the_request_target_is_not_part_of_the_id(make_proxy
     head, body = await raw_exchange(
         proxy.client.host,
         proxy.client.port,
-        b"GET /api/annotations/1#x HTTP/1.1\r\nHost: proxy\r\nAuthorization: Token "
+        b"GET /api/annotations/1#x HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nAuthorization: Token "
         + CLIENT_KEY.encode()
         + b"\r\n\r\n",
     )
@@ -182,7 +176,9 @@ async def test_the_operations_listener_closes_idle_connections_and_answers_any_t
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]
-        head, body = await raw_exchange("127.0.0.1", port, b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        head, body = await raw_exchange(
+            "127.0.0.1", port, b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+        )
         assert head.startswith(b"HTTP/1.1 404")
         assert b"X-Request-ID: " in head
         assert json.loads(body)["detail"] == "Not found."

@@ -12,6 +12,7 @@ from proxy.cache.topology import parse_sentinel_url
 from proxy.errors import ConfigError
 from proxy.settings import Settings, is_loopback_host, load_settings
 from tests.support.jwt import make_jwt
+from tests.support.processes import SETTING_PREFIXES, clean_environment
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 CLIENT_KEY = "client-key-0123456789"
@@ -20,7 +21,7 @@ CLIENT_KEY = "client-key-0123456789"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_")):
+        if name.startswith(SETTING_PREFIXES):
             monkeypatch.delenv(name)
 
 
@@ -174,7 +175,7 @@ def test_redacted_configuration_masks_every_secret() -> None:
 
 
 def test_start_without_configuration_exits_with_one_line() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
+    env = clean_environment()
     result = subprocess.run(
         [sys.executable, "-m", "proxy"], env=env, capture_output=True, text=True, timeout=60, check=False
     )

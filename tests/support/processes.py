@@ -31,6 +31,8 @@ STALE_IF_ERROR = "annotation-proxy; hit; detail=stale-if-error"
 
 ERROR_FIELDS = frozenset({"id", "status_code", "version", "detail", "exc_info"})
 
+SETTING_PREFIXES = ("PROXY_", "LABEL_STUDIO_", "REDIS_")  # what proxy/settings.py reads
+
 
 async def wait_until_healthy(base: str, process: asyncio.subprocess.Process) -> None:
     """Poll ``{base}/healthz`` until it answers 200; fail at once if the process exits first."""
@@ -107,6 +109,12 @@ class ProxyProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the proxy's own settings (``PROXY_*``, ``LABEL_STUDIO_*``,
+    ``REDIS_*``): a proxy started with it runs on its defaults and on what the caller adds."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+
+
 @asynccontextmanager
 async def proxy_process(upstream: URL, token: str, log: Path, **settings: str) -> AsyncIterator[ProxyProcess]:
     """``python -m proxy`` in front of ``upstream``, configured by its environment; SIGTERM at the end.
@@ -114,8 +122,7 @@ async def proxy_process(upstream: URL, token: str, log: Path, **settings: str) -
     Its log goes to a file (a pipe nobody reads would fill up and stall the proxy under load).
     """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LABEL_STUDIO_", "REDIS_"))}
-    env |= {
+    env = clean_environment() | {
         "LABEL_STUDIO_URL": str(upstream),
         "LABEL_STUDIO_API_KEY": token,
         "PROXY_PORT": str(port),
