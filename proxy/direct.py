@@ -1,0 +1,121 @@
+"""A small response written straight to the caller's socket, its head serialized in one string.
+
+aiohttp's ``Response`` spends most of a cache hit's own cost on the way out: a header dictionary merged with
+defaults, the head serialized, a payload writer per request, a drain (docs/performance.md). A hit's answer
+needs none of it: a status line, the handler's headers, ``Date`` and ``Server``, and bytes that are already
+rendered. :class:`DirectResponse` is a ``web.StreamResponse`` whose ``prepare`` writes exactly that to
+``request.transport`` in one call, with the same headers aiohttp would send for the same response.
+
+Only what it can answer alike is sent this way (:func:`can_answer_directly`): ``GET`` over HTTP/1.1 with the
+connection kept alive, on a socket whose write buffer is not already behind. Everything else, and a caller that
+has stopped reading, gets aiohttp's own ``Response``, whose write waits for the socket: so a caller that sends
+requests without reading the answers holds at most one body beyond the transport's high-water mark.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+
+# Beyond this many bytes waiting in the caller's socket buffer, answers go through aiohttp's writer, which waits
+# for the caller to read (asyncio's default high-water mark of a transport's write buffer).
+WRITE_BUFFER_LIMIT = 64 * 1024
+STATUS_LINES = {200: "HTTP/1.1 200 OK\r\n", 304: "HTTP/1.1 304 Not Modified\r\n"}
+
+
+def can_answer_directly(request: web.BaseRequest) -> bool:
+    """Whether a :class:`DirectResponse` answers ``request`` as aiohttp's ``Response`` would: a ``GET`` over
+    HTTP/1.1 that keeps the connection alive, with no more than :data:`WRITE_BUFFER_LIMIT` bytes still waiting
+    to reach the caller. (It runs no ``on_response_prepare`` signal: its caller checks that there is none.)"""
+    transport = request.transport
+    return (
+        request.method == hdrs.METH_GET
+        and request.version == HttpVersion11
+        and request.keep_alive
+        and transport is not None
+        and transport.get_write_buffer_size() <= WRITE_BUFFER_LIMIT
+    )
+
+
+class HttpDate:
+    """``Date`` header values, formatted once per second of the clock it is given."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second, self._value = second, formatdate(second, usegmt=True)
+        return self._value
+
+
+http_date = HttpDate()
+
+
+class DirectResponse(web.StreamResponse):
+    """A 200 with a body already rendered, or a 304, written whole to the transport by :meth:`prepare`.
+
+    Its ``headers`` are the ones sent, ``Content-Length`` included; the edge adds its own before aiohttp
+    prepares the response, as for any other. A header value with a line break is refused (``ValueError``), as
+    aiohttp refuses it.
+    """
+
+    def __init__(self, *, status: int, body: bytes, headers: dict[str, str], now: float) -> None:
+        super().__init__(status=status, headers=headers)
+        if status == 200:
+            self.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+        elif status != 304 or body:
+            raise ValueError("a direct response is a 200 with a body or a 304 without one")
+        self._payload = body
+        self._now = now
+        self._sent = -1  # bytes written, once prepared
+        self._closing = False
+
+    @property
+    def prepared(self) -> bool:
+        return self._sent >= 0
+
+    @property
+    def keep_alive(self) -> bool:
+        return not self._closing
+
+    @property
+    def body_length(self) -> int:
+        return max(self._sent, 0)
+
+    def force_close(self) -> None:
+        self._closing = True
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """Write the whole response, once. ``ConnectionResetError`` when the caller has gone."""
+        if self._sent >= 0:
+            return None
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the caller closed the connection")
+        headers = self.headers
+        if self._closing:
+            headers[hdrs.CONNECTION] = "close"
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = http_date(self._now)
+        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        head = "\r\n".join(map(": ".join, headers.items()))
+        breaks = len(headers) - 1  # one between each two lines, and no other
+        if head.count("\n") != breaks or head.count("\r") != breaks:
+            raise ValueError("a header name or value contains a line break")
+        message = f"{STATUS_LINES[self.status]}{head}\r\n\r\n".encode() + self._payload
+        transport.write(message)
+        self._sent = len(self._payload)
+        return None
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise RuntimeError("a direct response is written whole by prepare()")
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if data:
+            raise RuntimeError("a direct response is written whole by prepare()")

@@ -1,0 +1,179 @@
+"""proxy/direct.py: a hit written straight to the socket is the answer aiohttp would have written, pipelined
+answers keep their order, and a caller that stops reading cannot make the proxy buffer its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.direct import WRITE_BUFFER_LIMIT, DirectResponse, can_answer_directly
+from tests.support import raw_http
+from tests.support.proxies import CLIENT_KEY, ProxyFactory
+
+HEADERS = {
+    "Cache-Status": "annotation-proxy; hit; ttl=299",
+    "Cache-Control": "private, no-cache",
+    "Vary": "Accept-Encoding",
+    "Age": "3",
+    "ETag": 'W/"0123456789abcdef"',
+    "Content-Type": "application/json",
+}
+BODY = b'{"id": 1, "result": []}'
+
+
+def head_of(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """The status line, the header lines as (name, value) in order, and what follows the head."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, [tuple(line.split(b": ", 1)) for line in lines], rest  # type: ignore[misc]
+
+
+def answers(stream: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Consecutive HTTP/1.1 responses framed by Content-Length (none for a 304): status line, headers, body."""
+    out = []
+    while stream:
+        status, lines, stream = head_of(stream)
+        headers = dict(lines)
+        length = 0 if b" 304 " in status else int(headers[b"Content-Length"])
+        out.append((status, headers, stream[:length]))
+        stream = stream[length:]
+    return out
+
+
+def request_line(path: str, *more: str) -> bytes:
+    return "\r\n".join([f"GET {path} HTTP/1.1", "Host: proxy", *more, "", ""]).encode()
+
+
+async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
+    app = web.Application()
+    app.router.add_get("/{status}", handler)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+@pytest.mark.parametrize("status", [200, 304])
+async def test_a_direct_answer_is_byte_for_byte_the_one_aiohttp_writes(status: int) -> None:
+    """The same headers and body through aiohttp's ``Response`` and through a :class:`DirectResponse`: the same
+    status line, the same header lines in the same order (``Date`` aside, formatted alike), the same body."""
+    now = time.time()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        direct = request.query.get("direct") == "1"
+        assert can_answer_directly(request) or not direct  # a keep-alive GET over HTTP/1.1
+        body = BODY if status == 200 else b""
+        if direct:
+            return DirectResponse(status=status, body=body, headers=dict(HEADERS), now=now)
+        return web.Response(status=status, body=body or None, headers=dict(HEADERS))
+
+    server = await serve(handler)
+    try:
+        seen = []
+        for direct in ("1", "0"):
+            stream = await raw_http.exchange(
+                server.host,
+                server.port,
+                request_line(f"/{status}?direct={direct}") + request_line("/404", "Connection: close"),
+            )
+            first, _closing = answers(stream)
+            seen.append(first)
+    finally:
+        await server.close()
+    (direct_status, direct_headers, direct_body), (status_line, headers, body) = seen
+    assert direct_status == status_line
+    assert list(direct_headers) == list(headers)  # names, order and case
+    dates = [parsedate_to_datetime(h.pop(b"Date").decode()) for h in (direct_headers, headers)]
+    assert abs((dates[0] - dates[1]).total_seconds()) <= 1
+    assert direct_headers == headers
+    assert direct_body == body
+
+
+async def test_a_header_with_a_line_break_is_refused_as_aiohttp_refuses_it() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return DirectResponse(status=200, body=BODY, headers={"X-Evil": "a\r\nSet-Cookie: b"}, now=time.time())
+
+    server = await serve(handler)
+    try:
+        stream = await raw_http.exchange(server.host, server.port, request_line("/200"))
+    finally:
+        await server.close()
+    assert b"Set-Cookie" not in stream
+    assert not stream.startswith(b"HTTP/1.1 200")
+
+
+async def test_pipelined_hits_are_answered_in_order_and_connection_close_is_honoured(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy()
+    for _ in range(3):
+        proxy.fake.add_annotation()
+    auth = f"Authorization: Token {CLIENT_KEY}"
+    for annotation_id in (1, 2, 3):  # cached: the pipelined requests are hits
+        assert (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status == 200
+    order = [2, 1, 3, 2]
+    raw = b"".join(request_line(f"/api/annotations/{i}/", auth) for i in order)
+    stream = await raw_http.exchange(
+        proxy.client.host, proxy.client.port, raw + request_line("/api/annotations/1/", auth, "Connection: close")
+    )
+    got = answers(stream)  # read until the proxy closed the connection, as the last request asked
+    assert [json.loads(body)["id"] for _, _, body in got] == [*order, 1]
+    assert all(status == b"HTTP/1.1 200 OK" for status, _, _ in got)
+    assert all(b"hit" in headers[b"Cache-Status"] for _, headers, _ in got)
+    assert [headers.get(b"Connection") for _, headers, _ in got] == [None] * len(order) + [b"close"]
+    assert len({headers[b"X-Request-ID"] for _, headers, _ in got}) == len(got)
+
+
+async def test_a_caller_that_stops_reading_holds_at_most_one_answer_beyond_the_write_limit(
+    make_proxy: ProxyFactory,
+) -> None:
+    """A caller pipelines requests for a 100 KB annotation and reads nothing. Once the kernel's buffers are full,
+    the proxy's own buffer for that connection stays within the limit and one answer; written straight to the
+    socket regardless, it would have grown to every answer asked (20 MB here)."""
+    proxy = await make_proxy()
+    text = "x" * 100_000
+    proxy.fake.add_annotation(result=[{"from_name": "t", "to_name": "t", "type": "textarea", "value": {"text": text}}])
+    first = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    size = len(await first.read())
+    asked = 200
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the caller's kernel takes little
+    client.setblocking(False)
+    await loop.sock_connect(client, (proxy.client.host, proxy.client.port))
+    try:
+        auth = f"Authorization: Token {CLIENT_KEY}"
+        await loop.sock_sendall(client, request_line("/api/annotations/1/", auth) * asked)
+        server = proxy.client.server.runner.server  # type: ignore[union-attr]
+        assert server is not None
+
+        def answered() -> float:
+            return proxy.metric("http_requests_total", route="annotation", method="GET", status="200")
+
+        peak, settled, last = 0, 0, -1.0
+        while settled < 50 and answered() < asked + 1:  # until nothing more is answered for a while
+            await asyncio.sleep(0.01)
+            buffered = [c.transport.get_write_buffer_size() for c in server.connections if c.transport]
+            peak = max([peak, *buffered])
+            settled = settled + 1 if answered() == last else 0
+            last = answered()
+        assert answered() < asked + 1  # the proxy waits for the caller
+        assert peak <= WRITE_BUFFER_LIMIT + 2 * size
+        # The caller reads again, and asks the proxy to close after one more: every answer arrives whole, in order.
+        await loop.sock_sendall(client, request_line("/api/annotations/1/", auth, "Connection: close"))
+        received = bytearray()
+        async with asyncio.timeout(raw_http.HANG_GUARD):
+            while chunk := await loop.sock_recv(client, 1 << 20):
+                received += chunk
+    finally:
+        client.close()
+    got = answers(bytes(received))
+    assert len(got) == asked + 1
+    assert all(len(body) == size for _, _, body in got)
