@@ -14,6 +14,7 @@ requests without reading the answers holds at most one body beyond the transport
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 
 from aiohttp import hdrs, web
@@ -24,6 +25,8 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 # for the caller to read (asyncio's default high-water mark of a transport's write buffer).
 WRITE_BUFFER_LIMIT = 64 * 1024
 STATUS_LINES = {200: "HTTP/1.1 200 OK\r\n", 304: "HTTP/1.1 304 Not Modified\r\n"}
+# What aiohttp refuses in a header besides CR and LF (which prepare counts): every other control but tab.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def can_answer_directly(request: web.BaseRequest) -> bool:
@@ -60,20 +63,20 @@ http_date = HttpDate()
 class DirectResponse(web.StreamResponse):
     """A 200 with a body already rendered, or a 304, written whole to the transport by :meth:`prepare`.
 
-    Its ``headers`` are the ones sent, ``Content-Length`` included; the edge adds its own before aiohttp
-    prepares the response, as for any other. A header value with a line break is refused (``ValueError``), as
-    aiohttp refuses it.
+    Its ``headers`` are the ones sent; the edge adds its own before aiohttp prepares the response, as for any
+    other, and ``Content-Length``, ``Date`` and ``Server`` follow them, as aiohttp adds them. A header with a
+    control character (tab aside) is refused with ``ValueError``, as aiohttp refuses it. Like aiohttp's writer,
+    :meth:`prepare` waits while the transport is past its high-water mark, so a caller that stops reading holds
+    at most :data:`WRITE_BUFFER_LIMIT` and one answer.
     """
 
     def __init__(self, *, status: int, body: bytes, headers: dict[str, str], now: float) -> None:
         super().__init__(status=status, headers=headers)
-        if status == 200:
-            self.headers[hdrs.CONTENT_LENGTH] = str(len(body))
-        elif status != 304 or body:
+        if status not in STATUS_LINES or (status == 304 and body):
             raise ValueError("a direct response is a 200 with a body or a 304 without one")
         self._payload = body
         self._now = now
-        self._sent = -1  # bytes written, once prepared
+        self._sent = -1  # bytes written, head included (aiohttp's body_length), once prepared
         self._closing = False
 
     @property
@@ -99,6 +102,8 @@ class DirectResponse(web.StreamResponse):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the caller closed the connection")
         headers = self.headers
+        if self.status == 200:
+            headers[hdrs.CONTENT_LENGTH] = str(len(self._payload))
         if self._closing:
             headers[hdrs.CONNECTION] = "close"
         if hdrs.DATE not in headers:
@@ -106,12 +111,16 @@ class DirectResponse(web.StreamResponse):
         headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
         head = "\r\n".join(map(": ".join, headers.items()))
         breaks = len(headers) - 1  # one between each two lines, and no other
-        if head.count("\n") != breaks or head.count("\r") != breaks:
-            raise ValueError("a header name or value contains a line break")
+        if head.count("\n") != breaks or head.count("\r") != breaks or CONTROL.search(head):
+            raise ValueError("a header name or value contains a control character")
         message = f"{STATUS_LINES[self.status]}{head}\r\n\r\n".encode() + self._payload
         transport.write(message)
-        self._sent = len(self._payload)
+        self._sent = len(message)
+        await request.writer.drain()  # returns at once unless the transport is past its high-water mark
         return None
+
+    def __repr__(self) -> str:
+        return f"<DirectResponse {self.status} {'sent' if self.prepared else 'not prepared'}>"
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         raise RuntimeError("a direct response is written whole by prepare()")
