@@ -25,8 +25,8 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 # for the caller to read (asyncio's default high-water mark of a transport's write buffer).
 WRITE_BUFFER_LIMIT = 64 * 1024
 STATUS_LINES = {200: "HTTP/1.1 200 OK\r\n", 304: "HTTP/1.1 304 Not Modified\r\n"}
-# What aiohttp refuses in a header besides CR and LF (which prepare counts): every other control but tab.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# What aiohttp refuses in a header name or value: every control character but tab.
+FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def can_answer_directly(request: web.BaseRequest) -> bool:
@@ -109,14 +109,15 @@ class DirectResponse(web.StreamResponse):
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = http_date(self._now)
         headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
-        head = "\r\n".join(map(": ".join, headers.items()))
-        breaks = len(headers) - 1  # one between each two lines, and no other
-        if head.count("\n") != breaks or head.count("\r") != breaks or CONTROL.search(head):
+        flat = "".join(map("".join, headers.items()))
+        if not flat.isprintable() and FORBIDDEN.search(flat):  # the regex only when something is not printable
             raise ValueError("a header name or value contains a control character")
+        head = "\r\n".join(map(": ".join, headers.items()))
         message = f"{STATUS_LINES[self.status]}{head}\r\n\r\n".encode() + self._payload
         transport.write(message)
         self._sent = len(message)
-        await request.writer.drain()  # returns at once unless the transport is past its high-water mark
+        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:  # past the high-water mark: wait, as aiohttp's
+            await request.writer.drain()
         return None
 
     def __repr__(self) -> str:
