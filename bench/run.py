@@ -40,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,8 @@ THREADS, CONNECTIONS, COLD_CONNECTIONS = 1, 32, 16
 # Rows (a'-1) and (c-1): one request at a time, each arriving at an idle server, as cold misses arrive.
 ONE = "one connection: every request wakes an idle server"
 BASELINE = "a'"  # the issue's (a): aiohttp web.Application, one route, uvloop
+PAIRS = 3  # (a') and (c) measured alternately this many times, both servers up (paired_hits)
+PAIR_SECONDS = 5.0
 BUSY_LIMIT = 15.0  # percent of one CPU that processes outside the benchmark may take during a row
 MiB = 1024 * 1024
 TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
@@ -356,6 +359,7 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     miss_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # bench/miss_costs.py's, per store
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (c) / (a'): requests/s and p99, per pair
     next_cold_id: int = 10**6
 
     def cold_ids(self) -> int:
@@ -432,7 +436,25 @@ def proxy_hit_rows(run: Run, upstream_port: int) -> None:
                     row = run.measure(name, f"proxy, hits over {HOT_IDS} ids, {store}", base, hot_script, server=pid)
                     if name == "c":
                         run.measure("c-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
+                        paired_hits(run, base)
                 row.rss = rss.peak
+
+
+def paired_hits(run: Run, proxy_base: str) -> None:
+    """(a') and (c) measured alternately, :data:`PAIRS` times, with both servers up: a ratio per pair, each from
+    runs seconds apart rather than minutes, so that a machine whose speed drifts (a shared host, which the
+    others' CPU does not show) shows how far the table's single ratio can be trusted."""
+    port = free_port()
+    base = f"http://{LOOPBACK}:{port}"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    command = upstream(port, constant=True, uvloop=True)
+    with running(command, url=f"{base}/health", what=f"server ({BASELINE})", env=env):
+        wrk(base, hot_script(), seconds=min(2.0, run.seconds), connections=CONNECTIONS)
+        for _ in range(PAIRS):
+            a = wrk(base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
+            c = wrk(proxy_base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
+            run.pairs.append((c.rps / a.rps, c.p99_ms / a.p99_ms))
+    print("  paired (c)/(a'): " + ", ".join(f"{rps:.2f}" for rps, _ in run.pairs), flush=True)
 
 
 def large_body_rows(run: Run) -> None:
@@ -625,6 +647,21 @@ def one_connection_note(run: Run) -> str:
     )
 
 
+def paired_note(run: Run) -> str:
+    """The line on :func:`paired_hits`: (c) against (a') pair by pair, beside the table's single rows."""
+    if not run.pairs:
+        return ""
+    rps = sorted(ratio for ratio, _ in run.pairs)
+    p99 = sorted(ratio for _, ratio in run.pairs)
+    return (
+        f"Paired: (c) and ({BASELINE}) measured alternately {len(run.pairs)} times, {PAIR_SECONDS:g} s each, both "
+        f"servers up: (c) at {', '.join(f'{r:.2f}' for r, _ in run.pairs)} of ({BASELINE})'s requests/s "
+        f"(median {statistics.median(rps):.2f}), p99 at {', '.join(f'{r:.2f}x' for _, r in run.pairs)} "
+        f"(median {statistics.median(p99):.2f}x): how far the ratio moves between runs seconds apart on this "
+        "machine."
+    )
+
+
 def busy_note(run: Run) -> str:
     busy = [f"({row.name})" for row in run.rows if row.busy]
     if not busy:
@@ -669,9 +706,8 @@ def targets(run: Run) -> list[tuple[bool, str]]:
 
 def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
-    notes = "".join(
-        f"\n{note}\n" for note in [against_nginx(run), one_connection_note(run), busy_note(run), *run.notes] if note
-    )
+    lines = [against_nginx(run), one_connection_note(run), paired_note(run), busy_note(run), *run.notes]
+    notes = "".join(f"\n{note}\n" for note in lines if note)
     misses = miss_table(run)
     if misses:
         misses = (
