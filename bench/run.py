@@ -406,22 +406,32 @@ def cold_script(start: int, token: str = CLIENT_KEY) -> str:
     return COLD_SCRIPT % {"start": start, "auth": f"Token {token}"}
 
 
+BASELINE_SERVER = partial(upstream, constant=True, uvloop=True)  # row (a'): aiohttp web.Application on uvloop
+
+
+@contextmanager
+def reference_server(name: str, command: Callable[[int], list[str]]) -> Iterator[tuple[str, int]]:
+    """One of the reference rows' servers on a free port until the block ends; yields its base URL and pid."""
+    port = free_port()
+    base = f"http://{LOOPBACK}:{port}"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}  # bench/floor.py imports bench.upstream
+    with running(command(port), url=f"{base}/health", what=f"server ({name})", env=env) as pid:
+        yield base, pid
+
+
 def reference_rows(run: Run) -> None:
     """(a) to (a2): servers that answer every request with the same 855 bytes, from aiohttp down to httptools."""
     servers: list[tuple[str, str, Callable[[int], list[str]]]] = [
         ("a", "bare aiohttp web.Application, one route, 855 bytes, asyncio's loop", partial(upstream, constant=True)),
-        ("a'", "the same on uvloop: the targets' baseline", partial(upstream, constant=True, uvloop=True)),
+        (BASELINE, "the same on uvloop: the targets' baseline", BASELINE_SERVER),
         ("a1", "aiohttp's low-level web.Server, one handler, the same bytes, uvloop", partial(floor, kind="lowlevel")),
         ("a2", "asyncio Protocol, httptools parser, one prebuilt response, uvloop", partial(floor, kind="httptools")),
     ]
     if find_spec("httptools") is None:
         servers.pop()
         run.notes.append("(a2) skipped: httptools is not installed (pip install -e '.[test]').")
-    env = os.environ | {"PYTHONPATH": str(ROOT)}  # bench/floor.py imports bench.upstream
     for name, what, command in servers:
-        port = free_port()
-        base = f"http://{LOOPBACK}:{port}"
-        with running(command(port), url=f"{base}/health", what=f"server ({name})", env=env) as pid:
+        with reference_server(name, command) as (base, pid):
             run.measure(name, what, base, hot_script, server=pid)
             if name == BASELINE:
                 run.measure(f"{name}-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
@@ -444,11 +454,7 @@ def paired_hits(run: Run, proxy_base: str) -> None:
     """(a') and (c) measured alternately, :data:`PAIRS` times, with both servers up: a ratio per pair, each from
     runs seconds apart rather than minutes, so that a machine whose speed drifts (a shared host, which the
     others' CPU does not show) shows how far the table's single ratio can be trusted."""
-    port = free_port()
-    base = f"http://{LOOPBACK}:{port}"
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    command = upstream(port, constant=True, uvloop=True)
-    with running(command, url=f"{base}/health", what=f"server ({BASELINE})", env=env):
+    with reference_server(BASELINE, BASELINE_SERVER) as (base, _):
         wrk(base, hot_script(), seconds=min(2.0, run.seconds), connections=CONNECTIONS)
         for _ in range(PAIRS):
             a = wrk(base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)

@@ -32,7 +32,7 @@ FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def can_answer_directly(request: web.BaseRequest) -> bool:
     """Whether a :class:`DirectResponse` answers ``request`` as aiohttp's ``Response`` would: a ``GET`` over
     HTTP/1.1 that keeps the connection alive, with no more than :data:`WRITE_BUFFER_LIMIT` bytes still waiting
-    to reach the caller. (It runs no ``on_response_prepare`` signal: its caller checks that there is none.)"""
+    to reach the caller. (It runs no ``on_response_prepare`` signal: :func:`small_response` checks there is none.)"""
     transport = request.transport
     return (
         request.method == hdrs.METH_GET
@@ -41,6 +41,16 @@ def can_answer_directly(request: web.BaseRequest) -> bool:
         and transport is not None
         and transport.get_write_buffer_size() <= WRITE_BUFFER_LIMIT
     )
+
+
+def small_response(
+    request: web.BaseRequest, app: web.Application, *, status: int, body: bytes, headers: dict[str, str], now: float
+) -> web.StreamResponse:
+    """A 200 with ``body`` or a 304: a :class:`DirectResponse` where it answers alike (and ``app`` runs no
+    ``on_response_prepare`` signal, which it would skip), else aiohttp's ``Response``."""
+    if not app.on_response_prepare and can_answer_directly(request):
+        return DirectResponse(status=status, body=body, headers=headers, now=now)
+    return web.Response(status=status, body=body or None, headers=headers)
 
 
 class HttpDate:

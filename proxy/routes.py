@@ -13,7 +13,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.cache_status import FROM_CACHE, served_status
-from proxy.direct import DirectResponse, can_answer_directly
+from proxy.direct import small_response
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
 from proxy.edge import (
     JSON,
@@ -183,20 +183,16 @@ class AnnotationRoute:
         if served.result in FROM_CACHE:
             out[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
         etag = out[hdrs.ETAG] = encoded_tag(entry.etag, coding)
-        direct = not self._app.on_response_prepare and can_answer_directly(request)
         if hdrs.IF_NONE_MATCH in headers and if_none_match(headers.getall(hdrs.IF_NONE_MATCH), etag):
-            if direct:
-                return DirectResponse(status=304, body=b"", headers=out, now=now)
-            return web.Response(status=304, headers=out)
+            return small_response(request, self._app, status=304, body=b"", headers=out, now=now)
         # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
         out[hdrs.CONTENT_TYPE] = JSON
         now_us = int(now * 1_000_000)
         if coding is not None:
             out[hdrs.CONTENT_ENCODING] = coding
-        if kept and direct:
-            return DirectResponse(status=200, body=bodies.body(entry, now_us, coding), headers=out, now=now)
-        if kept or request.method == hdrs.METH_HEAD:
-            return web.Response(body=bodies.body(entry, now_us, coding), headers=out)
+        if kept or request.method == hdrs.METH_HEAD:  # a HEAD is never direct: aiohttp drops the body
+            body = bodies.body(entry, now_us, coding)
+            return small_response(request, self._app, status=200, body=body, headers=out, now=now)
         return PartsResponse(body_parts(entry, now_us), headers=out)
 
 
