@@ -38,7 +38,8 @@ lint: system-packages $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The benchmark (bench/run.py, then bench/miss_costs.py): about four minutes; rewrites docs/performance.md's table.
+# The benchmark (bench/run.py, then bench/hit_costs.py and bench/miss_costs.py): about four minutes; rewrites
+# docs/performance.md's table.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo 'installing wrk (Debian package)'; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi; }

@@ -27,9 +27,9 @@ from /proc) per request wrk counted, and the CPU that processes outside the benc
 from /proc/stat less this script's and all its child processes'); a row where those neighbours took more than
 BUSY_LIMIT of a CPU is measured once more, and marked when they still did. The proxy's resident set size is
 sampled every 0.2 s while it runs. Prints one markdown table and the targets of the performance issue, and
-rewrites the part of docs/performance.md between its markers. Last, bench/miss_costs.py splits a cold miss's CPU
-into its parts, for the table under the targets. Exit status: 0 when the run completed (1 with
-``--check`` when a target fails), 2 when the set-up failed.
+rewrites the part of docs/performance.md between its markers. Last, bench/hit_costs.py splits the proxy's own work
+per hit into its parts, and bench/miss_costs.py a cold miss's CPU, for the tables under the targets. Exit status:
+0 when the run completed (1 with ``--check`` when a target fails), 2 when the set-up failed.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from bench.soak import proc_rss
 from bench.upstream import LEGACY_TOKEN
@@ -359,6 +360,7 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     miss_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # bench/miss_costs.py's, per store
+    hit_parts: dict[str, float] = field(default_factory=dict)  # bench/hit_costs.py's
     pairs: list[tuple[float, float]] = field(default_factory=list)  # (c) / (a'): requests/s and p99, per pair
     next_cold_id: int = 10**6
 
@@ -714,6 +716,13 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
     lines = [against_nginx(run), one_connection_note(run), paired_note(run), busy_note(run), *run.notes]
     notes = "".join(f"\n{note}\n" for note in lines if note)
+    hits = hit_table(run)
+    if hits:
+        hits = (
+            "\nWhere a hit's CPU goes (`bench/hit_costs.py`: the proxy's own work per hit, each part timed alone in a "
+            "process built as the proxy is, on requests made in process and a transport that only counts bytes):\n\n"
+            f"{hits}\n"
+        )
     misses = miss_table(run)
     if misses:
         misses = (
@@ -732,7 +741,7 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
         "the measured run, per request wrk counted. Others: the CPU that processes outside the benchmark took "
         f"meanwhile; above {BUSY_LIMIT:.0f}% of a CPU the row was measured once more. The targets' baseline, the "
         f"issue's (a) (aiohttp web.Application, one route, uvloop), is row ({BASELINE}).\n\n"
-        f"{table(run)}\n{notes}\nTargets:\n\n{checks}\n{misses}"
+        f"{table(run)}\n{notes}\nTargets:\n\n{checks}\n{hits}{misses}"
     )
 
 
@@ -746,19 +755,52 @@ def write_doc(text: str) -> None:
     DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
 
 
-def miss_parts(run: Run) -> None:
-    """bench/miss_costs.py: a cold miss's CPU, part by part, for the table under the targets (a note instead,
-    when it fails: the rows measured so far are kept)."""
-    command = [sys.executable, str(ROOT / "bench" / "miss_costs.py"), "--json"]
+def figures_of(run: Run, script: str) -> dict[str, Any]:
+    """``bench/<script> --json``'s figures, or none and a note when it fails (the rows measured so far are kept)."""
+    command = [sys.executable, str(ROOT / "bench" / script), "--json"]
     env = clean_environment() | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, env=env)
     try:
-        run.miss_parts = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
     except (ValueError, IndexError):
-        run.miss_parts = {}
-    if not run.miss_parts:
+        figures = {}
+    if not figures:
         print(done.stderr, file=sys.stderr)
-        run.notes.append(f"bench/miss_costs.py failed (exit status {done.returncode}); its table is missing.")
+        run.notes.append(f"bench/{script} failed (exit status {done.returncode}); its table is missing.")
+    return figures
+
+
+def hit_table(run: Run) -> str:
+    """Where the CPU of a hit goes: bench/hit_costs.py's parts of the proxy's own work, the rest of row (b), and
+    what a hit could cost at the target."""
+    row, base = run.row("b"), run.row(BASELINE)
+    parts = run.hit_parts
+    if not parts or row is None or base is None:
+        return ""
+    own = parts["own work"]
+    edge = own - parts["handler"] - parts["write"] - parts["access line"]
+    total = row.cpu.server_us
+    lines = [
+        ("the handler: the key, the id, the hot tier, the headers, the body", parts["handler"]),
+        ("the answer serialized and handed to the transport (`DirectResponse.prepare`)", parts["write"]),
+        ("the access line, recorded, formatted and flushed", parts["access line"]),
+        ("the front door and the edge: request id, timing, headers, metrics (the own work less the above)", edge),
+        ("**the proxy's own work**", own),
+        ("aiohttp's server, uvloop and the system calls (the row's CPU less the own work)", total - own),
+        ("**the row's CPU per hit**", total),
+    ]
+    at_target = base.cpu.server_us / 0.8
+    return "\n".join(
+        [
+            "| part of a hit, CPU us | (b) in-process store |",
+            "|---|---:|",
+            *(f"| {label} | {us:.1f} |" for label, us in lines),
+            "",
+            f"At 0.8 of ({BASELINE})'s requests/s, a hit could take about {at_target:.0f} us of CPU (the baseline's "
+            f"{base.cpu.server_us:.0f} us / 0.8): {at_target - (total - own):.1f} us for the proxy's own work beside "
+            f"what aiohttp, uvloop and the system calls take of this row, against {own:.1f} us measured.",
+        ]
+    )
 
 
 MISS_PARTS = {  # bench/miss_costs.py's parts that make up its lookup
@@ -827,7 +869,8 @@ def all_rows(run: Run) -> None:
         proxy_cold_rows(run, slow_upstream)
         nginx_row(run, slow_upstream)
     large_body_rows(run)
-    miss_parts(run)
+    run.hit_parts = figures_of(run, "hit_costs.py")
+    run.miss_parts = figures_of(run, "miss_costs.py")
 
 
 def main() -> int:

@@ -1,0 +1,201 @@
+"""Where a cache hit's CPU goes, part by part: the proxy's own work per hit, each part run alone in this process.
+
+    PYTHONPATH=. python bench/hit_costs.py [--hits 20000] [--json]      (make bench runs it)
+
+The proxy is built as ``python -m proxy`` builds it (``create_app`` with default settings, its cleanup contexts
+run, the access log configured as in production), with the in-process store, in front of the bench's fake
+upstream (bench/upstream.py, in its own process on CPU 0). Its 100 hot ids are fetched until they are hits.
+Then each part is timed on requests built in this process (aiohttp's ``make_mocked_request``) whose transport
+only counts bytes, so what is timed is the proxy's own Python and none of aiohttp's server, the event loop or the
+``write`` system call. This process runs on CPU 1, on uvloop; each figure is the median of seven runs, in CPU
+microseconds per hit:
+
+    own work      everything the proxy runs for a hit: its front door, the edge, the handler, the direct write
+                  (to the counting transport) and the access line (formatted and flushed to a stream that drops it)
+    handler       the annotation route's handler alone: the key, the id, the hot tier, the headers, the body
+    write         the answer serialized and handed to the transport (``DirectResponse.prepare``): the handler
+                  followed by it, less the handler alone
+    access line   the line recorded, formatted and flushed, alone
+
+What a hit costs besides its own work (aiohttp's server, uvloop, the system calls) is the bench's hit row (b)
+less the own work; what the edge costs besides the access line is the own work less the other three parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from typing import Any
+
+import aiohttp
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry
+
+from bench.run import CLIENT_KEY, HOT_IDS, running, warm_hits
+from bench.run import upstream as upstream_command
+from bench.upstream import LEGACY_TOKEN
+from proxy.__main__ import freeze_start_up
+from proxy.app import create_app
+from proxy.logs import ACCESS_LOG, configure_logging
+from proxy.routes import AnnotationRoute
+from proxy.server import ProxyRunner
+from proxy.settings import Settings
+from tests.support.ports import free_port
+from tests.support.processes import clean_environment
+
+REPEATS = 7
+BATCH = 32  # hits between two turns of the loop, as under the hit rows' 32 connections (the access lines' flush)
+
+
+class CountingTransport:
+    """A transport that takes every write and keeps only the count: no socket, no system call."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class Discard:
+    """A text stream that drops what it is given: the access lines are formatted, never written."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def per_hit(part: Callable[[int], Awaitable[object]], hits: int) -> float:
+    """CPU microseconds per call of ``part``: the median of :data:`REPEATS` runs of ``hits`` calls, the loop
+    turning every :data:`BATCH` calls."""
+    for i in range(BATCH * 10):  # warm
+        await part(i)
+    runs = []
+    for _ in range(REPEATS):
+        started = cpu_seconds()
+        for i in range(hits):
+            await part(i)
+            if i % BATCH == BATCH - 1:
+                await asyncio.sleep(0)
+        runs.append((cpu_seconds() - started) / hits * 1e6)
+    return statistics.median(runs)
+
+
+async def measure(upstream: str, hits: int) -> dict[str, float]:
+    fields: dict[str, Any] = {  # the defaults but for these (pydantic converts the strings)
+        "label_studio_url": upstream,
+        "label_studio_api_key": LEGACY_TOKEN,
+        "proxy_client_keys": (CLIENT_KEY,),
+    }
+    settings = Settings(**fields)
+    configure_logging(settings.proxy_log_level, Discard())  # type: ignore[arg-type]  # a TextIO's write and flush
+    app = create_app(settings, registry=CollectorRegistry())
+    runner = ProxyRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    freeze_start_up()
+    try:
+        await asyncio.to_thread(warm_hits, f"http://127.0.0.1:{port}")
+        assert runner.server is not None
+        door = runner.server.request_handler
+        transport = CountingTransport()
+        headers = {"Host": f"127.0.0.1:{port}", aiohttp.hdrs.AUTHORIZATION: f"Token {CLIENT_KEY}"}
+        requests = [
+            make_mocked_request("GET", f"/api/annotations/{i}/", headers=headers, app=app, transport=transport)
+            for i in range(1, HOT_IDS + 1)
+        ]
+
+        def request(i: int) -> web.Request:
+            chosen = requests[i % HOT_IDS]
+            chosen._cache.clear()  # what aiohttp's request works out once (query, keep-alive): anew per hit
+            return chosen
+
+        async def own_work(i: int) -> None:
+            chosen = request(i)
+            response = await door(chosen)
+            await response.prepare(chosen)
+            await response.write_eof()
+
+        route = AnnotationRoute(app)
+
+        async def handler(i: int) -> None:
+            await route.get(request(i))
+
+        async def handler_and_write(i: int) -> None:
+            chosen = request(i)
+            answer = await route.get(chosen)
+            await answer.prepare(chosen)
+
+        async def access_line(i: int) -> None:
+            ACCESS_LOG(
+                method="GET",
+                route="annotation",
+                path=f"/api/annotations/{i % HOT_IDS + 1}/",
+                status=200,
+                cache="hit",
+                duration_ms=0.123,
+                request_id="0123456789abcdef0123456789abcdef",
+            )
+
+        costs = {"own work": await per_hit(own_work, hits)}
+        if transport.written < hits * 1000:  # the hot ids' answers are over 1 KB each
+            raise RuntimeError("the hits were not answered: nothing to measure")
+        costs["handler"] = await per_hit(handler, hits)
+        costs["write"] = await per_hit(handler_and_write, hits) - costs["handler"]
+        costs["access line"] = await per_hit(access_line, hits)
+        return costs
+    finally:
+        await runner.cleanup()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hits", type=int, default=20_000, help="hits per run of each part (default 20000)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON (bench/run.py reads them)")
+    args = parser.parse_args()
+    for name in os.environ.keys() - clean_environment().keys():
+        del os.environ[name]  # the proxy's defaults, as the bench runs it: Settings reads the environment
+    with ExitStack() as stack:
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}"
+        stack.enter_context(running(upstream_command(port), url=f"{upstream}/health", what="upstream", cpu=0))
+        if (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {1})  # the proxy's CPU in the bench
+        costs = uvloop.run(measure(upstream, args.hits))
+    if args.json:
+        print(json.dumps(costs))
+        return 0
+    for part, us in costs.items():
+        print(f"{part:12} {us:6.2f} us")
+    print("\nCPU microseconds of this process per hit; the own work includes the three parts below it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
