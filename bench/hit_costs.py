@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import resource
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
@@ -40,8 +38,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from bench.run import CLIENT_KEY, HOT_IDS, running, warm_hits
-from bench.run import upstream as upstream_command
+from bench.run import CLIENT_KEY, HOT_IDS, cpu_seconds, fake_upstream_beside, on_the_proxy_cpu, warm_hits
 from bench.upstream import LEGACY_TOKEN
 from proxy.__main__ import freeze_start_up
 from proxy.app import create_app
@@ -50,7 +47,6 @@ from proxy.routes import AnnotationRoute
 from proxy.server import ProxyRunner
 from proxy.settings import Settings
 from tests.support.ports import free_port
-from tests.support.processes import clean_environment
 
 REPEATS = 7
 BATCH = 32  # hits between two turns of the loop, as under the hit rows' 32 connections (the access lines' flush)
@@ -72,6 +68,7 @@ class CountingTransport:
         return 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """What make_mocked_request asks of a transport (the peer's address)."""
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
@@ -83,11 +80,6 @@ class Discard:
 
     def flush(self) -> None:
         pass
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def per_hit(part: Callable[[int], Awaitable[object]], hits: int) -> float:
@@ -179,14 +171,9 @@ def main() -> int:
     parser.add_argument("--hits", type=int, default=20_000, help="hits per run of each part (default 20000)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (bench/run.py reads them)")
     args = parser.parse_args()
-    for name in os.environ.keys() - clean_environment().keys():
-        del os.environ[name]  # the proxy's defaults, as the bench runs it: Settings reads the environment
     with ExitStack() as stack:
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        stack.enter_context(running(upstream_command(port), url=f"{upstream}/health", what="upstream", cpu=0))
-        if (os.cpu_count() or 1) >= 2:
-            os.sched_setaffinity(0, {1})  # the proxy's CPU in the bench
+        upstream = fake_upstream_beside(stack)
+        on_the_proxy_cpu()
         costs = uvloop.run(measure(upstream, args.hits))
     if args.json:
         print(json.dumps(costs))

@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,8 +38,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from bench.run import LATENCY, running
-from bench.run import upstream as upstream_command
+from bench.run import LATENCY, cpu_seconds, fake_upstream_beside, on_the_proxy_cpu
 from bench.upstream import LEGACY_TOKEN
 from proxy.__main__ import freeze_start_up
 from proxy.app import create_app
@@ -49,19 +46,12 @@ from proxy.cache import AnnotationKey, CachedAnnotation, Variant
 from proxy.entries import entry_from_body
 from proxy.keys import LIVE_BODIES, SERVICE, STORE, UPSTREAM
 from proxy.settings import Settings
-from tests.support.ports import free_port
-from tests.support.processes import clean_environment
 from tests.support.redis_servers import running_redis
 
 CONCURRENCY = 16  # the cold rows' connections
 TTL = 300.0
 SETTLE = 0.5  # seconds for what one part set going to finish before the next is timed
 T = TypeVar("T")
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def per_call(call: Callable[[T], Awaitable[object]], arguments: Iterable[T]) -> float:
@@ -150,22 +140,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (bench/run.py reads them)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the background dependency check's complaints: not figures
-    for name in os.environ.keys() - clean_environment().keys():
-        del os.environ[name]  # the proxy's defaults, as the bench runs it: Settings reads the environment
     with ExitStack() as stack:
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        stack.enter_context(
-            running(
-                upstream_command(port, uvloop=True, latency=args.latency),
-                url=f"{upstream}/health",
-                what="upstream",
-                cpu=0,
-            )
-        )
-        redis = stack.enter_context(running_redis())  # on any CPU, as in the bench's rows
-        if (os.cpu_count() or 1) >= 2:
-            os.sched_setaffinity(0, {1})  # the proxy's CPU in the bench
+        upstream = fake_upstream_beside(stack, latency=args.latency)
+        redis = stack.enter_context(running_redis())  # on any CPU, as in the bench's rows: started before pinning
+        on_the_proxy_cpu()
         rows = {
             "in-process store": uvloop.run(measure(upstream, None, args.misses, 10**6)),
             "Redis": uvloop.run(measure(upstream, redis.url, args.misses, 2 * 10**6)),

@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -753,6 +754,35 @@ def write_doc(text: str) -> None:
     head, _, rest = current.partition(BEGIN)
     _, _, tail = rest.partition(END)
     DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+# --- The in-process parts (bench/hit_costs.py, bench/miss_costs.py) -----------------------------------------------
+
+
+def fake_upstream_beside(stack: ExitStack, *, latency: float = 0.0) -> str:
+    """For a script that builds the proxy in its own process: the proxy's default settings (this process's
+    environment cleared of everything else, since Settings reads it) and the fake upstream on CPU 0, on uvloop,
+    until ``stack`` closes. Returns the upstream's URL."""
+    for name in os.environ.keys() - clean_environment().keys():
+        del os.environ[name]
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    stack.enter_context(
+        running(upstream(port, latency=latency, uvloop=True), url=f"{url}/health", what="upstream", cpu=0)
+    )
+    return url
+
+
+def on_the_proxy_cpu() -> None:
+    """This process on CPU 1, the proxy's in the bench (processes it starts later inherit it)."""
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {1})
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def figures_of(run: Run, script: str) -> dict[str, Any]:
