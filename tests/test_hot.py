@@ -116,15 +116,22 @@ class TestThroughTheProxy:
     async def test_hits_after_the_first_do_not_touch_redis(self, make_proxy: ProxyFactory, redis_url: str) -> None:
         proxy = await make_proxy(redis_url=redis_url)
         proxy.fake.add_annotation()
-        await wait_until(lambda: proxy.client.app[SERVICE].hot.enabled)
+        hot = proxy.client.app[SERVICE].hot
+        await wait_until(lambda: hot.enabled)
         await get(proxy)  # miss: read, fetch, store
-        await get(proxy)  # a hit read from Redis, now kept hot
+        # Hits read from Redis until one is kept hot: a copy read before this replica has heard the store announce
+        # its own write is refused (it could predate the write), and the announcement takes its own time to arrive.
+        for _ in range(100):
+            await get(proxy)
+            if hot.get(AnnotationKey(1, Variant.PLAIN)) is not None:
+                break
         scripts = script_calls(redis_url)
+        hits = proxy.metric("cache_requests_total", result="hit")
         for _ in range(5):
             status, headers, _ = await get(proxy)
             assert (status, status_of(headers)) == (200, "annotation-proxy; hit")
         assert script_calls(redis_url) == scripts
-        assert proxy.metric("cache_requests_total", result="hit") == 6
+        assert proxy.metric("cache_requests_total", result="hit") == hits + 5
 
     @pytest.mark.redis
     async def test_a_change_on_one_replica_is_dropped_by_the_others_at_once(
