@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy import __version__
+from proxy.answers import Answers
 from proxy.auth import ClientKeys, parse_entry
 from proxy.breaker import CircuitBreaker, State
-from proxy.budget import BODY_FACTOR, ByteBudget
+from proxy.budget import BODY_FACTOR, ByteBudget, answer_memo_bytes
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, open_redis_store
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.hot import HotTier
@@ -26,6 +27,7 @@ from proxy.credentials import Credentials, LegacyToken, PersonalAccessToken
 from proxy.http_guard import redact_parser_error_responses
 from proxy.keys import (
     ADMIN_KEYS,
+    ANSWERS,
     BODIES,
     CLIENT_KEYS,
     CLOCK,
@@ -86,6 +88,7 @@ def create_app(
     app[ADMIN_KEYS] = ClientKeys(parse_entry(k.get_secret_value()) for k in settings.proxy_admin_keys)
     app[CLOCK] = clock
     app[LIVE_BODIES] = LiveBodies(settings.proxy_render_max_bytes)
+    app[ANSWERS] = Answers(answer_memo_bytes(settings.proxy_render_max_bytes))
     # Bodies being read (from Label Studio or, when large, from Redis), validated and served from such a read.
     app[BODIES] = ByteBudget(settings.proxy_inflight_max_bytes)
     app[WEBHOOK_BODIES] = ByteBudget(BODY_FACTOR * settings.proxy_webhook_max_bytes)

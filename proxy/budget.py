@@ -7,6 +7,8 @@ adds them up, so that the start-up log, docs/memory.md and a container's memory 
 - the in-process store (``PROXY_MEMORY_CACHE_MAX_BYTES``; none with Redis);
 - the hot tier (``PROXY_HOT_MAX_BYTES``);
 - the rendered-body memo (``PROXY_RENDER_MAX_BYTES``);
+- the answer memo: hot hits' answers, serialized (a quarter of ``PROXY_RENDER_MAX_BYTES``, beside it; each
+  counts its body, though the body is most often the render memo's own bytes object);
 - upstream bodies being read and validated (``PROXY_INFLIGHT_MAX_BYTES``): a body costs :data:`BODY_FACTOR`
   times its size while it is read (chunks, then the joined bytes) and parsed (pydantic's Python objects are
   about six times the JSON's size for annotation results), and a fetch waits for its share before it reads;
@@ -43,6 +45,7 @@ class MemoryBudget:
     memory_store: int
     hot_tier: int
     render_memo: int
+    answer_memo: int
     upstream_bodies: int
     webhook_bodies: int
 
@@ -53,6 +56,7 @@ class MemoryBudget:
             + self.memory_store
             + self.hot_tier
             + self.render_memo
+            + self.answer_memo
             + self.upstream_bodies
             + self.webhook_bodies
         )
@@ -61,6 +65,11 @@ class MemoryBudget:
         """Each part and the total, in MiB (rounded up), for the start-up log."""
         parts = {name: getattr(self, name) for name in self.__dataclass_fields__} | {"total": self.total}
         return {name: -(-value // MiB) for name, value in parts.items()}
+
+
+def answer_memo_bytes(render_bytes: int) -> int:
+    """The answer memo's bound (proxy/answers.py): a quarter of the render memo's."""
+    return render_bytes // 4
 
 
 def memory_budget(
@@ -76,6 +85,7 @@ def memory_budget(
         memory_store=memory_store_bytes,
         hot_tier=hot_bytes,
         render_memo=render_bytes,
+        answer_memo=answer_memo_bytes(render_bytes),
         upstream_bodies=inflight_bytes,
         webhook_bodies=BODY_FACTOR * webhook_max_bytes,
     )

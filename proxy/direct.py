@@ -10,11 +10,16 @@ Only what it can answer alike is sent this way (:func:`can_answer_directly`): ``
 connection kept alive, on a socket whose write buffer is not already behind. Everything else, and a caller that
 has stopped reading, gets aiohttp's own ``Response``, whose write waits for the socket: so a caller that sends
 requests without reading the answers holds at most one body beyond the transport's high-water mark.
+
+An answer that many requests share (proxy/answers.py) is serialized once: its header lines come as ``fixed``,
+the ones before the response's own ``headers`` (which the edge still reads and adds to) and the ones after,
+``Content-Length``, ``Date`` and ``Server`` as :func:`trailer` gives them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from email.utils import formatdate
 
 from aiohttp import hdrs, web
@@ -24,9 +29,26 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 # Beyond this many bytes waiting in the caller's socket buffer, answers go through aiohttp's writer, which waits
 # for the caller to read (asyncio's default high-water mark of a transport's write buffer).
 WRITE_BUFFER_LIMIT = 64 * 1024
-STATUS_LINES = {200: "HTTP/1.1 200 OK\r\n", 304: "HTTP/1.1 304 Not Modified\r\n"}
+STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 304: b"HTTP/1.1 304 Not Modified\r\n"}
 # What aiohttp refuses in a header name or value: every control character but tab.
 FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    """``Name: value\\r\\n`` for each header, in order; ``ValueError`` for a control character (tab aside) in a
+    name or value, as aiohttp refuses it."""
+    flat = "".join(map("".join, headers.items()))
+    if not flat.isprintable() and FORBIDDEN.search(flat):  # the regex only when something is not printable
+        raise ValueError("a header name or value contains a control character")
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()
+
+
+def trailer(status: int, body_length: int, now: float) -> dict[str, str]:
+    """The headers aiohttp adds after a response's own: ``Content-Length`` (on a 200), ``Date`` and ``Server``."""
+    headers: dict[str, str] = {hdrs.CONTENT_LENGTH: str(body_length)} if status == 200 else {}
+    headers[hdrs.DATE] = http_date(now)
+    headers[hdrs.SERVER] = SERVER_SOFTWARE
+    return headers
 
 
 def can_answer_directly(request: web.BaseRequest) -> bool:
@@ -43,12 +65,18 @@ def can_answer_directly(request: web.BaseRequest) -> bool:
     )
 
 
+def answers_directly(request: web.BaseRequest, app: web.Application) -> bool:
+    """Whether a :class:`DirectResponse` answers ``request`` as aiohttp would, ``app`` included: it runs no
+    ``on_response_prepare`` signal, which a direct answer would skip."""
+    return not app.on_response_prepare and can_answer_directly(request)
+
+
 def small_response(
     request: web.BaseRequest, app: web.Application, *, status: int, body: bytes, headers: dict[str, str], now: float
 ) -> web.StreamResponse:
     """A 200 with ``body`` or a 304: a :class:`DirectResponse` where it answers alike (and ``app`` runs no
     ``on_response_prepare`` signal, which it would skip), else aiohttp's ``Response``."""
-    if not app.on_response_prepare and can_answer_directly(request):
+    if answers_directly(request, app):
         return DirectResponse(status=status, body=body, headers=headers, now=now)
     return web.Response(status=status, body=body or None, headers=headers)
 
@@ -74,18 +102,29 @@ class DirectResponse(web.StreamResponse):
     """A 200 with a body already rendered, or a 304, written whole to the transport by :meth:`prepare`.
 
     Its ``headers`` are the ones sent; the edge adds its own before aiohttp prepares the response, as for any
-    other, and ``Content-Length``, ``Date`` and ``Server`` follow them, as aiohttp adds them. A header with a
-    control character (tab aside) is refused with ``ValueError``, as aiohttp refuses it. Like aiohttp's writer,
-    :meth:`prepare` waits while the transport is past its high-water mark, so a caller that stops reading holds
-    at most :data:`WRITE_BUFFER_LIMIT` and one answer.
+    other, and ``Content-Length``, ``Date`` and ``Server`` follow them (:func:`trailer`), as aiohttp adds them.
+    ``fixed``: header lines serialized once for many responses (proxy/answers.py), written before ``headers``
+    and after them, the trailer included. A header with a control character (tab aside) is refused with
+    ``ValueError``, as aiohttp refuses it. Like aiohttp's writer, :meth:`prepare` waits while the transport is
+    past its high-water mark, so a caller that stops reading holds at most :data:`WRITE_BUFFER_LIMIT` and one
+    answer.
     """
 
-    def __init__(self, *, status: int, body: bytes, headers: dict[str, str], now: float) -> None:
+    def __init__(
+        self,
+        *,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        now: float,
+        fixed: tuple[bytes, bytes] | None = None,
+    ) -> None:
         super().__init__(status=status, headers=headers)
         if status not in STATUS_LINES or (status == 304 and body):
             raise ValueError("a direct response is a 200 with a body or a 304 without one")
         self._payload = body
         self._now = now
+        self._fixed = fixed
         self._sent = -1  # bytes written, head included (aiohttp's body_length), once prepared
         self._closing = False
 
@@ -112,18 +151,16 @@ class DirectResponse(web.StreamResponse):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the caller closed the connection")
         headers = self.headers
-        if self.status == 200:
-            headers[hdrs.CONTENT_LENGTH] = str(len(self._payload))
         if self._closing:
             headers[hdrs.CONNECTION] = "close"
-        if hdrs.DATE not in headers:
-            headers[hdrs.DATE] = http_date(self._now)
-        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
-        flat = "".join(map("".join, headers.items()))
-        if not flat.isprintable() and FORBIDDEN.search(flat):  # the regex only when something is not printable
-            raise ValueError("a header name or value contains a control character")
-        head = "\r\n".join(map(": ".join, headers.items()))
-        message = f"{STATUS_LINES[self.status]}{head}\r\n\r\n".encode() + self._payload
+        if self._fixed is None:
+            tail = trailer(self.status, len(self._payload), self._now)
+            for name in tail:  # the trailer's, not a handler's
+                headers.popall(name, None)
+            before, after = b"", header_lines(tail)
+        else:
+            before, after = self._fixed
+        message = b"".join((STATUS_LINES[self.status], before, header_lines(headers), after, b"\r\n", self._payload))
         transport.write(message)
         self._sent = len(message)
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:  # past the high-water mark: wait, as aiohttp's

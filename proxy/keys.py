@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from proxy.answers import Answers
 from proxy.auth import ClientKeys
 from proxy.budget import ByteBudget
 from proxy.cache import AnnotationStore
@@ -26,6 +27,7 @@ READINESS = web.AppKey("readiness", Readiness)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ADMIN_KEYS = web.AppKey("admin_keys", ClientKeys)  # empty: purging is disabled
 LIVE_BODIES = web.AppKey("live_bodies", LiveBodies)
+ANSWERS = web.AppKey("answers", Answers)  # hot hits' answers, serialized (proxy/answers.py)
 BODIES = web.AppKey("bodies", ByteBudget)  # the memory budget of bodies in flight (proxy/budget.py)
 WEBHOOK_BODIES = web.AppKey("webhook_bodies", ByteBudget)  # webhook bodies being read and parsed
 CLOCK = web.AppKey[Callable[[], float]]("clock")  # wall-clock seconds; tests move it by hand
@@ -39,10 +41,12 @@ CACHE_RESULT = web.RequestKey("cache_result", str)
 
 __all__ = [
     "ADMIN_KEYS",
+    "ANSWERS",
     "BODIES",
     "CACHE_RESULT",
     "CLIENT_KEYS",
     "CLOCK",
+    "LIVE_BODIES",
     "METRICS",
     "MONOTONIC",
     "READINESS",

@@ -38,6 +38,21 @@ def age_cells(created_at_us: int, now_us: int) -> tuple[int, int, int]:
     return (now_us - created_at_us) // MINUTE_US, (now_us - whole_second) // MINUTE_US, now_us // MINUTE_US
 
 
+def next_rendering(entry: CachedAnnotation, now_us: int) -> int | None:
+    """The first grid point after ``now_us`` (microseconds), where ``entry``'s body may render differently; None
+    for a body without ``created_ago``, which never does."""
+    created_at = entry.created_at
+    if entry.created_ago_span is None or created_at is None:
+        return None
+    whole_second = created_at - created_at % SECOND_US
+    since_created, since_whole_second, utc = age_cells(created_at, now_us)
+    return min(
+        created_at + (since_created + 1) * MINUTE_US,
+        whole_second + (since_whole_second + 1) * MINUTE_US,
+        (utc + 1) * MINUTE_US,
+    )
+
+
 def render_body(entry: CachedAnnotation, now_us: int) -> bytes:
     """Label Studio's bytes with ``created_ago`` computed for ``now_us``, without the memo."""
     parts = body_parts(entry, now_us)

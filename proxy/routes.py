@@ -12,8 +12,10 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.answers import Answer, holds_until
+from proxy.cache import CachedAnnotation
 from proxy.cache_status import FROM_CACHE, served_status
-from proxy.direct import small_response
+from proxy.direct import answers_directly, header_lines, small_response, trailer
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
 from proxy.edge import (
     JSON,
@@ -36,6 +38,7 @@ from proxy.freshness import encoded_tag, if_none_match
 from proxy.http_guard import ClientClosedRequest
 from proxy.keys import (
     ADMIN_KEYS,
+    ANSWERS,
     CACHE_RESULT,
     CLIENT_KEYS,
     CLOCK,
@@ -123,6 +126,7 @@ class AnnotationRoute:
         settings = app[SETTINGS]
         self._app = app  # the service is there once the application has started
         self._keys, self._bodies, self._clock = app[CLIENT_KEYS], app[LIVE_BODIES], app[CLOCK]
+        self._answers = app[ANSWERS]
         self._ttl, self._compression = settings.proxy_cache_ttl, settings.proxy_compression
 
     async def get(self, request: web.Request) -> web.StreamResponse:
@@ -168,32 +172,56 @@ class AnnotationRoute:
         headers = request.headers
         entry = served.entry
         now = self._clock()
-        status = served_status(served, now=now, ttl=self._ttl)
         if entry is None:
-            return not_found_response(served, status, now)
-        # See docs/freshness.md: the webhook's promise, the caller's key.
-        out = {"Cache-Status": status, hdrs.CACHE_CONTROL: REVALIDATE}
+            return not_found_response(served, served_status(served, now=now, ttl=self._ttl), now)
         bodies = self._bodies
         kept = bodies.keeps(entry)  # larger bodies are written in parts, never gzipped
         coding = None
-        if self._compression:
-            out[hdrs.VARY] = hdrs.ACCEPT_ENCODING
-            if kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
-                coding = GZIP if wants_gzip(",".join(headers.getall(hdrs.ACCEPT_ENCODING))) else None
-        if served.result in FROM_CACHE:
-            out[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
-        etag = out[hdrs.ETAG] = encoded_tag(entry.etag, coding)
-        if hdrs.IF_NONE_MATCH in headers and if_none_match(headers.getall(hdrs.IF_NONE_MATCH), etag):
+        if self._compression and kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
+            coding = GZIP if wants_gzip(",".join(headers.getall(hdrs.ACCEPT_ENCODING))) else None
+        if hdrs.IF_NONE_MATCH in headers and if_none_match(
+            headers.getall(hdrs.IF_NONE_MATCH), encoded_tag(entry.etag, coding)
+        ):
+            out = self.headers(served, entry, coding, now, status=304)
             return small_response(request, self._app, status=304, body=b"", headers=out, now=now)
+        if kept and served.result == "hit" and answers_directly(request, self._app):  # proxy/answers.py
+            answer = self._answers.get(entry, coding, now) or self.keep_answer(served, entry, coding, now)
+            return answer.response(now)
+        out = self.headers(served, entry, coding, now, status=200)
         # Label Studio renders created_ago per response; so does the proxy, once per minute of age.
-        out[hdrs.CONTENT_TYPE] = JSON
         now_us = int(now * 1_000_000)
-        if coding is not None:
-            out[hdrs.CONTENT_ENCODING] = coding
         if kept or request.method == hdrs.METH_HEAD:  # a HEAD is never direct: aiohttp drops the body
             body = bodies.body(entry, now_us, coding)
             return small_response(request, self._app, status=200, body=body, headers=out, now=now)
         return PartsResponse(body_parts(entry, now_us), headers=out)
+
+    def headers(
+        self, served: Served, entry: CachedAnnotation, coding: str | None, now: float, *, status: int
+    ) -> dict[str, str]:
+        """A 200's or a 304's headers, ``Cache-Control`` last (an :class:`Answer` leaves it to the edge to read).
+        See docs/freshness.md: the webhook's promise, the caller's key."""
+        out = {"Cache-Status": served_status(served, now=now, ttl=self._ttl)}
+        if self._compression:
+            out[hdrs.VARY] = hdrs.ACCEPT_ENCODING
+        if served.result in FROM_CACHE:
+            out[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
+        out[hdrs.ETAG] = encoded_tag(entry.etag, coding)
+        if status == 200:
+            out[hdrs.CONTENT_TYPE] = JSON
+            if coding is not None:
+                out[hdrs.CONTENT_ENCODING] = coding
+        out[hdrs.CACHE_CONTROL] = REVALIDATE
+        return out
+
+    def keep_answer(self, served: Served, entry: CachedAnnotation, coding: str | None, now: float) -> Answer:
+        """A hit's 200 serialized for every request until one of its bytes would change (proxy/answers.py)."""
+        out = self.headers(served, entry, coding, now, status=200)
+        cache_control = out.pop(hdrs.CACHE_CONTROL)
+        body = self._bodies.body(entry, int(now * 1_000_000), coding)
+        fixed = header_lines(out), header_lines(trailer(200, len(body), now))
+        answer = Answer(entry, holds_until(entry, now, self._ttl), fixed, body, cache_control)
+        self._answers.keep(answer, coding)
+        return answer
 
 
 def not_found_response(served: Served, status: str, now: float) -> web.Response:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from proxy.direct import WRITE_BUFFER_LIMIT, DirectResponse, can_answer_directly
 from tests.support import raw_http
 from tests.support.proxies import CLIENT_KEY, ProxyFactory
+from tests.support.raw_http import answers, framed, request_line
 
 HEADERS = {
     "Cache-Status": "annotation-proxy; hit; ttl=299",
@@ -29,34 +30,6 @@ HEADERS = {
 }
 BODY = b'{"id": 1, "result": []}'
 KERNEL_SEND_BUFFER_MAX = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])  # bytes, per socket
-
-
-def head_of(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
-    """The status line, the header lines as (name, value) in order, and what follows the head."""
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status, *lines = head.split(b"\r\n")
-    return status, [tuple(line.split(b": ", 1)) for line in lines], rest  # type: ignore[misc]
-
-
-def framed(stream: bytes) -> list[tuple[bytes, list[tuple[bytes, bytes]], bytes]]:
-    """Consecutive HTTP/1.1 responses framed by Content-Length (none for a 304): status line, header lines in
-    order, body."""
-    out = []
-    while stream:
-        status, lines, stream = head_of(stream)
-        length = 0 if b" 304 " in status else int(dict(lines)[b"Content-Length"])
-        out.append((status, lines, stream[:length]))
-        stream = stream[length:]
-    return out
-
-
-def answers(stream: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
-    """:func:`framed`, each response's headers as a dictionary."""
-    return [(status, dict(lines), body) for status, lines, body in framed(stream)]
-
-
-def request_line(path: str, *more: str) -> bytes:
-    return "\r\n".join([f"GET {path} HTTP/1.1", "Host: proxy", *more, "", ""]).encode()
 
 
 async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:

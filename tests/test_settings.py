@@ -282,9 +282,10 @@ def test_the_memory_budget_adds_up_every_byte_bound(monkeypatch: pytest.MonkeyPa
         "memory_store": 64,
         "hot_tier": 16,
         "render_memo": 16,
+        "answer_memo": 4,
         "upstream_bodies": 128,
         "webhook_bodies": 0,
-        "total": 304,
+        "total": 308,
     }
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("PROXY_WEBHOOK_SECRET", "a-webhook-secret-0123456789")

@@ -1,0 +1,94 @@
+"""Whole answers to hot hits, serialized once and written again for as long as every byte of them holds.
+
+Every hit of one annotation version answers the same bytes, its request id aside, until something in them moves
+on: ``Date`` and ``Age`` by the second, ``Cache-Status``'s ``ttl=`` by the second of the version's freshness, the
+body's ``created_ago`` by the minute (proxy/render.py). Building and serializing those headers was more than half
+of a hit's cost on a real socket (docs/performance.md). An :class:`Answer` keeps them as header lines ready to
+write, with the body, until the first instant any of them would differ (:func:`holds_until`).
+
+The headers the edge reads or adds (``Cache-Control``, ``X-Request-ID``) stay the response's own ``headers``,
+written between the answer's lines (proxy/direct.py), so an answer from here and one built afresh are the same
+bytes in the same order. An answer is used only for the very entry it was built from: a new version, or the same
+one fetched again, is another object. Bounded in bytes (proxy/budget.py), oldest out first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aiohttp import hdrs
+
+from proxy.cache import CachedAnnotation
+from proxy.cache.bounded import ByteBoundedMap
+from proxy.direct import DirectResponse
+from proxy.render import next_rendering
+
+# What one kept answer costs beyond its header lines and body (the record, its key, the map's slots; tracemalloc,
+# tests/test_answers.py).
+ANSWER_OVERHEAD = 400
+# An answer is dropped this long before the instant it would change, so that float rounding never keeps it past.
+MARGIN = 1e-6
+
+AnswerKey = tuple[int, str, str]  # annotation id, entity tag, content coding ("" for none)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A 200 for a hit of ``entry``: its header lines before and after the edge's, its body, and the
+    ``Cache-Control`` the edge reads. Good for requests before ``until`` (wall-clock seconds)."""
+
+    entry: CachedAnnotation
+    until: float
+    fixed: tuple[bytes, bytes]
+    body: bytes
+    cache_control: str
+
+    @property
+    def size(self) -> int:
+        return len(self.fixed[0]) + len(self.fixed[1]) + len(self.body)
+
+    def response(self, now: float) -> DirectResponse:
+        headers: dict[str, str] = {hdrs.CACHE_CONTROL: self.cache_control}
+        return DirectResponse(status=200, body=self.body, headers=headers, now=now, fixed=self.fixed)
+
+
+def holds_until(entry: CachedAnnotation, now: float, ttl: float) -> float:
+    """The first instant after ``now`` at which a hit of ``entry`` may be answered with other bytes (less
+    :data:`MARGIN`): the next second (``Date``), the next second of its age (``Age``, ``int(now - stored_at)``),
+    of its remaining freshness (``Cache-Status``'s ``ttl=``, ``floor(stored_at + ttl - now)``), and the next
+    instant its body renders differently. ``ttl``: PROXY_CACHE_TTL."""
+    stored_at = entry.stored_at
+    age = max(0, int(now - stored_at))
+    remaining = math.floor(stored_at + ttl - now)
+    until = min(math.floor(now) + 1, stored_at + age + 1, stored_at + ttl - remaining)
+    rendering = next_rendering(entry, int(now * 1_000_000))
+    if rendering is not None:
+        until = min(until, rendering / 1_000_000)
+    return until - MARGIN
+
+
+class Answers:
+    """:class:`Answer`\\ s by annotation version and content coding, at most ``max_bytes`` of them."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._answers: ByteBoundedMap[AnswerKey, Answer] = ByteBoundedMap(max_bytes, overhead=ANSWER_OVERHEAD)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._answers.size_bytes
+
+    def get(self, entry: CachedAnnotation, coding: str | None, now: float) -> Answer | None:
+        """The answer kept for ``entry`` itself in ``coding``, if it still holds at ``now``."""
+        answer = self._answers.get((entry.annotation_id, entry.etag, coding or ""))
+        if answer is None or answer.entry is not entry or now >= answer.until:
+            return None
+        return answer
+
+    def keep(self, answer: Answer, coding: str | None) -> None:
+        """Keep ``answer`` (in place of the one before it for the same version and coding)."""
+        entry = answer.entry
+        self._answers.put((entry.annotation_id, entry.etag, coding or ""), answer, answer.size)
