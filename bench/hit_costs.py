@@ -151,7 +151,7 @@ async def measure(upstream: str, hits: int) -> dict[str, float]:
                 path=f"/api/annotations/{i % HOT_IDS + 1}/",
                 status=200,
                 cache="hit",
-                duration_ms=0.123,
+                seconds=0.000123,
                 request_id="0123456789abcdef0123456789abcdef",
             )
 

@@ -125,7 +125,7 @@ def observed(app: web.Application, route: str, handler: Handler) -> Handler:
             path=path_as_sent(request)[:256],
             status=status,
             cache=cache,
-            duration_ms=round(elapsed * 1000, 3),
+            seconds=elapsed,
             request_id=request_id,
         )
         return response

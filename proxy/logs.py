@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+MAX_FRAGMENTS = 4096  # kinds of access line whose fixed text is kept (proxy/edge.py passes a few dozen)
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -120,8 +121,10 @@ class AccessLog:
 
     While :func:`configure_logging`'s handler is the only one, the line is formatted here, without a
     ``LogRecord``, exactly as :class:`JsonFormatter` would write it: a record and the generic formatter cost
-    about 14 µs a line, as much as aiohttp's own work for a cache hit. Otherwise (tests, other handlers) the
-    line goes through ``logging`` like every other.
+    about 14 µs a line, as much as aiohttp's own work for a cache hit. The request only records its fields; the
+    line is formatted when the turn's lines are written, from fragments that repeat from line to line (the
+    timestamp by the millisecond; method, route, status and cache together, of which there are few) made once.
+    Otherwise (tests, other handlers) the line goes through ``logging`` like every other.
     """
 
     logger = logging.getLogger("proxy.access")
@@ -129,45 +132,59 @@ class AccessLog:
     def __init__(self) -> None:
         self.writer: LineWriter | None = None
         self._second = -1
-        self._prefix = ""
+        self._prefix = ""  # the timestamp to the second
+        self._millis = -1
+        self._stamp = ""  # the whole timestamp, of the millisecond _millis
+        self._fragments: dict[tuple[str, str, int, str | None], tuple[str, str]] = {}
 
     def __call__(
-        self,
-        *,
-        method: str,
-        route: str,
-        path: str,
-        status: int,
-        cache: str | None,
-        duration_ms: float,
-        request_id: str,
+        self, *, method: str, route: str, path: str, status: int, cache: str | None, seconds: float, request_id: str
     ) -> None:
+        """One request's line; ``seconds``: how long it took (logged as ``duration_ms``)."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         writer = self.writer
         if writer is None or not self._writer_is_alone():
             fields = {"method": method, "route": route, "path": path, "status": status, "cache": cache}
-            self.logger.info("request", extra=fields | {"duration_ms": duration_ms, "request_id": request_id})
+            extra = fields | {"duration_ms": round(seconds * 1000, 3), "request_id": request_id}
+            self.logger.info("request", extra=extra)
             return
-        writer.defer(self._line, (time.time(), method, route, path, status, cache, duration_ms, request_id))
+        writer.defer(self._line, (time.time(), method, route, path, status, cache, seconds, request_id))
 
     def _line(self, fields: tuple[Any, ...]) -> str:
-        now, method, route, path, status, cache, duration_ms, request_id = fields
+        now, method, route, path, status, cache, seconds, request_id = fields
+        fragments = self._fragments.get((method, route, status, cache))
+        if fragments is None:
+            fragments = self._fragments_of(method, route, status, cache)
+        before_path, after_path = fragments
         return (
-            f'{{"ts": "{self._ts(now)}", "level": "info", "logger": "proxy.access", "msg": "request", '
-            f'"method": {_string(method)}, "route": {_string(route)}, "path": {_string(path)}, '
-            f'"status": {status}, "cache": {"null" if cache is None else _string(cache)}, '
-            f'"duration_ms": {duration_ms!r}, "request_id": {_string(request_id)}}}\n'
+            f'{{"ts": "{self._ts(now)}", {before_path}{_string(path)}{after_path}'
+            f'{seconds * 1000:.3f}, "request_id": {_string(request_id)}}}\n'
         )
 
+    def _fragments_of(self, method: str, route: str, status: int, cache: str | None) -> tuple[str, str]:
+        """The line's text around the path for these fields, kept while there are few kinds (the edge passes
+        known methods, route names, status codes and cache results; anything past that is not kept)."""
+        fragments = (
+            f'"level": "info", "logger": "proxy.access", "msg": "request", '
+            f'"method": {_string(method)}, "route": {_string(route)}, "path": ',
+            f', "status": {status}, "cache": {"null" if cache is None else _string(cache)}, "duration_ms": ',
+        )
+        if len(self._fragments) < MAX_FRAGMENTS:
+            self._fragments[(method, route, status, cache)] = fragments
+        return fragments
+
     def _ts(self, now: float) -> str:
-        """JsonFormatter's timestamp, with its seconds part formatted once per second."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = _timestamp(second)[:-10]  # "YYYY-MM-DDTHH:MM:SS"
-        millis = min(int((now - second) * 1000), 999)
-        return f"{self._prefix}.{millis:03d}+00:00"
+        """JsonFormatter's timestamp, formatted once per millisecond (its seconds part once per second)."""
+        millis = int(now * 1000)
+        if millis != self._millis:
+            second = int(now)
+            if second != self._second:
+                self._second = second
+                self._prefix = _timestamp(second)[:-10]  # "YYYY-MM-DDTHH:MM:SS"
+            self._millis = millis
+            self._stamp = f"{self._prefix}.{min(int((now - second) * 1000), 999):03d}+00:00"
+        return self._stamp
 
     def _writer_is_alone(self) -> bool:
         root = logging.getLogger()

@@ -69,7 +69,7 @@ async def test_the_quick_access_line_is_what_the_formatter_writes(
     line = {**fields, "duration_ms": 0.125, "request_id": "r-1"}
     monkeypatch.setattr(ACCESS_LOG.logger, "info", no_log_record)
     with handler_alone():
-        ACCESS_LOG(**line)  # type: ignore[arg-type]
+        ACCESS_LOG(**fields, seconds=0.000125, request_id="r-1")  # type: ignore[arg-type]
         await asyncio.sleep(0)  # the end of this turn of the loop
     [written] = stream.getvalue().split("\n")[:-1]  # not splitlines(): U+2028 is a line break to it, not to JSON
 
@@ -115,6 +115,6 @@ async def test_the_access_log_goes_through_logging_when_other_handlers_listen(
     stream: CountingStream, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="proxy.access"):
-        ACCESS_LOG(**FIELDS[0], duration_ms=1.0, request_id="r-2")
+        ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-2")
     [record] = [r for r in caplog.records if r.name == "proxy.access"]
     assert (record.getMessage(), record.request_id) == ("request", "r-2")  # type: ignore[attr-defined]
