@@ -29,6 +29,7 @@ from proxy.errors import NotAuthenticated, ProxyError, UpstreamError
 from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
 from proxy.keys import CACHE_RESULT, METRICS, REQUEST_ID
 from proxy.logs import ACCESS_LOG
+from proxy.paths import PathMemo
 
 log = logging.getLogger("proxy.routes")
 error_log = logging.getLogger("proxy.errors")
@@ -85,7 +86,13 @@ def path_as_sent(request: web.BaseRequest) -> str:
     raw = request.raw_path
     if not raw.startswith("/"):  # absolute-form ("GET http://host/...") or "*": the URL aiohttp parsed
         return request.rel_url.raw_path
-    return raw.partition("?")[0].partition("#")[0]
+    return origin_path(raw)
+
+
+@PathMemo
+def origin_path(raw_path: str) -> str:
+    """An origin-form request-target (``/...``) without its query or fragment."""
+    return raw_path.partition("?")[0].partition("#")[0]
 
 
 def observed(app: web.Application, route: str, handler: Handler) -> Handler:

@@ -187,13 +187,13 @@ class AccessLog:
         return self._stamp
 
     def _writer_is_alone(self) -> bool:
-        root = logging.getLogger()
+        handlers = logging.root.handlers
         return (
-            not self.logger.handlers
+            len(handlers) == 1
+            and isinstance(handlers[0], BatchedHandler)
+            and handlers[0].writer is self.writer
+            and not self.logger.handlers
             and self.logger.propagate
-            and len(root.handlers) == 1
-            and isinstance(root.handlers[0], BatchedHandler)
-            and root.handlers[0].writer is self.writer
         )
 
 

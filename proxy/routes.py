@@ -52,6 +52,7 @@ from proxy.keys import (
 from proxy.models import INT64_MAX
 from proxy.negotiation import GZIP, accepts_json, wants_gzip
 from proxy.openapi import document
+from proxy.paths import PathMemo
 from proxy.render import body_parts, gzipped
 from proxy.served import Served
 from proxy.server import ANNOTATION_ROUTE_NAME
@@ -100,7 +101,13 @@ def wants_expanded(query_values: list[str]) -> bool:
 def id_from_path(request: web.Request) -> int:
     """The id segment (``/api/annotations/<id>/``, ``/cache/annotations/<id>``) as the caller sent it."""
     # The raw path, not match_info: aiohttp decodes %-escapes there ("%31" would become "1", "%2F" a "/").
-    return parse_annotation_id(path_as_sent(request).split("/")[3])
+    return id_in_path(path_as_sent(request))
+
+
+@PathMemo
+def id_in_path(path: str) -> int:
+    """The id in the path's fourth segment, or 404 (:func:`parse_annotation_id`)."""
+    return parse_annotation_id(path.split("/")[3])
 
 
 def negotiate_format(request: web.Request) -> None:

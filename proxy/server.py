@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from proxy.edge import UNMATCHED
+from proxy.paths import PathMemo
 
 ANNOTATIONS = "/api/annotations/"
 FAST_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD})
@@ -32,6 +33,7 @@ ANNOTATION_ROUTE_NAME = "annotation"
 KEEPALIVE_TIMEOUT = 75.0
 
 
+@PathMemo
 def is_annotation_path(raw_path: str) -> bool:
     """``/api/annotations/<segment>`` or ``.../<segment>/``, a query allowed: what the annotation route matches."""
     if not raw_path.startswith(ANNOTATIONS):
