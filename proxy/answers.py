@@ -9,7 +9,11 @@ write, with the body, until the first instant any of them would differ (:func:`h
 The headers the edge reads or adds (``Cache-Control``, ``X-Request-ID``) stay the response's own ``headers``,
 written between the answer's lines (proxy/direct.py), so an answer from here and one built afresh are the same
 bytes in the same order. An answer is used only for the very entry it was built from: a new version, or the same
-one fetched again, is another object. Bounded in bytes (proxy/budget.py), oldest out first.
+one fetched again, is another object, and only between the instant it was built and :func:`holds_until` (a
+clock stepped back finds none). Only a hit the hot tier answered keeps one: it is asked again and again, where
+each read from the store is a new object. Bounded in bytes (proxy/budget.py), the entry's own bytes counted
+too (an answer keeps its entry alive), oldest out first, and none over a quarter of the bound, so that one large
+answer cannot push every other out.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ AnswerKey = tuple[int, str, str]  # annotation id, entity tag, content coding ("
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A 200 for a hit of ``entry``: its header lines before and after the edge's, its body, and the
-    ``Cache-Control`` the edge reads. Good for requests before ``until`` (wall-clock seconds)."""
+    ``Cache-Control`` the edge reads. Good for requests from ``since`` (when it was built) until just before
+    ``until`` (wall-clock seconds)."""
 
     entry: CachedAnnotation
+    since: float
     until: float
     fixed: tuple[bytes, bytes]
     body: bytes
@@ -46,7 +52,8 @@ class Answer:
 
     @property
     def size(self) -> int:
-        return len(self.fixed[0]) + len(self.fixed[1]) + len(self.body)
+        """Bytes it holds: its own, and its entry's body, which it keeps alive."""
+        return len(self.fixed[0]) + len(self.fixed[1]) + len(self.body) + len(self.entry.body)
 
     def response(self, now: float) -> DirectResponse:
         headers: dict[str, str] = {hdrs.CACHE_CONTROL: self.cache_control}
@@ -72,6 +79,7 @@ class Answers:
     """:class:`Answer`\\ s by annotation version and content coding, at most ``max_bytes`` of them."""
 
     def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
         self._answers: ByteBoundedMap[AnswerKey, Answer] = ByteBoundedMap(max_bytes, overhead=ANSWER_OVERHEAD)
 
     def __len__(self) -> int:
@@ -84,11 +92,16 @@ class Answers:
     def get(self, entry: CachedAnnotation, coding: str | None, now: float) -> Answer | None:
         """The answer kept for ``entry`` itself in ``coding``, if it still holds at ``now``."""
         answer = self._answers.get((entry.annotation_id, entry.etag, coding or ""))
-        if answer is None or answer.entry is not entry or now >= answer.until:
+        if answer is None or answer.entry is not entry or not answer.since <= now < answer.until:
             return None
         return answer
 
     def keep(self, answer: Answer, coding: str | None) -> None:
-        """Keep ``answer`` (in place of the one before it for the same version and coding)."""
+        """Keep ``answer`` (in place of the one before it for the same version and coding), unless it is larger
+        than a quarter of the bound."""
         entry = answer.entry
-        self._answers.put((entry.annotation_id, entry.etag, coding or ""), answer, answer.size)
+        key = (entry.annotation_id, entry.etag, coding or "")
+        if answer.size + ANSWER_OVERHEAD <= self._max_bytes // 4:
+            self._answers.put(key, answer, answer.size)
+        else:
+            self._answers.pop(key)

@@ -149,6 +149,7 @@ class AnnotationRoute:
         directives = request_directives(headers)
         service = self._app[SERVICE]
         served = service.from_hot(annotation_id, expand=expand, directives=directives)
+        from_hot = served is not None
         if served is None:
             try:
                 served = await service.from_store(
@@ -169,13 +170,14 @@ class AnnotationRoute:
             # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
             # tell a cached annotation of another project from a remembered 404), no ETag.
             raise AnnotationNotFound()
-        response = self.respond(request, served)
+        response = self.respond(request, served, from_hot=from_hot)
         if isinstance(response, PartsResponse):  # written here, so the edge times and counts its transfer
             await response.send(request)
         return response
 
-    def respond(self, request: web.Request, served: Served) -> web.StreamResponse:
-        """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md)."""
+    def respond(self, request: web.Request, served: Served, *, from_hot: bool = False) -> web.StreamResponse:
+        """The answer for what the lookup served: 200 (gzipped when accepted), 304, or a 404 (docs/api.md).
+        ``from_hot``: the hot tier served it (and will again: its answer is worth keeping, proxy/answers.py)."""
         headers = request.headers
         entry = served.entry
         now = self._clock()
@@ -191,7 +193,7 @@ class AnnotationRoute:
         ):
             out = self.headers(served, entry, coding, now, status=304)
             return small_response(request, self._app, status=304, body=b"", headers=out, now=now)
-        if kept and served.result == "hit" and answers_directly(request, self._app):  # proxy/answers.py
+        if from_hot and kept and served.result == "hit" and answers_directly(request, self._app):
             answer = self._answers.get(entry, coding, now) or self.keep_answer(served, entry, coding, now)
             return answer.response(now)
         out = self.headers(served, entry, coding, now, status=200)
@@ -226,7 +228,7 @@ class AnnotationRoute:
         cache_control = out.pop(hdrs.CACHE_CONTROL)
         body = self._bodies.body(entry, int(now * 1_000_000), coding)
         fixed = header_lines(out), header_lines(trailer(200, len(body), now))
-        answer = Answer(entry, holds_until(entry, now, self._ttl), fixed, body, cache_control)
+        answer = Answer(entry, now, holds_until(entry, now, self._ttl), fixed, body, cache_control)
         self._answers.keep(answer, coding)
         return answer
 

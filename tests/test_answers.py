@@ -3,12 +3,14 @@ never outlives a version, and is bounded in bytes."""
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from email.utils import formatdate
 
 import pytest
 
-from proxy.answers import ANSWER_OVERHEAD, Answer, Answers
+from proxy.answers import Answer, Answers
 from proxy.cache import CachedAnnotation
 from proxy.routes import AnnotationRoute, Served
 from tests.support import raw_http
@@ -104,17 +106,65 @@ async def test_a_new_version_is_never_answered_with_the_one_before(
     assert len({dict(lines)[b"Etag"] for _, lines, _ in before + after}) == 2
 
 
-def test_the_kept_answers_are_bounded_in_bytes() -> None:
-    body = b"x" * 1000
-    answer_size = len(body) + 200 + ANSWER_OVERHEAD
-    answers = Answers(max_bytes=10 * answer_size)
-    for annotation_id in range(1, 101):
-        entry = CachedAnnotation(annotation_id, version=1, stored_at=START, body=body, etag=f'W/"{annotation_id}"')
-        answers.keep(Answer(entry, START + 1, (b"a" * 100, b"b" * 100), body, "private, no-cache"), None)
-        assert answers.get(entry, None, START) is not None  # the newest is kept
-    assert answers.size_bytes <= 10 * answer_size
-    assert len(answers) == 10
-    assert answers.get(entry, None, START + 1) is None  # past its instant: not used
+async def test_a_clock_stepped_back_finds_no_answer_built_later(
+    make_proxy: ProxyFactory, clock: Clock, kept: list[Answer]
+) -> None:
+    """An answer built at +70.5 s (Age 70) is not the answer at +3.2 s, should the wall clock be stepped back."""
+    proxy = await make_proxy(proxy_hot_ttl=300.0)
+    proxy.fake.add_annotation()
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    clock.now = START + 70.5
+    later = await three_answers(proxy)
+    clock.now = START + 3.2
+    earlier = await three_answers(proxy)
+    assert [dict(lines)[b"Age"] for _, lines, _ in later + earlier] == [b"70"] * 3 + [b"3"] * 3
+
+
+async def test_hits_read_from_the_store_keep_no_answer(make_proxy: ProxyFactory, kept: list[Answer]) -> None:
+    """Without the hot tier every hit is a new read of the store, whose answer would never be asked again."""
+    proxy = await make_proxy(proxy_hot_ttl=0.0)
+    proxy.fake.add_annotation()
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    assert all(b"hit" in dict(lines)[b"Cache-Status"] for _, lines, _ in await three_answers(proxy))
+    assert kept == []
+
+
+def answer_for(annotation_id: int, size: int) -> Answer:
+    """An answer of ``size`` bytes of gzipped body, for an entry five times as large."""
+    entry = CachedAnnotation(annotation_id, 1, START, bytes(5 * size), etag=f'W/"{annotation_id}"')
+    return Answer(entry, START, START + 1, (b"a" * 100, b"b" * 100), bytes(size), "private, no-cache")
+
+
+def test_the_kept_answers_are_bounded_in_bytes_their_entries_included() -> None:
+    """Each answer keeps its entry alive, after the hot tier and the store have let it go: the bound counts it."""
+    max_bytes = 1024 * 1024
+    answers = Answers(max_bytes)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for annotation_id in range(1, 401):  # 400 x (17 KB + 85 KB): 40 MB, were every answer kept
+            answer = answer_for(annotation_id, 17_000)
+            answers.keep(answer, "gzip")
+            assert answers.get(answer.entry, "gzip", START) is answer  # the newest is kept
+        del answer
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert answers.size_bytes <= max_bytes
+    assert held <= max_bytes * 1.1
+    assert 5 <= len(answers) <= 10
+
+
+def test_one_large_answer_pushes_no_other_out() -> None:
+    answers = Answers(max_bytes=40_000)  # room for the five small ones (6.6 KB each), not for the large one too
+    small = [answer_for(annotation_id, 1_000) for annotation_id in range(1, 6)]
+    for answer in small:
+        answers.keep(answer, None)
+    answers.keep(answer_for(99, 5_000), None)  # 30 KB with its entry: over a quarter of the bound
+    assert [answers.get(answer.entry, None, START) for answer in small] == small
+    assert len(answers) == len(small)
+    assert answers.get(small[0].entry, None, START + 1) is None  # past its instant: not used
 
 
 async def test_the_same_version_fetched_again_is_answered_with_its_own_age(
