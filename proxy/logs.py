@@ -120,7 +120,8 @@ class AccessLog:
     """The access log: one line per request, on the ``proxy.access`` logger at INFO.
 
     While :func:`configure_logging`'s handler is the only one, the line is formatted here, without a
-    ``LogRecord``, exactly as :class:`JsonFormatter` would write it: a record and the generic formatter cost
+    ``LogRecord``, as the same JSON object as :class:`JsonFormatter` would write (``duration_ms`` with its three
+    decimals written out: ``0.120`` where ``json.dumps`` writes ``0.12``): a record and the generic formatter cost
     about 14 µs a line, as much as aiohttp's own work for a cache hit. The request only records its fields; the
     line is formatted when the turn's lines are written, from fragments that repeat from line to line (the
     timestamp by the millisecond; method, route, status and cache together, of which there are few) made once.
@@ -175,15 +176,19 @@ class AccessLog:
         return fragments
 
     def _ts(self, now: float) -> str:
-        """JsonFormatter's timestamp, formatted once per millisecond (its seconds part once per second)."""
-        millis = int(now * 1000)
+        """JsonFormatter's timestamp, formatted once per millisecond (its seconds part once per second). As in
+        ``datetime.fromtimestamp``, the fraction of a second is rounded to the microsecond, then cut to the
+        millisecond."""
+        second = int(now)
+        # A fraction that rounds up to a whole second makes the next second's first millisecond, as in datetime.
+        millis = second * 1000 + round((now - second) * 1_000_000) // 1000
         if millis != self._millis:
-            second = int(now)
+            second = millis // 1000
             if second != self._second:
                 self._second = second
                 self._prefix = _timestamp(second)[:-10]  # "YYYY-MM-DDTHH:MM:SS"
             self._millis = millis
-            self._stamp = f"{self._prefix}.{min(int((now - second) * 1000), 999):03d}+00:00"
+            self._stamp = f"{self._prefix}.{millis % 1000:03d}+00:00"
         return self._stamp
 
     def _writer_is_alone(self) -> bool:

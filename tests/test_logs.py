@@ -9,9 +9,11 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
+from proxy import logs
 from proxy.logs import ACCESS_LOG, BatchedHandler, JsonFormatter, LineWriter, configure_logging
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
@@ -118,3 +120,25 @@ async def test_the_access_log_goes_through_logging_when_other_handlers_listen(
         ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-2")
     [record] = [r for r in caplog.records if r.name == "proxy.access"]
     assert (record.getMessage(), record.request_id) == ("request", "r-2")  # type: ignore[attr-defined]
+
+
+async def test_the_quick_line_stamps_each_line_as_the_formatter_would(
+    stream: CountingStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instants a hair below a millisecond (which the formatter rounds up), then later in that millisecond:
+    each line's timestamp is the formatter's for its own instant, not the one kept from the line before."""
+    start = 1_795_868_883.0
+    instants = [start + 0.0279999, start + 0.0284002, start + 0.9999996, start + 1.0000004, start + 1.0009995]
+    clock = iter(instants)
+    monkeypatch.setattr(logs, "time", SimpleNamespace(time=lambda: next(clock)))
+    with handler_alone():
+        for _ in instants:
+            ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-3")
+        await asyncio.sleep(0)
+    got = [json.loads(line)["ts"] for line in stream.getvalue().splitlines()]
+    formatter = JsonFormatter()
+    want = []
+    for instant in instants:
+        record = logging.makeLogRecord({"name": "proxy.access", "msg": "request", "created": instant})
+        want.append(json.loads(formatter.format(record))["ts"])
+    assert got == want
