@@ -155,8 +155,10 @@ class DirectResponse(web.StreamResponse):
             headers[hdrs.CONNECTION] = "close"
         if self._fixed is None:
             tail = trailer(self.status, len(self._payload), self._now)
-            for name in tail:  # the trailer's, not a handler's
-                headers.popall(name, None)
+            headers.popall(hdrs.CONTENT_LENGTH, None)  # the body's own length, whatever a handler said
+            for name in (hdrs.DATE, hdrs.SERVER):  # a handler's own stay where it put them, as with aiohttp
+                if name in headers:
+                    del tail[name]
             before, after = b"", header_lines(tail)
         else:
             before, after = self._fixed

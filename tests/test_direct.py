@@ -90,6 +90,28 @@ async def test_a_header_with_a_control_character_is_refused_as_aiohttp_refuses_i
     assert not stream.startswith(b"HTTP/1.1 200")
 
 
+async def test_a_handlers_own_date_and_server_are_sent_as_aiohttp_sends_them() -> None:
+    own = {"Content-Type": "application/json", "Date": "Thu, 01 Jan 1970 00:00:00 GMT", "Server": "the handler's"}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.query.get("direct") == "1":
+            return DirectResponse(status=200, body=BODY, headers=dict(own), now=time.time())
+        return web.Response(status=200, body=BODY, headers=dict(own))
+
+    server = await serve(handler)
+    try:
+        heads = []
+        for direct in ("1", "0"):
+            raw = request_line(f"/200?direct={direct}") + request_line("/404", "Connection: close")
+            (_, lines, _), _closing = framed(await raw_http.exchange(server.host, server.port, raw))
+            heads.append(lines)
+    finally:
+        await server.close()
+    assert heads[0] == heads[1]
+    sent = [(name.decode(), value.decode()) for name, value in heads[0]]
+    assert [header for header in sent if header[0] != "Content-Length"] == list(own.items())
+
+
 async def test_a_hit_is_answered_directly_with_the_headers_aiohttp_would_send(
     make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
