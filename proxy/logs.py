@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+STAMP_MARGIN_US = 0.01  # an instant this close to a millisecond's edge has its timestamp worked out anew
 MAX_FRAGMENTS = 4096  # kinds of access line whose fixed text is kept (proxy/edge.py passes a few dozen)
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -134,8 +135,8 @@ class AccessLog:
         self.writer: LineWriter | None = None
         self._second = -1
         self._prefix = ""  # the timestamp to the second
-        self._millis = -1
-        self._stamp = ""  # the whole timestamp, of the millisecond _millis
+        self._since = self._until = 0.0  # the instants _stamp is the timestamp of
+        self._stamp = ""
         self._fragments: dict[tuple[str, str, int, str | None], tuple[str, str]] = {}
 
     def __call__(
@@ -179,16 +180,19 @@ class AccessLog:
         """JsonFormatter's timestamp, formatted once per millisecond (its seconds part once per second). As in
         ``datetime.fromtimestamp``, the fraction of a second is rounded to the microsecond, then cut to the
         millisecond."""
+        if self._since <= now < self._until:
+            return self._stamp
         second = int(now)
         # A fraction that rounds up to a whole second makes the next second's first millisecond, as in datetime.
         millis = second * 1000 + round((now - second) * 1_000_000) // 1000
-        if millis != self._millis:
-            second = millis // 1000
-            if second != self._second:
-                self._second = second
-                self._prefix = _timestamp(second)[:-10]  # "YYYY-MM-DDTHH:MM:SS"
-            self._millis = millis
-            self._stamp = f"{self._prefix}.{millis % 1000:03d}+00:00"
+        second, within = divmod(millis, 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = _timestamp(second)[:-10]  # "YYYY-MM-DDTHH:MM:SS"
+        self._stamp = f"{self._prefix}.{within:03d}+00:00"
+        # The instants that round into this millisecond, less a hair each side, which float rounding could blur.
+        self._since = second + (within * 1000 - 0.5 + STAMP_MARGIN_US) / 1_000_000
+        self._until = second + (within * 1000 + 999.5 - STAMP_MARGIN_US) / 1_000_000
         return self._stamp
 
     def _writer_is_alone(self) -> bool:
