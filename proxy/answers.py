@@ -2,8 +2,8 @@
 
 Every hit of one annotation version answers the same bytes, its request id aside, until something in them moves
 on: ``Date`` and ``Age`` by the second, ``Cache-Status``'s ``ttl=`` by the second of the version's freshness, the
-body's ``created_ago`` by the minute (proxy/render.py). Building and serializing those headers was more than half
-of a hit's cost on a real socket (docs/performance.md). An :class:`Answer` keeps them as header lines ready to
+body's ``created_ago`` by the minute (proxy/render.py). Building and serializing those headers was about two
+fifths of a hit's cost on a real socket (docs/performance.md). An :class:`Answer` keeps them as header lines ready to
 write, with the body, until the first instant any of them would differ (:func:`holds_until`).
 
 The headers the edge reads or adds (``Cache-Control``, ``X-Request-ID``) stay the response's own ``headers``,
@@ -26,6 +26,7 @@ from aiohttp import hdrs
 from proxy.cache import CachedAnnotation
 from proxy.cache.bounded import ByteBoundedMap
 from proxy.direct import DirectResponse
+from proxy.freshness import age_in_seconds, seconds_left
 from proxy.render import next_rendering
 
 # What one kept answer costs beyond its header lines and body (the record, its key, the map's slots; tracemalloc,
@@ -66,20 +67,23 @@ def holds_until(entry: CachedAnnotation, now: float, ttl: float) -> float:
     of its remaining freshness (``Cache-Status``'s ``ttl=``, ``floor(stored_at + ttl - now)``), and the next
     instant its body renders differently. ``ttl``: PROXY_CACHE_TTL."""
     stored_at = entry.stored_at
-    age = max(0, int(now - stored_at))
-    remaining = math.floor(stored_at + ttl - now)
-    until = min(math.floor(now) + 1, stored_at + age + 1, stored_at + ttl - remaining)
+    age_changes = stored_at + age_in_seconds(entry, now) + 1
+    ttl_changes = stored_at + ttl - seconds_left(entry, now, ttl)  # the last instant of this ttl= value
+    until = min(math.floor(now) + 1, age_changes, ttl_changes)
     rendering = next_rendering(entry, int(now * 1_000_000))
     if rendering is not None:
         until = min(until, rendering / 1_000_000)
     return until - MARGIN
 
 
+def answer_key(entry: CachedAnnotation, coding: str | None) -> AnswerKey:
+    return entry.annotation_id, entry.etag, coding or ""
+
+
 class Answers:
     """:class:`Answer`\\ s by annotation version and content coding, at most ``max_bytes`` of them."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
         self._answers: ByteBoundedMap[AnswerKey, Answer] = ByteBoundedMap(max_bytes, overhead=ANSWER_OVERHEAD)
 
     def __len__(self) -> int:
@@ -91,7 +95,7 @@ class Answers:
 
     def get(self, entry: CachedAnnotation, coding: str | None, now: float) -> Answer | None:
         """The answer kept for ``entry`` itself in ``coding``, if it still holds at ``now``."""
-        answer = self._answers.get((entry.annotation_id, entry.etag, coding or ""))
+        answer = self._answers.get(answer_key(entry, coding))
         if answer is None or answer.entry is not entry or not answer.since <= now < answer.until:
             return None
         return answer
@@ -99,9 +103,8 @@ class Answers:
     def keep(self, answer: Answer, coding: str | None) -> None:
         """Keep ``answer`` (in place of the one before it for the same version and coding), unless it is larger
         than a quarter of the bound."""
-        entry = answer.entry
-        key = (entry.annotation_id, entry.etag, coding or "")
-        if answer.size + ANSWER_OVERHEAD <= self._max_bytes // 4:
+        key = answer_key(answer.entry, coding)
+        if self._answers.small(answer.size):
             self._answers.put(key, answer, answer.size)
         else:
             self._answers.pop(key)

@@ -6,8 +6,7 @@ is where that becomes a header, at the edge with the routes.
 
 from __future__ import annotations
 
-import math
-
+from proxy.freshness import seconds_left
 from proxy.served import Served
 
 CACHE_NAME = "annotation-proxy"
@@ -63,7 +62,7 @@ def served_status(served: Served, *, now: float, ttl: float) -> str:
         if served.result == "negative_hit":
             return NEGATIVE_HIT
         return cache_status(fwd=fwd, fwd_status=404, stored=served.stored, collapsed=served.collapsed)
-    remaining = math.floor(entry.stored_at + ttl - now)
+    remaining = seconds_left(entry, now, ttl)
     if served.result in FROM_CACHE:
         return f"{FROM_CACHE[served.result]}; ttl={remaining}"
     return cache_status(

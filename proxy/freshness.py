@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 
@@ -34,6 +35,16 @@ def freshness(entry: CachedAnnotation, *, now: float, ttl: float, stale_ttl: flo
     if age < ttl + stale_ttl:
         return Freshness.STALE
     return Freshness.EXPIRED
+
+
+def age_in_seconds(entry: CachedAnnotation, now: float) -> int:
+    """The whole seconds since the proxy fetched ``entry`` (its ``Age`` header); 0 for a clock behind it."""
+    return max(0, int(now - entry.stored_at))
+
+
+def seconds_left(entry: CachedAnnotation, now: float, ttl: float) -> int:
+    """The whole seconds ``entry`` stays fresh (``Cache-Status``'s ``ttl=``), negative once stale."""
+    return math.floor(entry.stored_at + ttl - now)
 
 
 class Judge:

@@ -92,7 +92,7 @@ class LiveBodies:
 
     def keeps(self, entry: CachedAnnotation) -> bool:
         """Whether a body of this size is kept here (larger ones are rendered for each response)."""
-        return len(entry.body) + RECORD_OVERHEAD <= self.max_bytes // 4
+        return self._bodies.small(len(entry.body))
 
     def body(self, entry: CachedAnnotation, now_us: int, coding: str | None = None) -> bytes:
         """The body rendered for ``now_us``, gzipped when ``coding`` is ``"gzip"``."""

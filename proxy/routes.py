@@ -34,7 +34,7 @@ from proxy.errors import (
     PurgeDisabled,
     ServiceUnavailable,
 )
-from proxy.freshness import encoded_tag, if_none_match
+from proxy.freshness import age_in_seconds, encoded_tag, if_none_match
 from proxy.http_guard import ClientClosedRequest
 from proxy.keys import (
     ADMIN_KEYS,
@@ -213,7 +213,7 @@ class AnnotationRoute:
         if self._compression:
             out[hdrs.VARY] = hdrs.ACCEPT_ENCODING
         if served.result in FROM_CACHE:
-            out[hdrs.AGE] = str(max(0, int(now - entry.stored_at)))
+            out[hdrs.AGE] = str(age_in_seconds(entry, now))
         out[hdrs.ETAG] = encoded_tag(entry.etag, coding)
         if status == 200:
             out[hdrs.CONTENT_TYPE] = JSON

@@ -37,6 +37,11 @@ class ByteBoundedMap(Generic[K, V]):
         """Whether a value of ``size`` bytes can be kept at all."""
         return size + self.overhead <= self.max_bytes
 
+    def small(self, size: int) -> bool:
+        """Whether a value of ``size`` bytes takes at most a quarter of the bound: the most a memo keeps of one
+        value, so that one value cannot push every other out."""
+        return size + self.overhead <= self.max_bytes // 4
+
     def get(self, key: K) -> V | None:
         return self._values.get(key)
 
