@@ -14,9 +14,10 @@ and costs about half as much again as the same code run back to back (``--latenc
     entry       the body validated and made an entry (pydantic, the created_ago span, the ETag)
     render      the entry's first rendering (created_ago for now, kept in the render memo)
     store read  the store's read, with the claim of the fetch (one Lua script with Redis)
-    store write the store's write, with the announcement and the claim's release (one Lua script with Redis)
+    store write the store's write, with the claim's release (one Lua script with Redis; a cold id's first
+                version is announced to nobody)
     lookup      AnnotationService.from_store for a new id: all of the above, plus the load machinery, the
-                metrics, the hot tier and, with Redis, hearing the write's own announcement
+                metrics and the hot tier
 
 What a miss costs besides the lookup (aiohttp's server, the edge, the handler, the response, the access line) is
 the bench's cold row (``make bench``, rows d and d2) less the lookup.
@@ -121,7 +122,7 @@ async def measure(upstream: str, redis_url: str | None, misses: int, first_id: i
         costs["render"] = sync_per_call(lambda entry: bodies.body(entry, now_us), entries)
         costs["store read"] = await per_call(read, entries)  # each a miss, which claims the fetch
         costs["store write"] = await per_call(write, entries)  # which releases the claim
-        await asyncio.sleep(SETTLE)  # the writes' announcements heard before the next part starts
+        await asyncio.sleep(SETTLE)  # what the writes set going settles before the next part starts
         costs["lookup"] = await per_call(lookup, range(first_id + misses, first_id + 2 * misses))
         return costs
     finally:

@@ -837,7 +837,7 @@ MISS_PARTS = {  # bench/miss_costs.py's parts that make up its lookup
     "client": "the upstream client: breaker, slots, aiohttp's client, the request and the answer",
     "entry": "the body validated and made an entry: pydantic, the created_ago span, the ETag",
     "store read": "the store's read with the claim",
-    "store write": "the store's write with the announcement and the release (with Redis: hearing it too)",
+    "store write": "the store's write with the claim's release (a cold id's first version: announced to nobody)",
 }
 
 

@@ -1,10 +1,10 @@
 """Following the store's announcements of change: what keeps the hot tier coherent and wakes claim waiters.
 
-Every change to the store's view of an annotation is announced (Redis pub/sub, see
-:meth:`proxy.cache.base.AnnotationStore.changes`). The follower drops the hot tier's copy of each annotation it
-hears of, and wakes the requests waiting for another replica's fetch of it (:mod:`proxy.claims`). The hot tier is
-on only while the announcements are heard; after a reconnection it starts empty, since what was missed is
-unknown.
+Every change to the store's view of an annotation that a process may hold a copy of, or wait for, is announced
+(Redis pub/sub, see :meth:`proxy.cache.base.AnnotationStore.changes`). The follower drops the hot tier's copy of
+each annotation it hears of, and wakes the requests waiting for another replica's fetch of it
+(:mod:`proxy.claims`). The hot tier is on only while the announcements are heard; after a reconnection it starts
+empty, since what was missed is unknown.
 """
 
 from __future__ import annotations

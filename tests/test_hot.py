@@ -119,8 +119,8 @@ class TestThroughTheProxy:
         hot = proxy.client.app[SERVICE].hot
         await wait_until(lambda: hot.enabled)
         await get(proxy)  # miss: read, fetch, store
-        # Hits read from Redis until one is kept hot: a copy read before this replica has heard the store announce
-        # its own write is refused (it could predate the write), and the announcement takes its own time to arrive.
+        # Hits read from Redis until one is kept hot: a copy read before this replica has heard an announcement
+        # still under way is refused (it could predate what was announced).
         for _ in range(100):
             await get(proxy)
             if hot.get(AnnotationKey(1, Variant.PLAIN)) is not None:

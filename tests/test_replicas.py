@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant, open_redis_store
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
 from proxy.errors import CacheError
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
@@ -190,3 +190,50 @@ async def test_a_miss_waits_for_the_claim_holder_and_fetches_itself_if_it_never_
         await service.close()
         await holder.close()
         await store.close()
+
+
+def version_of(annotation_id: int, version: int) -> CachedAnnotation:
+    body = b'{"id":%d,"v":%d}' % (annotation_id, version)
+    return CachedAnnotation(annotation_id=annotation_id, version=version, stored_at=1_700_000_000.5, body=body)
+
+
+async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_it(redis_url: str) -> None:
+    """Every replica hears every announcement, and each wakes its loop: a cold id's first version, which no process
+    can have read, is told to nobody. Everything another process may hold a copy of, or waits for, is."""
+    one, other = (open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0) for _ in range(2))
+    heard = other.changes()
+    try:
+        assert await anext(heard) is None  # subscribed: nothing from here on is missed
+        # Silent: first versions and first 404s, claimed or not, that no one waits for.
+        await one.put(AnnotationKey(1, Variant.PLAIN), version_of(1, 1_000), 60)
+        assert await one.claim(AnnotationKey(2, Variant.PLAIN), 5.0)
+        await one.put(AnnotationKey(2, Variant.PLAIN), version_of(2, 1_000), 60, release=True)
+        await one.put_missing(3, 30, since=1_000)
+        # Announced: what replaces a version or a 404 that was there...
+        await one.put(AnnotationKey(1, Variant.PLAIN), version_of(1, 2_000), 60)
+        await one.put(AnnotationKey(3, Variant.PLAIN), version_of(3, 2_000), 60)
+        await one.put_missing(1, 30, since=3_000)
+        await one.put_missing(8, 30, since=1_000)  # silent: the first 404...
+        await one.put_missing(8, 30, since=2_000)  # ...but not the next one
+        # ...a first version another replica waits for (its claim was refused)...
+        assert await one.claim(AnnotationKey(4, Variant.PLAIN), 5.0)
+        assert await other.claim(AnnotationKey(4, Variant.PLAIN), 5.0) is False
+        await one.put(AnnotationKey(4, Variant.PLAIN), version_of(4, 1_000), 60, release=True)
+        # ...or a load of the holder's own process waits for (refused there, without asking Redis)...
+        assert await one.claim(AnnotationKey(5, Variant.PLAIN), 5.0)
+        assert await one.claim(AnnotationKey(5, Variant.PLAIN), 5.0) is False
+        await one.put_missing(5, 30, since=1_000, release=Variant.PLAIN)
+        # (A claim given up after a failed fetch takes that wait with it: the waiting load polls and claims anew.)
+        assert await one.claim(AnnotationKey(9, Variant.PLAIN), 5.0)
+        assert await one.claim(AnnotationKey(9, Variant.PLAIN), 5.0) is False
+        await one.release(AnnotationKey(9, Variant.PLAIN))
+        await one.put(AnnotationKey(9, Variant.PLAIN), version_of(9, 1_000), 60)
+        # ...and what webhooks and operators change.
+        await one.invalidate(6, 1_000, 60)
+        await one.drop(7)
+        # Pub/sub keeps the order: had a silent write been announced, its id would be among these.
+        assert [await asyncio.wait_for(anext(heard), 5.0) for _ in range(8)] == [1, 3, 1, 8, 4, 5, 6, 7]
+    finally:
+        await heard.aclose()
+        await one.close()
+        await other.close()

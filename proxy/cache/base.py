@@ -143,10 +143,12 @@ class AnnotationStore(Protocol):
     def changes(self) -> AsyncIterator[int | None]:
         """Announcements of change, from every process sharing the store, for in-process copies (the hot tier).
 
-        Yields an annotation id each time a write changed what :meth:`get` answers for it (:meth:`put`,
+        Yields an annotation id each time a write changed what :meth:`get` answered for it (:meth:`put`,
         :meth:`put_missing`, :meth:`invalidate`, :meth:`drop` that took effect), and ``None`` once listening
-        starts: only from then on is nothing missed. Ends with :class:`CacheError` when the announcements can no
-        longer be heard; changes made meanwhile are lost, so a caller must drop its copies and listen again.
+        starts: only from then on is nothing missed. An id's first version or first 404, which no process can have
+        read, is announced only when a process waits for it (its :meth:`claim` was refused). Ends with
+        :class:`CacheError` when the announcements can no longer be heard; changes made meanwhile are lost, so a
+        caller must drop its copies and listen again.
         """
         ...
 

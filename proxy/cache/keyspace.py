@@ -7,6 +7,8 @@ scripts that touch several of them stay valid on a cluster::
     <prefix>{a:42}:v:<version>:plain      that version's body, as Label Studio renders it
     <prefix>{a:42}:v:<version>:expand     the same version with ?expand=completed_by
     <prefix>{a:42}:missing                Label Studio answered 404: when the fetch that saw it began
+    <prefix>{a:42}:claim:plain            held by the one replica fetching that variant (claims)
+    <prefix>{a:42}:claim:plain:waiting    set while another replica waits for that fetch's result
     <prefix>{t:7}:annotations             set of cached annotation ids of task 7 (for TASKS_DELETED)
 
 A deleted annotation's 404 marker holds :data:`FENCE`, a time no fetch reaches, so no write succeeds for it
@@ -52,6 +54,10 @@ class KeyScheme:
     def claim(self, annotation_id: int, variant: Variant) -> str:
         """Held by the one replica fetching this variant from Label Studio (see AnnotationStore.claim)."""
         return f"{self.tag(annotation_id)}:claim:{variant.value}"
+
+    def claim_waiters(self, annotation_id: int, variant: Variant) -> str:
+        """Set while a replica waits for the claim's holder: its write then announces the result (CLAIM_SCRIPT)."""
+        return f"{self.claim(annotation_id, variant)}:waiting"
 
     @property
     def changes(self) -> str:

@@ -62,14 +62,19 @@ ROOM_WAIT = 5.0
 # the decoded entry's body (measured at six 5 MB reads at once with redis-py's parser: 2.4).
 LARGE_READ_FACTOR = 3
 
-# Every script that changes what a read answers ends by announcing the id: PUBLISH <changes channel> <id>, the
-# last two ARGV of each (the channel is not a key: on a cluster PUBLISH reaches every node from any slot).
+# Every script that changes what a read answered ends by announcing the id: PUBLISH <changes channel> <id>, two of
+# its ARGV (the channel is not a key: on a cluster PUBLISH reaches every node from any slot). Every replica hears
+# every announcement, so a write announces only what another process may hold a copy of or wait for: a version or
+# a 404 replacing one that was there, or an id whose claim a waiter flagged (CLAIM_SCRIPT). A cold id's first
+# version, which nobody can have read, is announced to nobody (a copy kept while Redis evicted the id may be
+# served for up to PROXY_HOT_TTL more: docs/redis.md). The last ARGV, '1', announces it whatever: a load of this
+# very process waits for it.
 
-# KEYS: pointer, version key, missing marker, the claim, and (outside a cluster, where it is in another slot) the
-# task's index. ARGV: version token, entry bytes, ttl in ms, fetch start token, the changes channel, the id, the
-# claim holder's token ("" to keep any claim). Versions and times are fixed-width digit strings, so string
-# comparison is numeric order. The claim is released (if this process holds it) whatever the outcome, so a miss
-# costs two round trips in all: the read that claimed, and this.
+# KEYS: pointer, version key, missing marker, the claim, its waiters' flag, and (outside a cluster, where it is in
+# another slot) the task's index. ARGV: version token, entry bytes, ttl in ms, fetch start token, the changes
+# channel, the id, the claim holder's token ("" to keep any claim), '1' to announce whatever. Versions and times
+# are fixed-width digit strings, so string comparison is numeric order. The claim is released (if this process
+# holds it) whatever the outcome, so a miss costs two round trips in all: the read that claimed, and this.
 # Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
 WRITE_SCRIPT = """
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
@@ -80,12 +85,13 @@ if missing_since and missing_since > ARGV[4] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
-if KEYS[5] then
-  redis.call('SADD', KEYS[5], ARGV[6])
-  redis.call('PEXPIRE', KEYS[5], ARGV[3], 'GT')
-  redis.call('PEXPIRE', KEYS[5], ARGV[3], 'NX')
+if KEYS[6] then
+  redis.call('SADD', KEYS[6], ARGV[6])
+  redis.call('PEXPIRE', KEYS[6], ARGV[3], 'GT')
+  redis.call('PEXPIRE', KEYS[6], ARGV[3], 'NX')
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+local waited = redis.call('DEL', KEYS[5]) == 1
+if current or missing_since or waited or ARGV[8] == '1' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 """
 
@@ -101,25 +107,32 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
-# KEYS: pointer, missing marker, the claim. ARGV: fetch start token, ttl in ms (0: remember nothing), the changes
-# channel, the id, the claim holder's token ("" to keep any claim; released whatever the outcome).
+# KEYS: pointer, missing marker, the claim, its waiters' flag. ARGV: fetch start token, ttl in ms (0: remember
+# nothing), the changes channel, the id, the claim holder's token ("" to keep any claim; released whatever the
+# outcome), '1' to announce whatever.
 # Returns 0, changing nothing, when the known version is later than the fetch that saw the 404 began.
 MISSING_SCRIPT = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
+local marked = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+local waited = redis.call('DEL', KEYS[4]) == 1
+if current or marked or waited or ARGV[6] == '1' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
 
-# KEYS: the claim. ARGV: this process's token, ttl in ms. Granted (1) when free, or when this process holds it
-# already (then renewed): RedisStore.claim asks only when none of this process's loads holds it, so a claim of
-# its own that it still finds is one whose release, or whose grant's reply, was lost on the way.
+# KEYS: the claim, its waiters' flag. ARGV: this process's token, ttl in ms. Granted (1) when free, or when this
+# process holds it already (then renewed): RedisStore.claim asks only when none of this process's loads holds it,
+# so a claim of its own that it still finds is one whose release, or whose grant's reply, was lost on the way.
+# Refused (0) when another holds it, flagging that someone waits: the holder's write then announces its result.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+if holder and holder ~= ARGV[1] then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -232,6 +245,8 @@ class RedisStore:
         self._token = secrets.token_hex(8)  # this process, as the holder of claims
         self._held: set[AnnotationKey] = set()  # the claims one of this process's loads holds
         self._claiming: set[AnnotationKey] = set()  # claims being asked for by a read
+        # Held claims refused to another load here: the holder's write announces (ends at its write or release).
+        self._waiting: set[AnnotationKey] = set()
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return (await self._read_key(key, claim_ttl=None))[0]
@@ -269,6 +284,7 @@ class RedisStore:
             self._keys.version(annotation_id, entry.version, variant),
             self._keys.missing(annotation_id),
             self._keys.claim(annotation_id, variant),
+            self._keys.claim_waiters(annotation_id, variant),
         ]
         if entry.task is not None and self._index_in_write:
             keys.append(self._keys.task(entry.task))
@@ -283,6 +299,7 @@ class RedisStore:
                     _micros_token(entry.stored_at),
                     *self._announce(annotation_id),
                     token,
+                    self._awaited(key),
                 ],
             )
             if stored and entry.task is not None and not self._index_in_write:
@@ -291,12 +308,20 @@ class RedisStore:
 
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         variant = release or Variant.PLAIN
-        token = self._release_token(AnnotationKey(annotation_id, variant), release is not None)
+        key = AnnotationKey(annotation_id, variant)
+        token = self._release_token(key, release is not None)
         with _translated("write"):
             keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
+            keys += [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
             stored = await self._missing(
-                keys=[*keys, self._keys.claim(annotation_id, variant)],
-                args=[version_token(since), _ms(ttl) if ttl > 0 else 0, *self._announce(annotation_id), token],
+                keys=keys,
+                args=[
+                    version_token(since),
+                    _ms(ttl) if ttl > 0 else 0,
+                    *self._announce(annotation_id),
+                    token,
+                    self._awaited(key),
+                ],
             )
         return bool(stored)
 
@@ -305,6 +330,14 @@ class RedisStore:
         if release:
             self._held.discard(key)
         return self._token if release else ""
+
+    def _awaited(self, key: AnnotationKey) -> str:
+        """'1' when a load of this process waits for the write of ``key`` (its claim was refused here, without
+        asking Redis): the write announces it even when nobody else could have seen the id."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            return "1"
+        return ""
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         with _translated("write"):
@@ -331,16 +364,20 @@ class RedisStore:
 
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
         if key in self._held or key in self._claiming:  # this process fetches it: wait like another replica
+            if key in self._held:  # its load ends with a write (which announces) or a release
+                self._waiting.add(key)
             return False
         annotation_id, variant = key
+        keys = [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
         with _translated("claim"):
-            granted = await self._claim(keys=[self._keys.claim(annotation_id, variant)], args=[self._token, _ms(ttl)])
+            granted = await self._claim(keys=keys, args=[self._token, _ms(ttl)])
         if granted:
             self._held.add(key)
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
         self._held.discard(key)
+        self._waiting.discard(key)
         annotation_id, variant = key
         with _translated("claim"):
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
