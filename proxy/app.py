@@ -136,10 +136,9 @@ def open_store(
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    timeout = aiohttp.ClientTimeout(
-        total=settings.proxy_upstream_timeout,
-        sock_connect=min(settings.proxy_upstream_timeout, 5.0),
-    )
+    # No total: each caller bounds its own exchanges (a lookup's deadline, the dependency check's, the token
+    # refresh's), and a second timer per request, aiohttp's, would only duplicate theirs.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.proxy_upstream_timeout, 5.0))
     async with aiohttp.ClientSession(
         timeout=timeout,
         # One more than the client's own bound, for the token refresh that may run beside a full house.

@@ -16,7 +16,7 @@ from yarl import URL
 
 from proxy.budget import BODY_FACTOR, ByteBudget, Lease
 from proxy.errors import InvalidUpstreamBody, UpstreamBadStatus, UpstreamTimeout, UpstreamUnavailable
-from proxy.metrics import Metrics
+from proxy.metrics import UPSTREAM_OUTCOMES, Metrics, UpstreamOutcome
 
 NOT_FOUND_BODY_LIMIT = 64 * 1024
 
@@ -50,6 +50,8 @@ class Exchange:
     ) -> None:
         self._session = session
         self._metrics = metrics
+        # Each outcome's child counter, looked up once rather than per request (prometheus-client's labels()).
+        self._outcomes = {outcome: metrics.upstream_requests.labels(outcome=outcome) for outcome in UPSTREAM_OUTCOMES}
         self._max_body_bytes = max_body_bytes
         self._user_agent = user_agent
         # Bodies being read and validated, in bytes of memory (proxy/budget.py); unbounded when None (tests).
@@ -70,7 +72,7 @@ class Exchange:
             hdrs.USER_AGENT: self._user_agent,
             "X-Request-ID": request_id,
         }
-        outcome = "timeout"  # unless classified below: interrupted by the lookup's deadline
+        outcome: UpstreamOutcome = "timeout"  # unless classified below: interrupted by the lookup's deadline
         started = time.perf_counter()
         try:
             async with self._session.get(url, headers=headers, allow_redirects=False) as response:
@@ -107,7 +109,7 @@ class Exchange:
             raise
         finally:
             if counted:
-                self._metrics.upstream_requests.labels(outcome=outcome).inc()
+                self._outcomes[outcome].inc()
                 self._metrics.upstream_duration.observe(time.perf_counter() - started)
 
     async def _room_for(self, response: aiohttp.ClientResponse, waiting: MemoryWait | None) -> Lease | None:
@@ -144,9 +146,14 @@ class MemoryWait:
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it proves longer than ``limit`` bytes (never buffered past it)."""
-    if response.content_length is not None and response.content_length > limit:
+    """The whole body, or None as soon as it proves longer than ``limit`` bytes (never buffered past it). A plain
+    body whose ``Content-Length`` says it fits is read in one call (aiohttp's parser never reads past that length);
+    an encoded one is counted as it inflates, whatever its length on the wire."""
+    length = response.content_length
+    if length is not None and length > limit:
         return None
+    if length is not None and hdrs.CONTENT_ENCODING not in response.headers:
+        return await response.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
@@ -169,7 +176,7 @@ async def _is_label_studio_404(response: aiohttp.ClientResponse) -> bool:
     return isinstance(error, dict) and error.get("status_code") == 404 and "detail" in error
 
 
-def _outcome_of(status: int) -> str:
+def _outcome_of(status: int) -> UpstreamOutcome:
     if status == 200:
         return "ok"
     if status == 404:

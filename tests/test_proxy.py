@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
@@ -241,6 +242,21 @@ class TestUpstreamBodies:
         cached = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
         assert status_of(cached.headers) == "annotation-proxy; hit"
         assert len(proxy.fake.annotation_gets(1)) == 2
+
+    async def test_a_compressed_body_is_held_to_the_limit_as_it_inflates(
+        self, make_proxy: ProxyFactory, redis_url: str
+    ) -> None:
+        """A gzipping proxy in front of Label Studio: 60 KB of JSON in a few hundred bytes on the wire."""
+        proxy = await make_proxy(redis_url=redis_url, proxy_max_body_bytes=4096)
+        proxy.fake.add_annotation()
+        inflated = encode(sample(result=[{"text": "x" * 60_000}]))
+        proxy.fake.respond_raw_next(gzip.compress(inflated), content_encoding="gzip")
+        assert len(gzip.compress(inflated)) < 4096 < len(inflated)
+
+        rejected = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+        assert rejected.status == 502
+        assert "larger than 4096 bytes" in (await error_of(rejected))["detail"]
+        assert proxy.metric("upstream_requests_total", outcome="too_large") == 1
 
 
 class TestUpstreamFailures:

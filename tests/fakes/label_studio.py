@@ -101,6 +101,7 @@ class _Canned:
     status: int
     body: bytes | None  # None: a Label Studio error body for `status`
     content_type: str
+    content_encoding: str | None = None
 
 
 _RECORDED = web.RequestKey("recorded", RecordedRequest)
@@ -340,9 +341,11 @@ class FakeLabelStudio:
         status: int = 200,
         count: int = 1,
         content_type: str = "application/json",
+        content_encoding: str | None = None,
     ) -> None:
-        """The next `count` annotation GETs get exactly this body (garbage, wrong types, huge)."""
-        self._canned.extend([_Canned(status, body, content_type)] * count)
+        """The next `count` annotation GETs get exactly this body (garbage, wrong types, huge), sent with
+        ``Content-Encoding: <content_encoding>`` when given (as a gzipping proxy in front of Label Studio would)."""
+        self._canned.extend([_Canned(status, body, content_type, content_encoding)] * count)
 
     def delay_next(self, seconds: float, count: int = 1) -> None:
         """The next `count` annotation GETs wait `seconds` before answering."""
@@ -564,7 +567,8 @@ class FakeLabelStudio:
         return web.Response(
             status=canned.status,
             body=canned.body,
-            headers={hdrs.CONTENT_TYPE: canned.content_type},
+            headers={hdrs.CONTENT_TYPE: canned.content_type}
+            | ({hdrs.CONTENT_ENCODING: canned.content_encoding} if canned.content_encoding else {}),
         )
 
     async def _read_object(self, request: web.Request) -> dict[str, Any] | web.Response:
