@@ -33,7 +33,7 @@ from proxy.errors import (
 from proxy.exchange import Exchange, MemoryWait, UpstreamReply
 from proxy.metrics import Metrics
 
-ANNOTATION_PATH = "api/annotations/{id}/"
+ANNOTATIONS_PATH = "api/annotations/"  # below LABEL_STUDIO_URL, which may have a path of its own
 # Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
 # 404 proves they are accepted, with no other endpoint involved.
 PROBE_ANNOTATION_ID = 0
@@ -74,7 +74,9 @@ class LabelStudioClient:
         user_agent: str,
         bodies: ByteBudget | None = None,
     ) -> None:
-        self._base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
+        base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
+        # Annotation URLs as strings below the encoded base, taken as they are (no join, no quoting per request).
+        self._annotations = str(base_url.join(URL(ANNOTATIONS_PATH)))
         self._credentials = credentials
         self._policy = policy
         self._breaker = breaker
@@ -86,8 +88,8 @@ class LabelStudioClient:
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
     def annotation_url(self, annotation_id: int, *, expand: bool) -> URL:
-        url = self._base_url.join(URL(ANNOTATION_PATH.format(id=annotation_id)))
-        return url.with_query(expand="completed_by") if expand else url
+        query = "?expand=completed_by" if expand else ""
+        return URL(f"{self._annotations}{annotation_id}/{query}", encoded=True)
 
     async def fetch_annotation(self, annotation_id: int, *, expand: bool, request_id: str) -> UpstreamReply:
         """Label Studio's answer for one annotation: 200 with the body, or 404.
@@ -163,8 +165,11 @@ class LabelStudioClient:
         with self._breaker.guard(
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
-            with self._metrics.upstream_waiting.track_inprogress():
-                await self._slots.acquire()
+            if self._slots.locked():  # only a request that waits for a slot is counted as waiting
+                with self._metrics.upstream_waiting.track_inprogress():
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # free: taken at once
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)

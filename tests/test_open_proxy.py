@@ -353,3 +353,22 @@ class TestFraming:
         answer = await exchange(proxy, b"GET " + path + b"\r\n" + AUTH + b"\r\n")
         assert statuses(answer) == [505]
         assert arrivals == []
+
+
+class TestLabelStudioUrl:
+    @pytest.mark.parametrize(
+        ("path", "prefix"),
+        [("/", ""), ("/ls", "/ls"), ("/label%20studio/", "/label%20studio"), ("/a/b/", "/a/b")],
+    )
+    async def test_requests_go_below_its_path_as_configured(
+        self, make_proxy: ProxyFactory, upstream: TestServer, arrivals: list[Arrival], path: str, prefix: str
+    ) -> None:
+        """Label Studio behind a path of its own (a shared ingress): every annotation request goes below it."""
+        proxy = await make_proxy(label_studio_url=str(upstream.make_url(path)))
+        proxy.fake.add_annotation()  # found at "/" only: elsewhere the fake answers a 404 of its own (a 502 here)
+        for query in ("", "?expand=completed_by"):
+            await exchange(proxy, request(f"GET /api/annotations/1/{query} HTTP/1.1".encode()))
+        assert [arrival.target for arrival in arrivals] == [
+            f"{prefix}/api/annotations/1/",
+            f"{prefix}/api/annotations/1/?expand=completed_by",
+        ]
