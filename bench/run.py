@@ -78,6 +78,7 @@ ONE = "one connection: every request wakes an idle server"
 BASELINE = "a'"  # the issue's (a): aiohttp web.Application, one route, uvloop
 PAIRS = 3  # (a') and (c) measured alternately this many times, both servers up (paired_hits)
 PAIR_SECONDS = 5.0
+TOGETHER = 3  # then both loaded at once this many times, PAIR_SECONDS each (paired_hits)
 BUSY_LIMIT = 15.0  # percent of one CPU that processes outside the benchmark may take during a row
 MiB = 1024 * 1024
 TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
@@ -134,6 +135,11 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
 
 
 def wrk(url: str, script: str, *, seconds: float, connections: int) -> WrkResult:
+    return wrk_together([url], script, seconds=seconds, connections=connections)[0]
+
+
+def wrk_together(urls: list[str], script: str, *, seconds: float, connections: int) -> list[WrkResult]:
+    """One wrk per URL, all started at once (on CPU 0) and run for the same ``seconds``."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
@@ -149,7 +155,15 @@ def wrk(url: str, script: str, *, seconds: float, connections: int) -> WrkResult
             "-s",
             lua.name,
         ]
-        output = subprocess.run(pinned(0, [*command, url]), capture_output=True, text=True, check=True).stdout
+        runs = [subprocess.Popen(pinned(0, [*command, url]), stdout=subprocess.PIPE, text=True) for url in urls]
+        outputs = [run.communicate()[0] for run in runs]
+    for url, run in zip(urls, runs, strict=True):
+        if run.returncode != 0:
+            raise SetupError(f"wrk against {url} exited with {run.returncode}")
+    return [_wrk_result(url, output) for url, output in zip(urls, outputs, strict=True)]
+
+
+def _wrk_result(url: str, output: str) -> WrkResult:
     if "Non-2xx" in output or "Socket errors" in output:
         raise SetupError(f"wrk saw errors against {url}:\n{output}")
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
@@ -363,6 +377,9 @@ class Run:
     miss_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # bench/miss_costs.py's, per store
     hit_parts: dict[str, float] = field(default_factory=dict)  # bench/hit_costs.py's
     pairs: list[tuple[float, float]] = field(default_factory=list)  # (c) / (a'): requests/s and p99, per pair
+    # (b) and (c) each against (a'), loaded at once on one CPU: requests/s, and (a')'s CPU per request over the
+    # proxy's, per round
+    together: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     next_cold_id: int = 10**6
 
     def cold_ids(self) -> int:
@@ -450,6 +467,7 @@ def proxy_hit_rows(run: Run, upstream_port: int) -> None:
                     if name == "c":
                         run.measure("c-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
                         paired_hits(run, base)
+                    together_hits(run, name, base, pid)
                 row.rss = rss.peak
 
 
@@ -464,6 +482,22 @@ def paired_hits(run: Run, proxy_base: str) -> None:
             c = wrk(proxy_base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
             run.pairs.append((c.rps / a.rps, c.p99_ms / a.p99_ms))
     print("  paired (c)/(a'): " + ", ".join(f"{rps:.2f}" for rps, _ in run.pairs), flush=True)
+
+
+def together_hits(run: Run, name: str, proxy_base: str, proxy_pid: int) -> None:
+    """(a') and the proxy's row ``name`` loaded at once, :data:`TOGETHER` times: both servers on the same CPU,
+    each by its own wrk, so that both live through the same moments of the machine. Each gets half the CPU, so
+    the ratio of their requests/s is the inverse ratio of their CPU per request, which is measured too."""
+    rounds = run.together.setdefault(name, [])
+    with reference_server(BASELINE, BASELINE_SERVER) as (base, base_pid):
+        wrk(base, hot_script(), seconds=min(2.0, run.seconds), connections=CONNECTIONS)
+        for _ in range(TOGETHER):
+            ticks = process_ticks(base_pid), process_ticks(proxy_pid)
+            a, p = wrk_together([base, proxy_base], hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
+            a_cpu = (process_ticks(base_pid) - ticks[0]) / a.requests
+            p_cpu = (process_ticks(proxy_pid) - ticks[1]) / p.requests
+            rounds.append((p.rps / a.rps, a_cpu / p_cpu))
+    print(f"  together ({name})/(a'): " + ", ".join(f"{rps:.2f}" for rps, _ in rounds), flush=True)
 
 
 def large_body_rows(run: Run) -> None:
@@ -671,6 +705,26 @@ def paired_note(run: Run) -> str:
     )
 
 
+def together_note(run: Run) -> str:
+    """The line on :func:`paired_hits`' rounds with both servers loaded at once."""
+    if not run.together:
+        return ""
+    rows = []
+    for name, rounds in run.together.items():
+        rps = [ratio for ratio, _ in rounds]
+        cpu = [ratio for _, ratio in rounds]
+        rows.append(
+            f"({name}) at {', '.join(f'{r:.2f}' for r in rps)} of ({BASELINE})'s requests/s (median "
+            f"{statistics.median(rps):.2f}; ({BASELINE})'s CPU per request over its: "
+            f"{', '.join(f'{r:.2f}' for r in cpu)})"
+        )
+    return (
+        f"Together: each proxy hit row and ({BASELINE}) up at once on the same CPU, each loaded by its own wrk, "
+        f"{TOGETHER} times {PAIR_SECONDS:g} s: {'; '.join(rows)}. Both servers live through the same moments of the "
+        "machine, so a host whose speed drifts moves both alike: the steadiest ratio here, though not the targets'."
+    )
+
+
 def busy_note(run: Run) -> str:
     busy = [f"({row.name})" for row in run.rows if row.busy]
     if not busy:
@@ -715,7 +769,8 @@ def targets(run: Run) -> list[tuple[bool, str]]:
 
 def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
-    lines = [against_nginx(run), one_connection_note(run), paired_note(run), busy_note(run), *run.notes]
+    lines = [against_nginx(run), one_connection_note(run), paired_note(run), together_note(run), busy_note(run)]
+    lines += run.notes
     notes = "".join(f"\n{note}\n" for note in lines if note)
     hits = hit_table(run)
     if hits:
