@@ -26,6 +26,7 @@ from collections.abc import Callable
 from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
+from proxy.cache.keyspace import FENCE
 from proxy.changes import ChangeFollower
 from proxy.claims import Claims
 from proxy.directives import ORDINARY, RequestDirectives
@@ -208,12 +209,23 @@ class AnnotationService:
     # The hot tier (proxy/cache/hot.py): fresh answers read from the store, kept in process, dropped on any change.
 
     def _keep_hot(self, key: AnnotationKey, served: Served, epoch: int) -> None:
-        entry = served.entry
-        if entry is not None:
-            size, fresh_until = len(entry.body), entry.stored_at + self._policy.ttl
-        else:  # a remembered 404: how long it has left is the store's to know; at most its whole TTL
-            size, fresh_until = 0, self._clock() + self._policy.negative_ttl
+        size, fresh_until = kept_until(served, self._clock(), self._policy)
         self.hot.put(key, served, size=size, fresh_until=fresh_until, epoch=epoch)
+
+
+def kept_until(served: Served, now: float, policy: CachePolicy) -> tuple[int, float]:
+    """The bytes of body a fresh answer read from the store holds, and until when it is fresh.
+
+    A version: until its TTL from when it was fetched. A remembered 404: never past the store's marker, which
+    outlives the fetch that saw it by its TTL. A cold id's first version is announced to nobody, so a 404 kept
+    longer than its marker would hide it (docs/redis.md).
+    """
+    entry = served.entry
+    if entry is not None:
+        return len(entry.body), entry.stored_at + policy.ttl
+    since = served.missing_since
+    seen = since / 1_000_000 if since is not None and since != FENCE else now  # a deletion's: no moment at all
+    return 0, min(now, seen) + policy.negative_ttl
 
 
 __all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served"]

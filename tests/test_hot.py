@@ -11,15 +11,16 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, Variant, open_redis_store
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, MemoryStore, Variant, open_redis_store
 from proxy.cache.hot import RECORD_OVERHEAD, HotTier
+from proxy.exchange import UpstreamReply
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService, Served
 from tests.fakes.source import ScriptedSource
 from tests.support.cache_status import status_of
 from tests.support.clock import Clock
-from tests.support.lookup import POLICY
+from tests.support.lookup import POLICY, ok
 from tests.support.proxies import Proxy, ProxyFactory
 from tests.support.redis_servers import SentinelTopology
 from tests.support.waiting import wait_until
@@ -109,6 +110,28 @@ def script_calls(redis_url: str) -> int:
 async def get(proxy: Proxy, annotation_id: int = 1) -> tuple[int, Mapping[str, str], Any]:
     response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
     return response.status, response.headers, await response.json()
+
+
+async def test_a_remembered_404_is_kept_no_longer_than_the_store_remembers_it(clock: Clock) -> None:
+    """A cold id's first version is announced to nobody, so a 404 kept hot past its marker would hide it."""
+    store = MemoryStore(1024 * 1024, clock=clock)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(5, UpstreamReply(404))
+    source.script(5, ok(5))
+    hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
+    service = AnnotationService(store, source, metrics, POLICY, clock=clock, hot=hot)
+    service.start()
+    try:
+        await wait_until(lambda: hot.enabled)
+        assert (await service.lookup(5, expand=False, request_id="r")).result == "miss"  # remembered for 30 s
+        clock.now += POLICY.negative_ttl - 1
+        assert (await service.lookup(5, expand=False, request_id="r")).result == "negative_hit"  # read, kept hot
+        clock.now += 2  # the store has forgotten it; the hot tier's 5 s would still run
+        served = await service.lookup(5, expand=False, request_id="r")
+        assert (served.result, served.entry is not None) == ("miss", True)
+    finally:
+        await service.close()
 
 
 class TestThroughTheProxy:
