@@ -219,6 +219,10 @@ async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_
         assert await one.claim(AnnotationKey(4, Variant.PLAIN), 5.0)
         assert await other.claim(AnnotationKey(4, Variant.PLAIN), 5.0) is False
         await one.put(AnnotationKey(4, Variant.PLAIN), version_of(4, 1_000), 60, release=True)
+        # ...or a 404 a replica waits for in either variant (it answers both)...
+        assert await one.claim(AnnotationKey(10, Variant.EXPANDED), 5.0)
+        assert await other.claim(AnnotationKey(10, Variant.EXPANDED), 5.0) is False
+        await one.put_missing(10, 30, since=1_000)  # a fetch of the plain variant, holding no claim
         # ...or a load of the holder's own process waits for (refused there, without asking Redis)...
         assert await one.claim(AnnotationKey(5, Variant.PLAIN), 5.0)
         assert await one.claim(AnnotationKey(5, Variant.PLAIN), 5.0) is False
@@ -232,7 +236,7 @@ async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_
         await one.invalidate(6, 1_000, 60)
         await one.drop(7)
         # Pub/sub keeps the order: had a silent write been announced, its id would be among these.
-        assert [await asyncio.wait_for(anext(heard), 5.0) for _ in range(8)] == [1, 3, 1, 8, 4, 5, 6, 7]
+        assert [await asyncio.wait_for(anext(heard), 5.0) for _ in range(9)] == [1, 3, 1, 8, 4, 10, 5, 6, 7]
     finally:
         await heard.aclose()
         await one.close()

@@ -107,9 +107,9 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
-# KEYS: pointer, missing marker, the claim, its waiters' flag. ARGV: fetch start token, ttl in ms (0: remember
-# nothing), the changes channel, the id, the claim holder's token ("" to keep any claim; released whatever the
-# outcome), '1' to announce whatever.
+# KEYS: pointer, missing marker, the claim, both variants' waiters' flags (a 404 answers both). ARGV: fetch start
+# token, ttl in ms (0: remember nothing), the changes channel, the id, the claim holder's token ("" to keep any
+# claim; released whatever the outcome), '1' to announce whatever.
 # Returns 0, changing nothing, when the known version is later than the fetch that saw the 404 began.
 MISSING_SCRIPT = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
@@ -118,7 +118,7 @@ if current and current > ARGV[1] then return 0 end
 local marked = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
-local waited = redis.call('DEL', KEYS[4]) == 1
+local waited = redis.call('DEL', KEYS[4], KEYS[5]) > 0
 if current or marked or waited or ARGV[6] == '1' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
@@ -216,6 +216,56 @@ class TaskIndex:
             await self._client.delete(self._keys.task(task_id))
 
 
+class ClaimBook:
+    """This process's side of the claims (AnnotationStore.claim): its token, the claims its loads hold or a read
+    is asking for (never granted twice in one process), and the held ones another of its loads was refused: the
+    holder's write announces its result even when nobody else could have seen the id. Each entry ends with the
+    claim's write or release."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(8)  # this process, as the holder of claims
+        self._held: set[AnnotationKey] = set()
+        self._asking: set[AnnotationKey] = set()
+        self._waiting: set[AnnotationKey] = set()
+
+    def busy(self, key: AnnotationKey) -> bool:
+        """Whether a load of this process holds ``key``'s claim, or a read is asking for it."""
+        return key in self._held or key in self._asking
+
+    @contextmanager
+    def asking(self, key: AnnotationKey) -> Iterator[None]:
+        self._asking.add(key)
+        try:
+            yield
+        finally:
+            self._asking.discard(key)
+
+    def granted(self, key: AnnotationKey) -> None:
+        self._held.add(key)
+
+    def refused_here(self, key: AnnotationKey) -> None:
+        """Another load of this process asked while :meth:`busy`: the holder's write is awaited."""
+        if key in self._held:  # its load ends with a write (which announces) or a release
+            self._waiting.add(key)
+
+    def given_up(self, key: AnnotationKey, release: bool) -> str:
+        """The token for a write that also gives up the claim on ``key`` ("" to keep it)."""
+        if release:
+            self._held.discard(key)
+        return self.token if release else ""
+
+    def awaited(self, key: AnnotationKey) -> str:
+        """'1' when a load of this process waits for the write of ``key`` (the write then announces whatever)."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            return "1"
+        return ""
+
+    def released(self, key: AnnotationKey) -> None:
+        self._held.discard(key)
+        self._waiting.discard(key)
+
+
 class RedisStore:
     name = "redis"
 
@@ -242,23 +292,16 @@ class RedisStore:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
         self._tasks = TaskIndex(client, keys)
-        self._token = secrets.token_hex(8)  # this process, as the holder of claims
-        self._held: set[AnnotationKey] = set()  # the claims one of this process's loads holds
-        self._claiming: set[AnnotationKey] = set()  # claims being asked for by a read
-        # Held claims refused to another load here: the holder's write announces (ends at its write or release).
-        self._waiting: set[AnnotationKey] = set()
+        self._claims = ClaimBook()
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return (await self._read_key(key, claim_ttl=None))[0]
 
     async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
-        if key in self._held or key in self._claiming:  # this process holds it, or is asking: never granted twice
+        if self._claims.busy(key):  # this process holds it, or is asking: never granted twice
             return await self.get(key), False
-        self._claiming.add(key)
-        try:
+        with self._claims.asking(key):
             return await self._read_key(key, claim_ttl=ttl)
-        finally:
-            self._claiming.discard(key)
 
     async def _read_key(self, key: AnnotationKey, *, claim_ttl: float | None) -> tuple[Lookup, bool]:
         annotation_id, variant = key
@@ -267,12 +310,12 @@ class RedisStore:
         args: list[str | int] = [prefix, suffix, self._largest]
         if claim_ttl is not None:
             keys.append(self._keys.claim(annotation_id, variant))
-            args += [self._token, _ms(claim_ttl)]
+            args += [self._claims.token, _ms(claim_ttl)]
         with _translated("read"):
             raw = await self._read(keys=keys, args=args)
         if isinstance(raw, list) and len(raw) == 1:  # nothing cached: claimed ({1}), or held by another ({2})
             if raw[0] == 1:
-                self._held.add(key)
+                self._claims.granted(key)
             return None, raw[0] == 1
         return await looked_up(self._client, self._bodies, annotation_id, (prefix, suffix), raw), False
 
@@ -288,7 +331,7 @@ class RedisStore:
         ]
         if entry.task is not None and self._index_in_write:
             keys.append(self._keys.task(entry.task))
-        token = self._release_token(key, release)
+        token = self._claims.given_up(key, release)
         with _translated("write"):
             stored = await self._write(
                 keys=keys,
@@ -299,7 +342,7 @@ class RedisStore:
                     _micros_token(entry.stored_at),
                     *self._announce(annotation_id),
                     token,
-                    self._awaited(key),
+                    self._claims.awaited(key),
                 ],
             )
             if stored and entry.task is not None and not self._index_in_write:
@@ -309,10 +352,11 @@ class RedisStore:
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         variant = release or Variant.PLAIN
         key = AnnotationKey(annotation_id, variant)
-        token = self._release_token(key, release is not None)
+        token = self._claims.given_up(key, release is not None)
         with _translated("write"):
             keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
-            keys += [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
+            keys.append(self._keys.claim(annotation_id, variant))
+            keys += [self._keys.claim_waiters(annotation_id, each) for each in Variant]
             stored = await self._missing(
                 keys=keys,
                 args=[
@@ -320,24 +364,10 @@ class RedisStore:
                     _ms(ttl) if ttl > 0 else 0,
                     *self._announce(annotation_id),
                     token,
-                    self._awaited(key),
+                    self._claims.awaited(key),
                 ],
             )
         return bool(stored)
-
-    def _release_token(self, key: AnnotationKey, release: bool) -> str:
-        """This process's token for a write that also gives up its claim on ``key`` ("" to keep it)."""
-        if release:
-            self._held.discard(key)
-        return self._token if release else ""
-
-    def _awaited(self, key: AnnotationKey) -> str:
-        """'1' when a load of this process waits for the write of ``key`` (its claim was refused here, without
-        asking Redis): the write announces it even when nobody else could have seen the id."""
-        if key in self._waiting:
-            self._waiting.discard(key)
-            return "1"
-        return ""
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
         with _translated("write"):
@@ -363,24 +393,22 @@ class RedisStore:
             await self._client.ping()
 
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
-        if key in self._held or key in self._claiming:  # this process fetches it: wait like another replica
-            if key in self._held:  # its load ends with a write (which announces) or a release
-                self._waiting.add(key)
+        if self._claims.busy(key):  # this process fetches it: wait like another replica
+            self._claims.refused_here(key)
             return False
         annotation_id, variant = key
         keys = [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
         with _translated("claim"):
-            granted = await self._claim(keys=keys, args=[self._token, _ms(ttl)])
+            granted = await self._claim(keys=keys, args=[self._claims.token, _ms(ttl)])
         if granted:
-            self._held.add(key)
+            self._claims.granted(key)
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
-        self._held.discard(key)
-        self._waiting.discard(key)
+        self._claims.released(key)
         annotation_id, variant = key
         with _translated("claim"):
-            await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._token])
+            await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._claims.token])
 
     async def reconnect(self) -> None:
         pool = getattr(self._client, "connection_pool", None)  # a cluster client re-plans its nodes itself
