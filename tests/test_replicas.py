@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
@@ -21,6 +22,7 @@ from proxy.metrics import Metrics
 from proxy.service import AnnotationService
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.fakes.source import ScriptedSource
+from tests.support.clock import Clock
 from tests.support.lookup import POLICY, ok
 from tests.support.processes import ProxyProcess, proxy_process
 from tests.support.redis_servers import SentinelTopology, running_redis
@@ -241,3 +243,17 @@ async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_
         await heard.aclose()
         await one.close()
         await other.close()
+
+
+async def test_a_claim_whose_release_never_reached_redis_lapses_here_as_there(redis_url: str) -> None:
+    """The cache's circuit opened between the grant and the release: Redis lets the claim lapse after its TTL, and
+    so must the process, or every later miss of the id here would wait out a whole TTL for a fetch nobody makes."""
+    clock = Clock(0.0)
+    store = RedisStore(AsyncRedis.from_url(redis_url), KeyScheme("test:"), monotonic=clock)
+    try:
+        assert await store.claim(KEY, 5.0)  # then its release is lost: nothing tells the store
+        assert await store.claim(KEY, 5.0) is False  # another load of this process: it waits for the holder
+        clock.now += 5.0
+        assert await store.claim(KEY, 5.0) is True  # lapsed here too: asked again, its own claim renewed
+    finally:
+        await store.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from redis.asyncio import Redis, RedisCluster
@@ -153,6 +154,8 @@ return 1
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
+# Claims of this process past which those that lapsed without a release are swept (ClaimBook).
+MAX_HELD = 1024
 
 
 def _ms(seconds: float) -> int:
@@ -220,17 +223,28 @@ class ClaimBook:
     """This process's side of the claims (AnnotationStore.claim): its token, the claims its loads hold or a read
     is asking for (never granted twice in one process), and the held ones another of its loads was refused: the
     holder's write announces its result even when nobody else could have seen the id. Each entry ends with the
-    claim's write or release."""
+    claim's write or release, or lapses with the claim's TTL, as the claim in Redis does: a release that never
+    reached the store (the cache's circuit open) must not keep this process's later loads of the id waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.token = secrets.token_hex(8)  # this process, as the holder of claims
-        self._held: set[AnnotationKey] = set()
+        self._monotonic = monotonic
+        self._held: dict[AnnotationKey, float] = {}  # until when (monotonic), as the claim's TTL in Redis
         self._asking: set[AnnotationKey] = set()
         self._waiting: set[AnnotationKey] = set()
 
     def busy(self, key: AnnotationKey) -> bool:
         """Whether a load of this process holds ``key``'s claim, or a read is asking for it."""
-        return key in self._held or key in self._asking
+        return key in self._asking or self._holds(key)
+
+    def _holds(self, key: AnnotationKey) -> bool:
+        until = self._held.get(key)
+        if until is None:
+            return False
+        if until > self._monotonic():
+            return True
+        self.released(key)  # lapsed, as in Redis
+        return False
 
     @contextmanager
     def asking(self, key: AnnotationKey) -> Iterator[None]:
@@ -240,18 +254,22 @@ class ClaimBook:
         finally:
             self._asking.discard(key)
 
-    def granted(self, key: AnnotationKey) -> None:
-        self._held.add(key)
+    def granted(self, key: AnnotationKey, ttl: float) -> None:
+        now = self._monotonic()
+        if len(self._held) >= MAX_HELD:  # claims whose release never came: those that lapsed go
+            for lapsed in [each for each, until in self._held.items() if until <= now]:
+                self.released(lapsed)
+        self._held[key] = now + ttl
 
     def refused_here(self, key: AnnotationKey) -> None:
         """Another load of this process asked while :meth:`busy`: the holder's write is awaited."""
-        if key in self._held:  # its load ends with a write (which announces) or a release
+        if self._holds(key):  # its load ends with a write (which announces) or a release
             self._waiting.add(key)
 
     def given_up(self, key: AnnotationKey, release: bool) -> str:
         """The token for a write that also gives up the claim on ``key`` ("" to keep it)."""
         if release:
-            self._held.discard(key)
+            self._held.pop(key, None)
         return self.token if release else ""
 
     def awaited(self, key: AnnotationKey) -> str:
@@ -262,7 +280,7 @@ class ClaimBook:
         return ""
 
     def released(self, key: AnnotationKey) -> None:
-        self._held.discard(key)
+        self._held.pop(key, None)
         self._waiting.discard(key)
 
 
@@ -276,6 +294,7 @@ class RedisStore:
         *,
         close: Closer | None = None,
         bodies: ByteBudget | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._bodies = bodies  # the memory budget large entries are read in (None: unbounded, for tests)
@@ -292,7 +311,7 @@ class RedisStore:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
         self._tasks = TaskIndex(client, keys)
-        self._claims = ClaimBook()
+        self._claims = ClaimBook(monotonic=monotonic)
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return (await self._read_key(key, claim_ttl=None))[0]
@@ -314,8 +333,8 @@ class RedisStore:
         with _translated("read"):
             raw = await self._read(keys=keys, args=args)
         if isinstance(raw, list) and len(raw) == 1:  # nothing cached: claimed ({1}), or held by another ({2})
-            if raw[0] == 1:
-                self._claims.granted(key)
+            if raw[0] == 1 and claim_ttl is not None:
+                self._claims.granted(key, claim_ttl)
             return None, raw[0] == 1
         return await looked_up(self._client, self._bodies, annotation_id, (prefix, suffix), raw), False
 
@@ -401,7 +420,7 @@ class RedisStore:
         with _translated("claim"):
             granted = await self._claim(keys=keys, args=[self._claims.token, _ms(ttl)])
         if granted:
-            self._claims.granted(key)
+            self._claims.granted(key, ttl)
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
