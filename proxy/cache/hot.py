@@ -2,10 +2,11 @@
 
 A hit on Redis costs a round trip and a decode; most of a busy proxy's hits are for the same few annotations, so
 the answer to a hit (a fresh version, or a remembered 404) is kept here for at most ``ttl`` seconds and never past
-the version's own freshness. Coherent across replicas: every change to the store's view of an annotation is
-announced by the store (Redis pub/sub, see :meth:`proxy.cache.base.AnnotationStore.changes`), and every replica
-drops its copy when it hears it. While the announcements cannot be heard (not yet subscribed, connection lost) the
-tier is off; after a resubscription it starts empty, since what was missed is unknown.
+the version's own freshness (a 404, never past the store's own marker). Coherent across replicas: every change to
+the store's view of an annotation that a process may hold a copy of is announced by the store (Redis pub/sub, see
+:meth:`proxy.cache.base.AnnotationStore.changes`), and every replica drops its copy when it hears it. While the
+announcements cannot be heard (not yet subscribed, connection lost) the tier is off; after a resubscription it
+starts empty, since what was missed is unknown.
 
 A read that began before a change must not put the older answer back after the change was heard: every drop
 moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read under an older epoch.
