@@ -53,6 +53,12 @@ class UpstreamPolicy:
 MAX_FAILING_IDS = 1024
 
 
+def label_studio_base(url: URL) -> URL:
+    """``LABEL_STUDIO_URL`` as the base that API paths go below: ``http://host/ls`` and ``http://host/ls/`` both
+    mean ``/ls/api/...`` (a join onto the first would replace its last segment)."""
+    return url if url.path.endswith("/") else url.with_path(url.path + "/")
+
+
 class LabelStudioClient:
     """Fetches annotations from Label Studio over one shared ``ClientSession``.
 
@@ -74,7 +80,7 @@ class LabelStudioClient:
         user_agent: str,
         bodies: ByteBudget | None = None,
     ) -> None:
-        base_url = base_url if base_url.path.endswith("/") else base_url.with_path(base_url.path + "/")
+        base_url = label_studio_base(base_url)
         # Annotation URLs as strings below the encoded base, taken as they are (no join, no quoting per request).
         self._annotations = str(base_url.join(URL(ANNOTATIONS_PATH)))
         self._credentials = credentials

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+from aiohttp import web
+
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.clock import Clock
-from tests.support.proxies import ProxyFactory
+from tests.support.proxies import ProxyFactory, ServerFactory
 
 
 def authorizations(fake: FakeLabelStudio) -> list[str]:
@@ -111,3 +113,20 @@ async def test_a_401_after_a_fresh_token_is_not_retried_forever(
     assert b"misconfigured" in await response.read()
     assert len(fake_ls.annotation_gets()) == 2
     assert fake_ls.refresh_calls == 2
+
+
+async def test_behind_a_path_of_its_own_the_token_is_refreshed_below_it(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, aiohttp_server: ServerFactory
+) -> None:
+    """Label Studio at ``http://host/ls`` (a shared ingress, no trailing slash): the refresh goes there too."""
+    ingress = web.Application()
+    ingress.add_subapp("/ls/", fake_ls.app())
+    server = await aiohttp_server(ingress)
+    proxy = await make_proxy(
+        label_studio_url=str(server.make_url("/ls")), label_studio_api_key=fake_ls.issue_personal_access_token()
+    )
+    fake_ls.add_annotation()
+    response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    assert response.status == 200
+    assert fake_ls.refresh_calls == 1
+    assert authorizations(fake_ls)[0].startswith("Bearer ")
