@@ -735,6 +735,19 @@ def busy_note(run: Run) -> str:
     )
 
 
+def hit_target(run: Run, row: Row, baseline: Row, ratio: float, aim: str = "") -> tuple[bool, str]:
+    """A hit row's requests/s against the baseline's: met only when the rows' ratio and, where measured, the
+    median of the rounds loaded together both reach ``ratio``. A baseline row measured in a slow moment of the
+    machine makes the rows' ratio pass alone (1.54 for (c) in one run, where together gave 0.65-0.68)."""
+    rows = row.result.rps / baseline.result.rps
+    text = f"({row.name}) >= {ratio:g} of ({BASELINE}) requests/s{aim}: {rows:.2f} in the rows"
+    together = [each for each, _ in run.together.get(row.name, [])]
+    if not together:
+        return rows >= ratio, text
+    median = statistics.median(together)
+    return rows >= ratio and median >= ratio, f"{text}, {median:.2f} together"
+
+
 def targets(run: Run) -> list[tuple[bool, str]]:
     """The acceptance lines of the performance issue; its (a) is row (a') here."""
     a, b, c, d0, d, d2 = required(run, BASELINE, "b", "c", "d0", "d", "d2")
@@ -742,18 +755,12 @@ def targets(run: Run) -> list[tuple[bool, str]]:
     added = [row.result.p50_ms - d0.result.p50_ms for row in (d, d2)]
     cold_cpu = [d.cpu.server_us, d2.cpu.server_us]
     return [
-        (
-            c.result.rps >= 0.8 * a.result.rps,
-            f"(c) >= 0.8 of ({BASELINE}) requests/s (aim 1.0): {c.result.rps / a.result.rps:.2f}",
-        ),
+        hit_target(run, c, a, 0.8, " (aim 1.0)"),
         (
             c.result.p99_ms <= 2 * a.result.p99_ms,
             f"(c) p99 <= 2x ({BASELINE})'s: {c.result.p99_ms / a.result.p99_ms:.2f}x",
         ),
-        (
-            b.result.rps >= 0.9 * a.result.rps,
-            f"(b) >= 0.9 of ({BASELINE}) requests/s: {b.result.rps / a.result.rps:.2f}",
-        ),
+        hit_target(run, b, a, 0.9),
         (
             all(ms <= 1.0 for ms in added),
             "cold misses add <= 1 ms to (d0)'s p50, in-process (d) and Redis (d2): "
@@ -797,7 +804,8 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
         "the measured run, per request wrk counted. Others: the CPU that processes outside the benchmark took "
         f"meanwhile; above {BUSY_LIMIT:.0f}% of a CPU the row was measured once more. The targets' baseline, the "
         f"issue's (a) (aiohttp web.Application, one route, uvloop), is row ({BASELINE}).\n\n"
-        f"{table(run)}\n{notes}\nTargets:\n\n{checks}\n{hits}{misses}"
+        f"{table(run)}\n{notes}\nTargets (a hit ratio is met only when the rows' ratio and the Together line's "
+        f"median both meet it):\n\n{checks}\n{hits}{misses}"
     )
 
 
