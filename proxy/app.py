@@ -50,7 +50,7 @@ from proxy.routes import setup_routes
 from proxy.served import Served
 from proxy.service import AnnotationService, CachePolicy
 from proxy.settings import Settings
-from proxy.upstream import LabelStudioClient, UpstreamPolicy, label_studio_base
+from proxy.upstream import LabelStudioClient, UpstreamPolicy
 
 log = logging.getLogger("proxy.app")
 
@@ -148,7 +148,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_for_status=False,
         trust_env=False,
     ) as session:
-        base_url = label_studio_base(URL(str(settings.label_studio_url)))
+        base_url = URL(str(settings.label_studio_url))  # it ends with a slash (proxy/settings.py)
         credentials: Credentials
         if settings.uses_personal_access_token:
             credentials = PersonalAccessToken(

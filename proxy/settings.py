@@ -49,7 +49,9 @@ def _plain_base_url(url: HttpUrl) -> HttpUrl:
         raise ValueError("must be a base URL without query or fragment")
     if url.username or url.password:
         raise ValueError("must not carry credentials; use LABEL_STUDIO_API_KEY")
-    return url
+    # The base that API paths go below: ``http://host/ls`` and ``http://host/ls/`` both mean ``/ls/api/...``
+    # (a join onto the first would replace its last segment).
+    return url if (url.path or "/").endswith("/") else HttpUrl(f"{url}/")
 
 
 def _usable_api_key(key: SecretStr) -> SecretStr:

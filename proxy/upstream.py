@@ -53,18 +53,13 @@ class UpstreamPolicy:
 MAX_FAILING_IDS = 1024
 
 
-def label_studio_base(url: URL) -> URL:
-    """``LABEL_STUDIO_URL`` as the base that API paths go below: ``http://host/ls`` and ``http://host/ls/`` both
-    mean ``/ls/api/...`` (a join onto the first would replace its last segment)."""
-    return url if url.path.endswith("/") else url.with_path(url.path + "/")
-
-
 class LabelStudioClient:
     """Fetches annotations from Label Studio over one shared ``ClientSession``.
 
     Protects Label Studio and the proxy alike: at most ``max_connections`` requests in flight, a few jittered
     retries of what may pass (a refused connection, a 502/503/504) within the lookup's deadline, and a circuit
-    breaker that stops calling a Label Studio that keeps failing, letting single probes through.
+    breaker that stops calling a Label Studio that keeps failing, letting single probes through. ``base_url``:
+    Label Studio's, ending with a slash (``LABEL_STUDIO_URL`` as proxy/settings.py gives it).
     """
 
     def __init__(
@@ -80,7 +75,6 @@ class LabelStudioClient:
         user_agent: str,
         bodies: ByteBudget | None = None,
     ) -> None:
-        base_url = label_studio_base(base_url)
         # Annotation URLs as strings below the encoded base, taken as they are (no join, no quoting per request).
         self._annotations = str(base_url.join(URL(ANNOTATIONS_PATH)))
         self._credentials = credentials

@@ -161,6 +161,17 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
 
 
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [("http://ls:8080", "http://ls:8080/"), ("http://ls:8080/", "http://ls:8080/"), ("https://h/ls", "https://h/ls/"),
+     ("https://h/ls/", "https://h/ls/"), ("http://h/label%20studio", "http://h/label%20studio/")],
+)  # fmt: skip
+def test_label_studio_url_is_the_base_api_paths_go_below(given: str, base: str) -> None:
+    """With or without its trailing slash, a path of LABEL_STUDIO_URL's own is kept: API paths go below it."""
+    settings = Settings(label_studio_url=given, label_studio_api_key=LEGACY)  # type: ignore[arg-type]
+    assert str(settings.label_studio_url) == base
+
+
 def test_redacted_configuration_masks_every_secret() -> None:
     settings = Settings(
         label_studio_url="http://ls:8080",  # type: ignore[arg-type]
