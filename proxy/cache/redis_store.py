@@ -261,10 +261,13 @@ class ClaimBook:
                 self.released(lapsed)
         self._held[key] = now + ttl
 
-    def refused_here(self, key: AnnotationKey) -> None:
-        """Another load of this process asked while :meth:`busy`: the holder's write is awaited."""
+    def refuses(self, key: AnnotationKey) -> bool:
+        """Whether another load of this process asking for ``key``'s claim is refused (:meth:`busy`). Refused
+        beside a load that holds it, it waits for that load's write, which then announces its result."""
         if self._holds(key):  # its load ends with a write (which announces) or a release
             self._waiting.add(key)
+            return True
+        return key in self._asking
 
     def given_up(self, key: AnnotationKey, release: bool) -> str:
         """The token for a write that also gives up the claim on ``key`` ("" to keep it)."""
@@ -412,8 +415,7 @@ class RedisStore:
             await self._client.ping()
 
     async def claim(self, key: AnnotationKey, ttl: float) -> bool:
-        if self._claims.busy(key):  # this process fetches it: wait like another replica
-            self._claims.refused_here(key)
+        if self._claims.refuses(key):  # this process fetches it: wait like another replica
             return False
         annotation_id, variant = key
         keys = [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
