@@ -16,7 +16,7 @@ from yarl import URL
 
 from proxy.budget import BODY_FACTOR, ByteBudget, Lease
 from proxy.errors import InvalidUpstreamBody, UpstreamBadStatus, UpstreamTimeout, UpstreamUnavailable
-from proxy.metrics import UPSTREAM_OUTCOMES, Metrics, UpstreamOutcome
+from proxy.metrics import Metrics, UpstreamOutcome
 
 NOT_FOUND_BODY_LIMIT = 64 * 1024
 
@@ -50,8 +50,7 @@ class Exchange:
     ) -> None:
         self._session = session
         self._metrics = metrics
-        # Each outcome's child counter, looked up once rather than per request (prometheus-client's labels()).
-        self._outcomes = {outcome: metrics.upstream_requests.labels(outcome=outcome) for outcome in UPSTREAM_OUTCOMES}
+        self._outcomes = metrics.upstream_outcomes
         self._max_body_bytes = max_body_bytes
         self._user_agent = user_agent
         # Bodies being read and validated, in bytes of memory (proxy/budget.py); unbounded when None (tests).

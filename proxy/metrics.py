@@ -7,6 +7,7 @@ only (never an annotation id). Label values are created up front so dashboards s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -107,6 +108,12 @@ class Metrics:
     dependency_up: Gauge
     credentials_refused: Gauge
     build_info: Gauge
+
+    @cached_property
+    def upstream_outcomes(self) -> dict[str, Counter]:
+        """``upstream_requests``' child counter for each outcome (:data:`UPSTREAM_OUTCOMES`), looked up once
+        rather than per request (prometheus-client's ``labels()`` is a locked lookup per call)."""
+        return {outcome: self.upstream_requests.labels(outcome=outcome) for outcome in UPSTREAM_OUTCOMES}
 
     def cache_request(self, result: CacheResult) -> None:
         """Count one annotation request by how the cache served it (one of :data:`CACHE_RESULTS`)."""
