@@ -76,7 +76,9 @@ async def test_a_direct_answer_is_byte_for_byte_the_one_aiohttp_writes(status: i
     assert direct_body == body
 
 
-@pytest.mark.parametrize("value", ["a\r\nSet-Cookie: b", "a\nSet-Cookie: b", "a\x00Set-Cookie: b", "a\x7f\x1bb"])
+@pytest.mark.parametrize(
+    "value", ["a\r\nSet-Cookie: b", "a\nSet-Cookie: b", "a\rb", "a\x00Set-Cookie: b", "a\x7f\x1bb"]
+)
 async def test_a_header_with_a_control_character_is_refused_as_aiohttp_refuses_it(value: str) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         return DirectResponse(status=200, body=BODY, headers={"X-Evil": value}, now=time.time())
@@ -88,6 +90,23 @@ async def test_a_header_with_a_control_character_is_refused_as_aiohttp_refuses_i
         await server.close()
     assert b"X-Evil" not in stream
     assert not stream.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_tab_and_non_ascii_in_a_header_are_sent_as_utf_8() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/404":  # the last request, which closes the connection
+            return web.Response(status=404)
+        return DirectResponse(status=200, body=BODY, headers={"X-Fine": "a\tb \u00e9\u0085"}, now=time.time())
+
+    server = await serve(handler)
+    try:
+        stream = await raw_http.exchange(
+            server.host, server.port, request_line("/200") + request_line("/404", "Connection: close")
+        )
+    finally:
+        await server.close()
+    assert stream.startswith(b"HTTP/1.1 200")
+    assert "X-Fine: a\tb \u00e9\u0085\r\n".encode() in stream
 
 
 async def test_a_handlers_own_date_and_server_are_sent_as_aiohttp_sends_them() -> None:
