@@ -68,6 +68,9 @@ class Exchange:
         headers = {
             hdrs.AUTHORIZATION: authorization,
             hdrs.ACCEPT: "application/json",
+            # A body's memory is reserved by its Content-Length before it is read (:meth:`_room_for`): exact for a
+            # plain body, where a compressed one could inflate to many times its length on the wire.
+            hdrs.ACCEPT_ENCODING: "identity",
             hdrs.USER_AGENT: self._user_agent,
             "X-Request-ID": request_id,
         }
@@ -113,11 +116,15 @@ class Exchange:
 
     async def _room_for(self, response: aiohttp.ClientResponse, waiting: MemoryWait | None) -> Lease | None:
         """Reserve the memory the body will cost while it is read and validated (proxy/budget.py), before a byte
-        of it is read: its Content-Length, or PROXY_MAX_BODY_BYTES when Label Studio does not say."""
+        of it is read: its Content-Length, or PROXY_MAX_BODY_BYTES when Label Studio does not say or the body is
+        encoded anyway (an intermediary that compresses whatever the proxy asked for), which its length on the
+        wire does not bound."""
         if self._bodies is None:
             return None
         length = response.content_length
-        size = min(length if length is not None else self._max_body_bytes, self._max_body_bytes + 1)
+        if length is None or hdrs.CONTENT_ENCODING in response.headers:
+            length = self._max_body_bytes
+        size = min(length, self._max_body_bytes + 1)
         if waiting is not None:
             waiting.active = True
         lease = await self._bodies.lease(BODY_FACTOR * size)

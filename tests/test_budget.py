@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
 from proxy.app import create_app
-from proxy.budget import ByteBudget
+from proxy.budget import BODY_FACTOR, ByteBudget
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, redis_store
 from proxy.errors import CacheBusy, UpstreamBadStatus
 from proxy.keys import BODIES, READINESS, UPSTREAM
 from proxy.settings import Settings
-from tests.support.proxies import ClientFactory, ProxyTestServer, ServerFactory
+from tests.support.proxies import CLIENT_KEY, ClientFactory, ProxyTestServer, ServerFactory
+from tests.support.samples import encode, sample
 from tests.support.waiting import wait_until
 
 KEY = AnnotationKey(7, Variant.PLAIN)
@@ -124,3 +126,48 @@ async def test_the_dependency_check_gives_back_what_a_200_reserved(
         with pytest.raises(UpstreamBadStatus):
             await app[UPSTREAM].check_credentials("test")
     assert app[BODIES].reserved == 0
+
+
+async def test_a_body_compressed_on_the_way_reserves_as_much_as_one_of_unknown_length(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    # The proxy asks Label Studio for plain bodies, whose Content-Length bounds what reading them costs. A gzipping
+    # intermediary that compresses anyway sends a length on the wire that a body may inflate far beyond: such a
+    # body is reserved for at the limit, as one whose length is not given.
+    inflated = encode(sample(id=1, result=[{"text": "x" * 60_000}]))
+    wire = gzip.compress(inflated)
+    asked: list[str | None] = []
+    go_on = asyncio.Event()
+
+    async def annotation(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding"))
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": str(len(wire))}
+        )
+        await response.prepare(request)
+        await response.write(wire[:64])
+        await go_on.wait()  # the proxy has reserved room for the body by now
+        await response.write(wire[64:])
+        await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_get("/api/annotations/1/", annotation)
+    server = await aiohttp_server(upstream)
+    settings = Settings(
+        label_studio_url=str(server.make_url("/")),  # type: ignore[arg-type]
+        label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
+        proxy_client_keys=(CLIENT_KEY,),  # type: ignore[arg-type]
+        redis_url=None,
+    )
+    client = await aiohttp_client(ProxyTestServer(create_app(settings)))
+    bodies = client.app[BODIES]
+    read = asyncio.create_task(client.get("/api/annotations/1/", headers={"Authorization": f"Token {CLIENT_KEY}"}))
+    await wait_until(lambda: bodies.reserved > 0)
+    assert bodies.reserved == BODY_FACTOR * settings.proxy_max_body_bytes  # not 10 times the gzipped length
+    go_on.set()
+    response = await read
+    assert response.status == 200
+    assert (await response.json())["result"] == [{"text": "x" * 60_000}]  # inflated, validated, served
+    assert asked == ["identity"]
+    assert bodies.reserved == 0
