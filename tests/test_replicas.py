@@ -17,6 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
+from proxy.cache.redis_store import ClaimBook
 from proxy.errors import CacheError
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
@@ -257,3 +258,19 @@ async def test_a_claim_whose_release_never_reached_redis_lapses_here_as_there(re
         assert await store.claim(KEY, 5.0) is True  # lapsed here too: asked again, its own claim renewed
     finally:
         await store.close()
+
+
+def test_claims_whose_release_never_came_are_forgotten_as_they_lapse() -> None:
+    """A process's record of its claims stays as small as the claims alive: each grant forgets those that lapsed
+    (the oldest first, a claim granted again going last), never scanning the live ones."""
+    clock = Clock(0.0)
+    book = ClaimBook(monotonic=clock)
+    for annotation_id in range(1, 11):
+        book.granted(AnnotationKey(annotation_id, Variant.PLAIN), 5.0)  # their releases never come
+    clock.now += 1.0
+    book.granted(AnnotationKey(1, Variant.PLAIN), 5.0)  # until 6: now the last to lapse
+    clock.now += 4.5
+    book.granted(AnnotationKey(11, Variant.PLAIN), 5.0)
+    assert len(book) == 2  # 2 to 10 lapsed at 5 and are gone; 1 holds until 6
+    assert book.busy(AnnotationKey(1, Variant.PLAIN))
+    assert not book.busy(AnnotationKey(2, Variant.PLAIN))

@@ -154,8 +154,6 @@ return 1
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
-# Claims of this process past which those that lapsed without a release are swept (ClaimBook).
-MAX_HELD = 1024
 
 
 def _ms(seconds: float) -> int:
@@ -224,7 +222,9 @@ class ClaimBook:
     is asking for (never granted twice in one process), and the held ones another of its loads was refused: the
     holder's write announces its result even when nobody else could have seen the id. Each entry ends with the
     claim's write or release, or lapses with the claim's TTL, as the claim in Redis does: a release that never
-    reached the store (the cache's circuit open) must not keep this process's later loads of the id waiting."""
+    reached the store (the cache's circuit open) must not keep this process's later loads of the id waiting.
+    Held claims are kept in the order they were granted: every claim has the lookup's TTL, so the first to lapse
+    come first, and each grant forgets those that lapsed at a cost of one look at the oldest (amortized)."""
 
     def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.token = secrets.token_hex(8)  # this process, as the holder of claims
@@ -254,12 +254,20 @@ class ClaimBook:
         finally:
             self._asking.discard(key)
 
+    def __len__(self) -> int:
+        """Claims held, lapsed ones not yet forgotten among them."""
+        return len(self._held)
+
     def granted(self, key: AnnotationKey, ttl: float) -> None:
         now = self._monotonic()
-        if len(self._held) >= MAX_HELD:  # claims whose release never came: those that lapsed go
-            for lapsed in [each for each, until in self._held.items() if until <= now]:
-                self.released(lapsed)
-        self._held[key] = now + ttl
+        held = self._held
+        while held:  # claims whose release never came, oldest first: those that lapsed go
+            oldest = next(iter(held))
+            if held[oldest] > now:
+                break
+            self.released(oldest)
+        held.pop(key, None)  # granted again: last in line, with its new TTL
+        held[key] = now + ttl
 
     def refuses(self, key: AnnotationKey) -> bool:
         """Whether another load of this process asking for ``key``'s claim is refused (:meth:`busy`). Refused
