@@ -50,8 +50,9 @@ def _plain_base_url(url: HttpUrl) -> HttpUrl:
     if url.username or url.password:
         raise ValueError("must not carry credentials; use LABEL_STUDIO_API_KEY")
     # The base that API paths go below: ``http://host/ls`` and ``http://host/ls/`` both mean ``/ls/api/...``
-    # (a join onto the first would replace its last segment).
-    return url if (url.path or "/").endswith("/") else HttpUrl(f"{url}/")
+    # (a join onto the first would replace its last segment). An empty query or fragment ("?", "#") is dropped.
+    base = str(url).partition("?")[0].partition("#")[0]
+    return HttpUrl(base if base.endswith("/") else f"{base}/")
 
 
 def _usable_api_key(key: SecretStr) -> SecretStr:

@@ -164,7 +164,8 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
 @pytest.mark.parametrize(
     ("given", "base"),
     [("http://ls:8080", "http://ls:8080/"), ("http://ls:8080/", "http://ls:8080/"), ("https://h/ls", "https://h/ls/"),
-     ("https://h/ls/", "https://h/ls/"), ("http://h/label%20studio", "http://h/label%20studio/")],
+     ("https://h/ls/", "https://h/ls/"), ("http://h/label%20studio", "http://h/label%20studio/"),
+     ("http://h/ls?", "http://h/ls/"), ("http://h/ls#", "http://h/ls/"), ("http://[::1]:8080/ls", "http://[::1]:8080/ls/")],
 )  # fmt: skip
 def test_label_studio_url_is_the_base_api_paths_go_below(given: str, base: str) -> None:
     """With or without its trailing slash, a path of LABEL_STUDIO_URL's own is kept: API paths go below it."""
