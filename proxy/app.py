@@ -23,7 +23,7 @@ from proxy.budget import BODY_FACTOR, ByteBudget, answer_memo_bytes
 from proxy.cache import AnnotationStore, KeyScheme, MemoryStore, open_redis_store
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.hot import HotTier
-from proxy.credentials import Credentials, LegacyToken, PersonalAccessToken
+from proxy.credentials import TOKEN_REFRESH_PATH, Credentials, LegacyToken, PersonalAccessToken
 from proxy.http_guard import redact_parser_error_responses
 from proxy.keys import (
     ADMIN_KEYS,
@@ -144,7 +144,12 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         # One more than the client's own bound, for the token refresh that may run beside a full house.
         connector=aiohttp.TCPConnector(limit=settings.proxy_upstream_max_connections + 1, ttl_dns_cache=60),
         cookie_jar=aiohttp.DummyCookieJar(),  # Label Studio's session cookie must never be replayed
-        headers={aiohttp.hdrs.USER_AGENT: USER_AGENT},
+        headers={
+            aiohttp.hdrs.USER_AGENT: USER_AGENT,
+            # A body's memory is reserved by its Content-Length before it is read (proxy/exchange.py): exact for a
+            # plain body, where a compressed one could inflate to many times its length on the wire.
+            aiohttp.hdrs.ACCEPT_ENCODING: "identity",
+        },
         raise_for_status=False,
         trust_env=False,
     ) as session:
@@ -154,7 +159,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             credentials = PersonalAccessToken(
                 settings.label_studio_api_key,
                 session=session,
-                refresh_url=base_url.join(URL("api/token/refresh/")),
+                refresh_url=base_url.join(URL(TOKEN_REFRESH_PATH)),
                 timeout=settings.proxy_upstream_timeout,
                 metrics=app[METRICS],
                 clock=app[CLOCK],

@@ -7,6 +7,7 @@ The only holder of the token besides :mod:`proxy.upstream`, which asks for an ``
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,12 +19,15 @@ from pydantic import SecretStr
 from yarl import URL
 
 from proxy.errors import UpstreamAuthRejected, UpstreamBadStatus, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.exchange import read_at_most
 from proxy.metrics import Metrics
 from proxy.tokens import jwt_claims
 
 log = logging.getLogger("proxy.upstream")
 
 TOKEN_REFRESH_PATH = "api/token/refresh/"  # noqa: S105 - a path, not a secret
+# The refresh's answer is one access token (a JWT of a few hundred bytes); past this, it is not read further.
+REFRESH_BODY_LIMIT = 64 * 1024
 
 
 class Credentials(Protocol):
@@ -137,7 +141,8 @@ class PersonalAccessToken:
                         f"Label Studio answered HTTP {response.status} to the token refresh.",
                         upstream_status=response.status,
                     )
-                payload = await response.json(content_type=None)
+                body = await read_at_most(response, REFRESH_BODY_LIMIT)  # never more of it in memory
+                payload = json.loads(body) if body is not None else None
         except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
             raise UpstreamTimeout("Label Studio did not answer the token refresh in time.") from exc
         except (aiohttp.ClientError, ValueError) as exc:

@@ -68,9 +68,6 @@ class Exchange:
         headers = {
             hdrs.AUTHORIZATION: authorization,
             hdrs.ACCEPT: "application/json",
-            # A body's memory is reserved by its Content-Length before it is read (:meth:`_room_for`): exact for a
-            # plain body, where a compressed one could inflate to many times its length on the wire.
-            hdrs.ACCEPT_ENCODING: "identity",
             hdrs.USER_AGENT: self._user_agent,
             "X-Request-ID": request_id,
         }
@@ -122,7 +119,7 @@ class Exchange:
         if self._bodies is None:
             return None
         length = response.content_length
-        if length is None or hdrs.CONTENT_ENCODING in response.headers:
+        if length is None or is_encoded(response):
             length = self._max_body_bytes
         size = min(length, self._max_body_bytes + 1)
         if waiting is not None:
@@ -134,7 +131,7 @@ class Exchange:
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes
-        body = await _read_at_most(response, limit)
+        body = await read_at_most(response, limit)
         if body is None:
             raise InvalidUpstreamBody(
                 f"Label Studio returned an invalid annotation body: larger than {limit} bytes (PROXY_MAX_BODY_BYTES)."
@@ -151,14 +148,20 @@ class MemoryWait:
         self.active = False
 
 
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+def is_encoded(response: aiohttp.ClientResponse) -> bool:
+    """Whether the body comes in a content coding (``identity``, or an empty header, is none): the session asks for
+    none (proxy/app.py), an intermediary may compress anyway."""
+    return response.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in ("", "identity")
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The whole body, or None as soon as it proves longer than ``limit`` bytes (never buffered past it). A plain
     body whose ``Content-Length`` says it fits is read in one call (aiohttp's parser never reads past that length);
     an encoded one is counted as it inflates, whatever its length on the wire."""
     length = response.content_length
     if length is not None and length > limit:
         return None
-    if length is not None and hdrs.CONTENT_ENCODING not in response.headers:
+    if length is not None and not is_encoded(response):
         return await response.read()
     chunks: list[bytes] = []
     size = 0
@@ -174,7 +177,7 @@ async def _is_label_studio_404(response: aiohttp.ClientResponse) -> bool:
     """Label Studio's "not found" is its JSON error shape; a proxy's or web server's HTML 404 is not one."""
     if response.content_type != "application/json":
         return False
-    body = await _read_at_most(response, NOT_FOUND_BODY_LIMIT)
+    body = await read_at_most(response, NOT_FOUND_BODY_LIMIT)
     try:
         error = json.loads(body) if body is not None else None
     except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from aiohttp import web
 
 from tests.fakes.label_studio import FakeLabelStudio
@@ -113,6 +114,20 @@ async def test_a_401_after_a_fresh_token_is_not_retried_forever(
     assert b"misconfigured" in await response.read()
     assert len(fake_ls.annotation_gets()) == 2
     assert fake_ls.refresh_calls == 2
+
+
+@pytest.mark.parametrize(("padding", "status"), [(1_000, 200), (100_000, 502)])
+async def test_a_refresh_answer_is_read_within_its_bound(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, padding: int, status: int
+) -> None:
+    """The refresh's answer is an access token of a few hundred bytes: an endpoint that answers far more (64 KiB)
+    is not read further, and its token is not used."""
+    fake_ls.refresh_padding = padding  # from the first refresh on, the start-up check's
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
+    fake_ls.add_annotation()
+    response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    assert response.status == status
+    assert len(fake_ls.annotation_gets()) == (status == 200)
 
 
 async def test_behind_a_path_of_its_own_the_token_is_refreshed_below_it(

@@ -198,6 +198,7 @@ class FakeLabelStudio:
         self.requests: list[RecordedRequest] = []
         self.checks: list[RecordedRequest] = []  # the proxy's dependency checks (GET /api/annotations/0/)
         self.refresh_calls = 0
+        self.refresh_padding = 0  # characters of an extra field in each refresh answer (a misbehaving endpoint)
 
         self._annotations: dict[int, dict[str, Any]] = {}
         self._next_id = 1
@@ -488,7 +489,8 @@ class FakeLabelStudio:
             headers[hdrs.WWW_AUTHENTICATE] = _REFRESH_AUTH_CHALLENGE
             return self._error(401, problem, headers=headers)
         access = self._sign("access", self.access_token_lifetime)
-        return self._json({"access": access}, headers=headers)
+        padding = {"padding": "x" * self.refresh_padding} if self.refresh_padding else {}
+        return self._json({"access": access} | padding, headers=headers)
 
     def _refresh_token_problem(self, token: str) -> str | None:
         """simplejwt's TokenError message for a refresh token (5.4+ wording), or None if good."""
