@@ -1,4 +1,4 @@
-"""proxy/logs.py: JSON lines, written once per event-loop turn, and the access log's quick path."""
+"""proxy/logs.py: JSON lines, written in batches, and the access log's quick path."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from proxy import logs
-from proxy.logs import ACCESS_LOG, BatchedHandler, JsonFormatter, LineWriter, configure_logging
+from proxy.logs import ACCESS_LOG, MAX_PENDING, BatchedHandler, JsonFormatter, LineWriter, configure_logging
+from tests.support.waiting import wait_until
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 
@@ -60,6 +61,12 @@ def handler_alone() -> Iterator[None]:
         root.handlers[:] = saved
 
 
+def written_now() -> None:
+    """What waits in configure_logging's writer, written at once (as its delay or exit would)."""
+    assert ACCESS_LOG.writer is not None
+    ACCESS_LOG.writer.flush()
+
+
 def no_log_record(*args: object, **kwargs: object) -> None:
     raise AssertionError("the access log went through logging")
 
@@ -72,7 +79,7 @@ async def test_the_quick_access_line_is_what_the_formatter_writes(
     monkeypatch.setattr(ACCESS_LOG.logger, "info", no_log_record)
     with handler_alone():
         ACCESS_LOG(**fields, seconds=0.000125, request_id="r-1")  # type: ignore[arg-type]
-        await asyncio.sleep(0)  # the end of this turn of the loop
+        written_now()
     [written] = stream.getvalue().split("\n")[:-1]  # not splitlines(): U+2028 is a line break to it, not to JSON
 
     record = logging.getLogger("proxy.access").makeRecord("proxy.access", logging.INFO, "", 0, "request", (), None)
@@ -84,13 +91,14 @@ async def test_the_quick_access_line_is_what_the_formatter_writes(
     assert list(got.items()) == list(want.items())  # same fields, same order, same values
 
 
-async def test_lines_of_one_turn_leave_in_one_write_and_errors_at_once(stream: CountingStream) -> None:
+async def test_lines_leave_together_within_the_delay_and_errors_at_once(stream: CountingStream) -> None:
     log = logging.getLogger("proxy.test")
     with handler_alone():
         for n in range(50):
             log.info("line", extra={"n": n})
-        assert stream.writes == 0  # still this turn
         await asyncio.sleep(0)
+        assert stream.writes == 0  # not per turn of the loop: they wait for the others of the next moments
+        await wait_until(lambda: stream.writes > 0)  # FLUSH_SECONDS later
         assert stream.writes == 1
         assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == list(range(50))
 
@@ -98,6 +106,14 @@ async def test_lines_of_one_turn_leave_in_one_write_and_errors_at_once(stream: C
         log.error("at once")
         assert stream.writes == 2  # the error took the pending line with it, in order
     assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()[-2:]] == ["before", "at once"]
+
+
+async def test_a_full_batch_leaves_at_once(stream: CountingStream) -> None:
+    with handler_alone():
+        for _ in range(MAX_PENDING):
+            ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-4")  # type: ignore[arg-type]
+        assert stream.writes == 1  # no waiting: the lines that wait are bounded
+        assert len(stream.getvalue().splitlines()) == MAX_PENDING
 
 
 def test_without_a_running_loop_lines_are_written_at_once() -> None:
@@ -134,7 +150,7 @@ async def test_the_quick_line_stamps_each_line_as_the_formatter_would(
     with handler_alone():
         for _ in instants:
             ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-3")
-        await asyncio.sleep(0)
+        written_now()
     got = [json.loads(line)["ts"] for line in stream.getvalue().splitlines()]
     formatter = JsonFormatter()
     want = []
