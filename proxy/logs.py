@@ -55,10 +55,11 @@ class LineWriter:
     A line waits at most :data:`FLUSH_SECONDS` (or until :data:`MAX_PENDING` lines wait) and leaves with every line
     logged meanwhile: under load, hundreds of requests' lines in one write, where a write per turn of the event loop
     was a fifteenth of a system call per request at 32 connections, 4% of a cache hit (docs/performance.md). When
-    asked (``urgent``: warnings and errors) or with no running loop (start-up, shutdown), the pending lines are
-    written at once, in order; :func:`configure_logging` writes what is left at exit. A stream that fails (a closed
-    pipe) loses the lines rather than the request. A line may also be left to format when the lines are written
-    (:meth:`defer`): formatting many lines in one go costs less than one at a time between requests.
+    asked (``urgent``: warnings and errors) or with no running loop (start-up, shutdown, a loop closed while lines
+    waited), the pending lines are written at once, in order; :func:`configure_logging` writes what is left at exit.
+    A stream that fails (a closed pipe) loses the lines rather than the request. A line may also be left to format
+    when the lines are written (:meth:`defer`): formatting many lines in one go costs less than one at a time
+    between requests.
     """
 
     def __init__(self, stream: TextIO, *, delay: float = FLUSH_SECONDS) -> None:
@@ -66,12 +67,13 @@ class LineWriter:
         self._delay = delay
         self._pending: list[str | tuple[Callable[[tuple[Any, ...]], str], tuple[Any, ...]]] = []
         self._timer: asyncio.TimerHandle | None = None  # the flush to come, while lines wait
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # its loop: one closed since will never run it
 
     def write(self, line: str, *, urgent: bool = False) -> None:
         self._pending.append(line)
         if urgent or len(self._pending) >= MAX_PENDING:
             self.flush()
-        elif self._timer is None:
+        elif self._timer_loop is None or self._timer_loop.is_closed():
             self._schedule()
 
     def defer(self, render: Callable[[tuple[Any, ...]], str], fields: tuple[Any, ...]) -> None:
@@ -79,7 +81,7 @@ class LineWriter:
         self._pending.append((render, fields))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
-        elif self._timer is None:
+        elif self._timer_loop is None or self._timer_loop.is_closed():
             self._schedule()
 
     def _schedule(self) -> None:
@@ -88,12 +90,12 @@ class LineWriter:
         except RuntimeError:
             self.flush()
             return
-        self._timer = loop.call_later(self._delay, self.flush)
+        self._timer, self._timer_loop = loop.call_later(self._delay, self.flush), loop
 
     def flush(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()  # the timer's own call, or an earlier flush: no other is due
-            self._timer = None
+            self._timer.cancel()  # the timer's own call, an earlier flush, or a closed loop's: no other is due
+            self._timer = self._timer_loop = None
         if not self._pending:
             return
         pending, self._pending = self._pending, []

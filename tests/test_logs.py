@@ -123,6 +123,20 @@ def test_without_a_running_loop_lines_are_written_at_once() -> None:
     assert stream.getvalue() == "one\n"
 
 
+def test_a_loop_closed_while_lines_waited_holds_no_line_back() -> None:
+    stream = CountingStream()
+    writer = LineWriter(stream)
+    loop = asyncio.new_event_loop()
+
+    async def log_one() -> None:
+        writer.write("in the loop\n")
+
+    loop.run_until_complete(log_one())
+    loop.close()  # before the writer's delay: its timer will never run
+    writer.write("after it\n")  # no running loop: written at once, with the line that waited
+    assert stream.getvalue() == "in the loop\nafter it\n"
+
+
 def test_a_failing_stream_loses_lines_not_requests() -> None:
     stream = io.StringIO()
     stream.close()
