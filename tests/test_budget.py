@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
+from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from proxy.app import create_app
@@ -21,6 +23,16 @@ from tests.support.samples import encode, sample
 from tests.support.waiting import wait_until
 
 KEY = AnnotationKey(7, Variant.PLAIN)
+
+
+def settings_before(upstream: TestServer, **more: Any) -> Settings:
+    """The proxy's settings in front of ``upstream``, with the in-process store and ``more``."""
+    return Settings(
+        label_studio_url=str(upstream.make_url("/")),  # type: ignore[arg-type]
+        label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
+        redis_url=None,
+        **more,
+    )
 
 
 async def test_what_fits_is_granted_at_once_and_the_rest_waits_for_room() -> None:
@@ -114,11 +126,7 @@ async def test_the_dependency_check_gives_back_what_a_200_reserved(
     upstream = web.Application()
     upstream.router.add_get("/{tail:.*}", anything)
     server = await aiohttp_server(upstream)
-    settings = Settings(
-        label_studio_url=str(server.make_url("/")),  # type: ignore[arg-type]
-        label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
-        redis_url=None,
-    )
+    settings = settings_before(server)
     client = await aiohttp_client(ProxyTestServer(create_app(settings)))
     app = client.app
     await wait_until(lambda: app[READINESS].report().checks["label_studio"]["status"] != "pending")
@@ -155,12 +163,7 @@ async def test_a_body_compressed_on_the_way_reserves_as_much_as_one_of_unknown_l
     upstream = web.Application()
     upstream.router.add_get("/api/annotations/1/", annotation)
     server = await aiohttp_server(upstream)
-    settings = Settings(
-        label_studio_url=str(server.make_url("/")),  # type: ignore[arg-type]
-        label_studio_api_key="0123456789abcdef0123456789abcdef01234567",  # type: ignore[arg-type]
-        proxy_client_keys=(CLIENT_KEY,),  # type: ignore[arg-type]
-        redis_url=None,
-    )
+    settings = settings_before(server, proxy_client_keys=(CLIENT_KEY,))
     client = await aiohttp_client(ProxyTestServer(create_app(settings)))
     bodies = client.app[BODIES]
     read = asyncio.create_task(client.get("/api/annotations/1/", headers={"Authorization": f"Token {CLIENT_KEY}"}))
