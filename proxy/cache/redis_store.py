@@ -218,8 +218,10 @@ class TaskIndex:
 
 
 class ClaimBook:
-    """This process's side of the claims (AnnotationStore.claim): its token, the claims its loads hold or a read
-    is asking for (never granted twice in one process), and the held ones another of its loads was refused: the
+    """This process's side of the claims (AnnotationStore.claim): its token, the claims its loads hold, those with
+    a claim, a claiming read or a release on its way to Redis (while one is, this process sends no claim of the
+    key: all its loads share one token, so a claim that crossed a release on another connection would be renewed,
+    then deleted under the load it was granted to), and the held ones another of its loads was refused: the
     holder's write announces its result even when nobody else could have seen the id. Each entry ends with the
     claim's write or release, or lapses with the claim's TTL, as the claim in Redis does: a release that never
     reached the store (the cache's circuit open) must not keep this process's later loads of the id waiting.
@@ -230,12 +232,12 @@ class ClaimBook:
         self.token = secrets.token_hex(8)  # this process, as the holder of claims
         self._monotonic = monotonic
         self._held: dict[AnnotationKey, float] = {}  # until when (monotonic), as the claim's TTL in Redis
-        self._asking: set[AnnotationKey] = set()
+        self._sending: dict[AnnotationKey, int] = {}  # how many claims, claiming reads and releases are on their way
         self._waiting: set[AnnotationKey] = set()
 
     def busy(self, key: AnnotationKey) -> bool:
-        """Whether a load of this process holds ``key``'s claim, or a read is asking for it."""
-        return key in self._asking or self._holds(key)
+        """Whether a load of this process holds ``key``'s claim, or a claim or release of it is on its way."""
+        return key in self._sending or self._holds(key)
 
     def _holds(self, key: AnnotationKey) -> bool:
         until = self._held.get(key)
@@ -247,12 +249,17 @@ class ClaimBook:
         return False
 
     @contextmanager
-    def asking(self, key: AnnotationKey) -> Iterator[None]:
-        self._asking.add(key)
+    def sending(self, key: AnnotationKey) -> Iterator[None]:
+        """Around a round trip that claims or releases ``key``: meanwhile this process sends no claim of it."""
+        sending = self._sending
+        sending[key] = sending.get(key, 0) + 1
         try:
             yield
         finally:
-            self._asking.discard(key)
+            if sending[key] == 1:
+                del sending[key]
+            else:
+                sending[key] -= 1
 
     def __len__(self) -> int:
         """Claims held, lapsed ones not yet forgotten among them."""
@@ -275,13 +282,18 @@ class ClaimBook:
         if self._holds(key):  # its load ends with a write (which announces) or a release
             self._waiting.add(key)
             return True
-        return key in self._asking
+        return key in self._sending
 
-    def given_up(self, key: AnnotationKey, release: bool) -> str:
-        """The token for a write that also gives up the claim on ``key`` ("" to keep it)."""
-        if release:
-            self._held.pop(key, None)
-        return self.token if release else ""
+    @contextmanager
+    def giving_up(self, key: AnnotationKey, release: bool) -> Iterator[str]:
+        """Around a write that also gives up the claim on ``key`` (with ``release``, as a release): its token, or
+        "" to keep the claim."""
+        if not release:
+            yield ""
+            return
+        self._held.pop(key, None)
+        with self.sending(key):
+            yield self.token
 
     def awaited(self, key: AnnotationKey) -> str:
         """'1' when a load of this process waits for the write of ``key`` (the write then announces whatever)."""
@@ -328,9 +340,9 @@ class RedisStore:
         return (await self._read_key(key, claim_ttl=None))[0]
 
     async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
-        if self._claims.busy(key):  # this process holds it, or is asking: never granted twice
+        if self._claims.busy(key):  # this process holds it, or a claim or release is on its way: never granted twice
             return await self.get(key), False
-        with self._claims.asking(key):
+        with self._claims.sending(key):
             return await self._read_key(key, claim_ttl=ttl)
 
     async def _read_key(self, key: AnnotationKey, *, claim_ttl: float | None) -> tuple[Lookup, bool]:
@@ -361,8 +373,7 @@ class RedisStore:
         ]
         if entry.task is not None and self._index_in_write:
             keys.append(self._keys.task(entry.task))
-        token = self._claims.given_up(key, release)
-        with _translated("write"):
+        with self._claims.giving_up(key, release) as token, _translated("write"):
             stored = await self._write(
                 keys=keys,
                 args=[
@@ -382,8 +393,7 @@ class RedisStore:
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         variant = release or Variant.PLAIN
         key = AnnotationKey(annotation_id, variant)
-        token = self._claims.given_up(key, release is not None)
-        with _translated("write"):
+        with self._claims.giving_up(key, release is not None) as token, _translated("write"):
             keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
             keys.append(self._keys.claim(annotation_id, variant))
             keys += [self._keys.claim_waiters(annotation_id, each) for each in Variant]
@@ -427,7 +437,7 @@ class RedisStore:
             return False
         annotation_id, variant = key
         keys = [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
-        with _translated("claim"):
+        with self._claims.sending(key), _translated("claim"):
             granted = await self._claim(keys=keys, args=[self._claims.token, _ms(ttl)])
         if granted:
             self._claims.granted(key, ttl)
@@ -436,7 +446,7 @@ class RedisStore:
     async def release(self, key: AnnotationKey) -> None:
         self._claims.released(key)
         annotation_id, variant = key
-        with _translated("claim"):
+        with self._claims.sending(key), _translated("claim"):
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._claims.token])
 
     async def reconnect(self) -> None:
