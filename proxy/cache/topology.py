@@ -14,21 +14,24 @@ Three modes, no hand-written routing:
 
 Every client gets short timeouts (a sick Redis must cost milliseconds, then the service goes to Label Studio) and
 at most ``max_connections`` connections. Standalone and Sentinel make no retries, and a request waits at most
-``timeout`` for a pooled connection; the cluster client retries a failed connection once, and its per-node pools
-fail at once when full (redis-py offers no waiting pool there).
+``timeout`` for a pooled connection (:class:`WaitingConnectionPool`); the cluster client retries a failed connection
+once, and its per-node pools fail at once when full (redis-py offers no waiting pool there).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 
@@ -154,9 +157,51 @@ def check_url(url: str, mode: RedisMode) -> None:
         raise ValueError("is not a valid URL (percent-encode special characters in the password)") from None
 
 
-class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
-    """redis-py's sentinel pool, but one that waits (up to its ``timeout``) for a free connection at its bound,
-    as the standalone pool does, instead of failing the command at once."""
+class WaitingConnectionPool(ConnectionPool):
+    """redis-py's ``ConnectionPool``, which fails a command at once when every connection is taken, made to wait up
+    to ``timeout`` for one instead (then ``ConnectionError``, as redis-py's ``BlockingConnectionPool`` raises).
+
+    ``BlockingConnectionPool`` waits too, but takes a condition and a timeout for every command, waiting or not:
+    about 4% of a cold miss's CPU with Redis (docs/performance.md). Here a command that finds a connection free
+    only counts it; only one that must wait arms a timeout. A slot goes back with the connection it was counted out
+    with, once: redis-py gives back a connection that failed to connect before ``get_connection`` raises.
+    """
+
+    def __init__(self, *, timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wait = timeout
+        self._free = asyncio.Semaphore(self.max_connections)  # connections not counted out
+        self._out: set[AbstractConnection] = set()  # those counted out
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        if self._free.locked():
+            try:
+                async with asyncio.timeout(self._wait):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise RedisConnectionError("No connection available.") from None
+        else:
+            await self._free.acquire()  # at once
+        try:
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._free.release()  # no connection counted out: one that failed to connect went back uncounted
+            raise
+        self._out.add(connection)
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            if connection in self._out:
+                self._out.discard(connection)
+                self._free.release()
+
+
+class WaitingSentinelConnectionPool(SentinelConnectionPool, WaitingConnectionPool):
+    """redis-py's sentinel pool, waiting (up to its ``timeout``) for a free connection at its bound, as the
+    standalone pool does, instead of failing the command at once."""
 
 
 def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) -> tuple[Redis | RedisCluster, Closer]:
@@ -180,7 +225,7 @@ def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) 
         return cluster, cluster.aclose
     if mode == "sentinel":
         return _sentinel_client(parse_sentinel_url(url), timeout=timeout, max_connections=max_connections, **timeouts)
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
@@ -211,7 +256,7 @@ def _sentinel_client(
     )
     client: Redis = sentinel.master_for(
         target.service,
-        connection_pool_class=BlockingSentinelConnectionPool,
+        connection_pool_class=WaitingSentinelConnectionPool,
         db=target.db,
         username=target.username,
         password=target.password,
