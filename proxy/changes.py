@@ -63,6 +63,12 @@ class ChangeFollower:
             if self._announced.get(annotation_id) is event:
                 del self._announced[annotation_id]
 
+    def wake(self, annotation_id: int) -> None:
+        """Wake whoever waits in :meth:`changed` for the annotation now: announced, or its claim let go here."""
+        announced = self._announced.pop(annotation_id, None)
+        if announced is not None:
+            announced.set()
+
     async def _follow(self) -> None:
         """For as long as the service runs; the hot tier is on while the announcements are heard."""
         retry_in = RETRY_MIN
@@ -75,9 +81,7 @@ class ChangeFollower:
                         log.info("hot tier on: following the store's changes")
                     else:
                         self._hot.drop(change)
-                        announced = self._announced.pop(change, None)
-                        if announced is not None:
-                            announced.set()
+                        self.wake(change)
             except CacheError as exc:
                 if self._hot.enabled:
                     log.warning("hot tier off: cannot follow the store's changes", extra={"error": str(exc)})

@@ -16,6 +16,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
 
+from proxy import claims
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
 from proxy.cache.redis_store import ClaimBook
 from proxy.errors import CacheError
@@ -207,6 +208,57 @@ async def test_a_claim_whose_reply_was_lost_is_released_after_the_fetch(redis_ur
         await service.close()
         await store.close()
         await other.close()
+
+
+class ReadAnsweredLate:
+    """A store whose claiming read is granted in Redis at once but answers only when told: meanwhile another
+    request of the process reads without claiming and starts the load."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.granted, self.answer, self.refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Any, bool]:
+        lookup, claimed = await self.store.get_or_claim(key, ttl)
+        if claimed:
+            self.granted.set()
+            await self.answer.wait()
+        return lookup, claimed
+
+    async def claim(self, key: AnnotationKey, ttl: float) -> bool:
+        granted = await self.store.claim(key, ttl)
+        if not granted:
+            self.refused.set()
+        return granted
+
+
+async def test_a_load_refused_beside_a_claim_its_process_lets_go_asks_again_at_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's claim granted beside a load already running is let go; that load, refused while the claim was
+    held here, asks again as soon as the release is done, not at its next poll."""
+    monkeypatch.setattr(claims, "POLL", 60.0)  # within the test, only a wake-up ends the load's wait
+    store = ReadAnsweredLate(open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0))
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(1, ok())
+    service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0))
+    try:
+        first = asyncio.create_task(service.lookup(1, expand=False, request_id="a"))
+        await store.granted.wait()
+        second = asyncio.create_task(service.lookup(1, expand=False, request_id="b"))
+        await store.refused.wait()  # the second request's load asked for the claim and waits beside it
+        store.answer.set()  # the first request learns it was granted, finds the load running, and lets it go
+        async with asyncio.timeout(10):
+            served = await asyncio.gather(first, second)
+        assert source.calls == [(1, False)]
+        assert all(each.entry is not None for each in served)
+    finally:
+        await service.close()
+        await store.store.close()
 
 
 async def test_a_miss_waits_for_the_claim_holder_and_fetches_itself_if_it_never_answers(redis_url: str) -> None:
