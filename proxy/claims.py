@@ -73,8 +73,8 @@ class Claims:
                 return Claimed()
 
     async def release(self, key: AnnotationKey) -> None:
-        """Let the claim go. A load of this process waiting beside it (refused while the claim, or the release, was
-        on its way: proxy/cache/redis_store.py's ClaimBook) asks again now, not at its next poll."""
+        """Let the claim go. A load of this process refused beside it (proxy/cache/redis_store.py's ClaimBook)
+        asks again now, not at its next poll."""
         try:
             await self._cache.store.release(key)
         except CacheError as exc:  # the claim lapses by itself

@@ -8,6 +8,7 @@ the service then goes to Label Studio instead (the cache fails open).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import weakref
@@ -32,8 +33,9 @@ from proxy.cache.topology import Closer, RedisMode, connect
 from proxy.errors import CacheBusy, CacheError
 
 # KEYS: missing marker, pointer, and (to claim the fetch when nothing is cached) the claim. ARGV: the version keys'
-# prefix, ":<variant>", the largest entry to return, and with the claim, this process's token and the claim's ttl
-# in ms (see AnnotationStore.claim and CLAIM_SCRIPT: one round trip for a miss's read and claim).
+# prefix, ":<variant>", the largest entry to return, and with the claim, this grant's token, the claim's ttl in ms
+# and this process's prefix of tokens (see AnnotationStore.claim and CLAIM_SCRIPT: one round trip for a miss's
+# read and claim).
 # Returns {0, when the fetch that saw it began} for a remembered 404, the entry bytes, {its size, the version}
 # for an entry larger than ARGV[3] (the caller makes room in its memory budget, then GETs it); when nothing is
 # cached, nil without a claim key, else {1} for "claimed" or {2} for "another process holds the claim".
@@ -49,7 +51,7 @@ if version then
 end
 if not KEYS[3] then return false end
 local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[4] then return {2} end
+if holder and string.sub(holder, 1, #ARGV[6]) ~= ARGV[6] then return {2} end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 return {1}
 """
@@ -124,13 +126,18 @@ if current or marked or waited or ARGV[6] == '1' then redis.call('PUBLISH', ARGV
 return 1
 """
 
-# KEYS: the claim, its waiters' flag. ARGV: this process's token, ttl in ms. Granted (1) when free, or when this
-# process holds it already (then renewed): RedisStore.claim asks only when none of this process's loads holds it,
-# so a claim of its own that it still finds is one whose release, or whose grant's reply, was lost on the way.
-# Refused (0) when another holds it, flagging that someone waits: the holder's write then announces its result.
+# Every grant has a token of its own: this process's prefix and a counter. A claim (or a claiming read) finding a
+# token with its own process's prefix takes it over: RedisStore.claim asks only when none of this process's loads
+# holds it, so such a token is one whose release, or whose grant's reply, was lost on the way. A release (alone or
+# in a write) deletes only its own grant's token: one that reaches Redis late, after this process's next grant
+# (its reply timed out, or it crossed that grant on another connection), cannot delete that grant under its load.
+
+# KEYS: the claim, its waiters' flag. ARGV: this grant's token, ttl in ms, this process's prefix. Granted (1) when
+# free or held under this process's prefix; refused (0) when another process holds it, flagging that someone
+# waits: the holder's write then announces its result.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
+if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
   return 0
 end
@@ -138,7 +145,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: the claim. ARGV: this process's token. Deletes the claim only if this process still holds it.
+# KEYS: the claim. ARGV: the grant's token. Deletes the claim only if that grant still holds it.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -218,63 +225,60 @@ class TaskIndex:
 
 
 class ClaimBook:
-    """This process's side of the claims (AnnotationStore.claim): its token, the claims its loads hold, those with
-    a claim, a claiming read or a release on its way to Redis (while one is, this process sends no claim of the
-    key: all its loads share one token, so a claim that crossed a release on another connection would be renewed,
-    then deleted under the load it was granted to), and the held ones another of its loads was refused: the
-    holder's write announces its result even when nobody else could have seen the id. Each entry ends with the
-    claim's write or release, or lapses with the claim's TTL, as the claim in Redis does: a release that never
-    reached the store (the cache's circuit open) must not keep this process's later loads of the id waiting.
-    Held claims are kept in the order they were granted: every claim has the lookup's TTL, so the first to lapse
-    come first, and each grant forgets those that lapsed at a cost of one look at the oldest (amortized)."""
+    """This process's side of the claims (AnnotationStore.claim): the tokens it asks with, the claims its loads
+    hold (each with its grant's token, which its release or write gives back), those with a claim or a claiming
+    read on its way to Redis (never two at once: both would be granted, and one let go under the other), and the
+    held ones another of its loads was refused: the holder's write announces its result even when nobody else
+    could have seen the id. Each entry ends with the claim's write or release, or lapses with the claim's TTL, as
+    the claim in Redis does: a release that never reached the store (the cache's circuit open) must not keep this
+    process's later loads of the id waiting. Held claims are kept in the order they were granted: every claim has
+    the lookup's TTL, so the first to lapse come first, and each grant forgets those that lapsed at a cost of one
+    look at the oldest (amortized)."""
 
     def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.token = secrets.token_hex(8)  # this process, as the holder of claims
+        self.prefix = f"{secrets.token_hex(8)}:"  # this process's, at the head of every token it asks with
+        self._grants = itertools.count()
         self._monotonic = monotonic
-        self._held: dict[AnnotationKey, float] = {}  # until when (monotonic), as the claim's TTL in Redis
-        self._sending: dict[AnnotationKey, int] = {}  # how many claims, claiming reads and releases are on their way
+        self._held: dict[AnnotationKey, tuple[float, str]] = {}  # until when (monotonic, as the TTL in Redis), token
+        self._asking: set[AnnotationKey] = set()
         self._waiting: set[AnnotationKey] = set()
 
     def busy(self, key: AnnotationKey) -> bool:
-        """Whether a load of this process holds ``key``'s claim, or a claim or release of it is on its way."""
-        return key in self._sending or self._holds(key)
+        """Whether a load of this process holds ``key``'s claim, or a claim of it is on its way."""
+        return key in self._asking or self._holds(key)
 
     def _holds(self, key: AnnotationKey) -> bool:
-        until = self._held.get(key)
-        if until is None:
+        held = self._held.get(key)
+        if held is None:
             return False
-        if until > self._monotonic():
+        if held[0] > self._monotonic():
             return True
         self.released(key)  # lapsed, as in Redis
         return False
 
     @contextmanager
-    def sending(self, key: AnnotationKey) -> Iterator[None]:
-        """Around a round trip that claims or releases ``key``: meanwhile this process sends no claim of it."""
-        sending = self._sending
-        sending[key] = sending.get(key, 0) + 1
+    def asking(self, key: AnnotationKey) -> Iterator[str]:
+        """Around a round trip that claims ``key``: the token to ask with. Meanwhile this process asks no other."""
+        self._asking.add(key)
         try:
-            yield
+            yield f"{self.prefix}{next(self._grants)}"
         finally:
-            if sending[key] == 1:
-                del sending[key]
-            else:
-                sending[key] -= 1
+            self._asking.discard(key)
 
     def __len__(self) -> int:
         """Claims held, lapsed ones not yet forgotten among them."""
         return len(self._held)
 
-    def granted(self, key: AnnotationKey, ttl: float) -> None:
+    def granted(self, key: AnnotationKey, ttl: float, token: str) -> None:
         now = self._monotonic()
         held = self._held
         while held:  # claims whose release never came, oldest first: those that lapsed go
             oldest = next(iter(held))
-            if held[oldest] > now:
+            if held[oldest][0] > now:
                 break
             self.released(oldest)
         held.pop(key, None)  # granted again: last in line, with its new TTL
-        held[key] = now + ttl
+        held[key] = now + ttl, token
 
     def refuses(self, key: AnnotationKey) -> bool:
         """Whether another load of this process asking for ``key``'s claim is refused (:meth:`busy`). Refused
@@ -282,18 +286,14 @@ class ClaimBook:
         if self._holds(key):  # its load ends with a write (which announces) or a release
             self._waiting.add(key)
             return True
-        return key in self._sending
+        return key in self._asking
 
-    @contextmanager
-    def giving_up(self, key: AnnotationKey, release: bool) -> Iterator[str]:
-        """Around a write that also gives up the claim on ``key`` (with ``release``, as a release): its token, or
-        "" to keep the claim."""
+    def given_up(self, key: AnnotationKey, release: bool) -> str:
+        """The token a write that also gives up the claim on ``key`` sends ("" to keep any claim)."""
         if not release:
-            yield ""
-            return
-        self._held.pop(key, None)
-        with self.sending(key):
-            yield self.token
+            return ""
+        held = self._held.pop(key, None)
+        return "" if held is None else held[1]
 
     def awaited(self, key: AnnotationKey) -> str:
         """'1' when a load of this process waits for the write of ``key`` (the write then announces whatever)."""
@@ -302,9 +302,11 @@ class ClaimBook:
             return "1"
         return ""
 
-    def released(self, key: AnnotationKey) -> None:
-        self._held.pop(key, None)
+    def released(self, key: AnnotationKey) -> str:
+        """Forget ``key``'s claim here: the token its release sends ("" when none is held)."""
+        held = self._held.pop(key, None)
         self._waiting.discard(key)
+        return "" if held is None else held[1]
 
 
 class RedisStore:
@@ -340,24 +342,25 @@ class RedisStore:
         return (await self._read_key(key, claim_ttl=None))[0]
 
     async def get_or_claim(self, key: AnnotationKey, ttl: float) -> tuple[Lookup, bool]:
-        if self._claims.busy(key):  # this process holds it, or a claim or release is on its way: never granted twice
+        if self._claims.busy(key):  # this process holds it, or is asking: never granted twice
             return await self.get(key), False
-        with self._claims.sending(key):
-            return await self._read_key(key, claim_ttl=ttl)
+        return await self._read_key(key, claim_ttl=ttl)
 
     async def _read_key(self, key: AnnotationKey, *, claim_ttl: float | None) -> tuple[Lookup, bool]:
         annotation_id, variant = key
         prefix, suffix = self._keys.version_prefix(annotation_id), f":{variant.value}"
         keys = [self._keys.missing(annotation_id), self._keys.pointer(annotation_id)]
         args: list[str | int] = [prefix, suffix, self._largest]
-        if claim_ttl is not None:
+        if claim_ttl is None:
+            with _translated("read"):
+                raw = await self._read(keys=keys, args=args)
+        else:
             keys.append(self._keys.claim(annotation_id, variant))
-            args += [self._claims.token, _ms(claim_ttl)]
-        with _translated("read"):
-            raw = await self._read(keys=keys, args=args)
+            with self._claims.asking(key) as token, _translated("read"):
+                raw = await self._read(keys=keys, args=[*args, token, _ms(claim_ttl), self._claims.prefix])
+            if raw == [1]:
+                self._claims.granted(key, claim_ttl, token)
         if isinstance(raw, list) and len(raw) == 1:  # nothing cached: claimed ({1}), or held by another ({2})
-            if raw[0] == 1 and claim_ttl is not None:
-                self._claims.granted(key, claim_ttl)
             return None, raw[0] == 1
         return await looked_up(self._client, self._bodies, annotation_id, (prefix, suffix), raw), False
 
@@ -373,7 +376,8 @@ class RedisStore:
         ]
         if entry.task is not None and self._index_in_write:
             keys.append(self._keys.task(entry.task))
-        with self._claims.giving_up(key, release) as token, _translated("write"):
+        token = self._claims.given_up(key, release)
+        with _translated("write"):
             stored = await self._write(
                 keys=keys,
                 args=[
@@ -393,7 +397,8 @@ class RedisStore:
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         variant = release or Variant.PLAIN
         key = AnnotationKey(annotation_id, variant)
-        with self._claims.giving_up(key, release is not None) as token, _translated("write"):
+        token = self._claims.given_up(key, release is not None)
+        with _translated("write"):
             keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
             keys.append(self._keys.claim(annotation_id, variant))
             keys += [self._keys.claim_waiters(annotation_id, each) for each in Variant]
@@ -437,17 +442,26 @@ class RedisStore:
             return False
         annotation_id, variant = key
         keys = [self._keys.claim(annotation_id, variant), self._keys.claim_waiters(annotation_id, variant)]
-        with self._claims.sending(key), _translated("claim"):
-            granted = await self._claim(keys=keys, args=[self._claims.token, _ms(ttl)])
+        with self._claims.asking(key) as token:
+            try:
+                with _translated("claim"):
+                    granted = await self._claim(keys=keys, args=[token, _ms(ttl), self._claims.prefix])
+            except CacheError:
+                # It may have been granted all the same: the load fetches and then releases it (proxy/claims.py),
+                # with this token.
+                self._claims.granted(key, ttl, token)
+                raise
         if granted:
-            self._claims.granted(key, ttl)
+            self._claims.granted(key, ttl, token)
         return bool(granted)
 
     async def release(self, key: AnnotationKey) -> None:
-        self._claims.released(key)
+        token = self._claims.released(key)
+        if not token:  # no claim of this process's to let go
+            return
         annotation_id, variant = key
-        with self._claims.sending(key), _translated("claim"):
-            await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[self._claims.token])
+        with _translated("claim"):
+            await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[token])
 
     async def reconnect(self) -> None:
         pool = getattr(self._client, "connection_pool", None)  # a cluster client re-plans its nodes itself
