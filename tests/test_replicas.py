@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy import claims
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
@@ -131,7 +132,7 @@ async def test_a_claim_is_granted_once_until_released_or_lapsed(
         assert 0 < client.pttl(KeyScheme("test:").claim(1, Variant.PLAIN)) <= 5000  # it lapses if its holder dies
         # Another load of the holder's process is not granted it while the first one holds it...
         assert await one.claim(KEY, 60.0) is False
-        # ...but once the holder's release is lost on the way, the process gets its own claim again, renewed.
+        # ...but once the holder's release is lost on the way, the process takes its own claim over, renewed.
         monkeypatch.setattr(one, "_release", lost)
         with pytest.raises(CacheError):
             await one.release(KEY)
@@ -204,6 +205,52 @@ async def test_a_release_that_reaches_redis_late_lets_go_of_its_own_grant_only(
         assert await store.claim(KEY, 5.0) is True  # the next load's claim, granted before the release arrives
         await late.deliver()
         assert await other.claim(KEY, 5.0) is False  # still held by that load
+        await store.release(KEY)
+        assert await other.claim(KEY, 5.0) is True
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_a_claim_that_reaches_redis_late_takes_nothing_from_a_later_grant(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose reply timed out may still be granted afterwards: not over a later claim of its process."""
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    try:
+        late = Delayed(store._claim, reply=0)  # its reply never came: as refused, nothing held here
+        monkeypatch.setattr(store, "_claim", late)
+        assert await store.claim(KEY, 5.0) is False
+        monkeypatch.undo()
+        assert await store.claim(KEY, 5.0) is True  # the next load's claim
+        await late.deliver()
+        await store.release(KEY)  # that load's fetch is done
+        assert await other.claim(KEY, 5.0) is True  # nothing left holding it
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_a_claim_whose_reply_failed_is_given_back_by_its_release(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Granted in Redis, its reply lost: the load fetches as the holder (proxy/claims.py), and its release must
+    find the grant's token."""
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    claim = store._claim
+
+    async def granted_then_lost(**call: Any) -> object:
+        await claim(**call)
+        raise RedisConnectionError("the reply was lost")
+
+    try:
+        monkeypatch.setattr(store, "_claim", granted_then_lost)
+        with pytest.raises(CacheError):
+            await store.claim(KEY, 5.0)
+        monkeypatch.undo()
+        assert await other.claim(KEY, 5.0) is False
         await store.release(KEY)
         assert await other.claim(KEY, 5.0) is True
     finally:

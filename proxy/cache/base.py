@@ -127,7 +127,7 @@ class AnnotationStore(Protocol):
         True for the one claim granted at a time (always, where one process writes the store); it lapses after
         ``ttl`` if its holder dies. The holder :meth:`release`s it once the result is stored (or the fetch failed).
         A claim that one of this process's loads holds is not granted to another; a process that finds a claim of
-        its own that none of its loads holds (its release, or its grant's reply, was lost) gets it again, renewed.
+        its own that none of its loads holds (its release, or its grant's reply, was lost) takes it over.
         """
         ...
 

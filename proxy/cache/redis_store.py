@@ -51,7 +51,7 @@ if version then
 end
 if not KEYS[3] then return false end
 local holder = redis.call('GET', KEYS[3])
-if holder and string.sub(holder, 1, #ARGV[6]) ~= ARGV[6] then return {2} end
+if holder and (string.sub(holder, 1, #ARGV[6]) ~= ARGV[6] or holder > ARGV[4]) then return {2} end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 return {1}
 """
@@ -76,8 +76,8 @@ LARGE_READ_FACTOR = 3
 # KEYS: pointer, version key, missing marker, the claim, its waiters' flag, and (outside a cluster, where it is in
 # another slot) the task's index. ARGV: version token, entry bytes, ttl in ms, fetch start token, the changes
 # channel, the id, the claim holder's token ("" to keep any claim), '1' to announce whatever. Versions and times
-# are fixed-width digit strings, so string comparison is numeric order. The claim is released (if this process
-# holds it) whatever the outcome, so a miss costs two round trips in all: the read that claimed, and this.
+# are fixed-width digit strings, so string comparison is numeric order. The claim is released (if that token
+# still holds it) whatever the outcome, so a miss costs two round trips in all: the read that claimed, and this.
 # Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
 WRITE_SCRIPT = """
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
@@ -126,18 +126,20 @@ if current or marked or waited or ARGV[6] == '1' then redis.call('PUBLISH', ARGV
 return 1
 """
 
-# Every grant has a token of its own: this process's prefix and a counter. A claim (or a claiming read) finding a
-# token with its own process's prefix takes it over: RedisStore.claim asks only when none of this process's loads
-# holds it, so such a token is one whose release, or whose grant's reply, was lost on the way. A release (alone or
-# in a write) deletes only its own grant's token: one that reaches Redis late, after this process's next grant
-# (its reply timed out, or it crossed that grant on another connection), cannot delete that grant under its load.
+# Every grant has a token of its own: this process's prefix and a fixed-width counter, so that a later token of the
+# process sorts after an earlier one. A claim (or a claiming read) finding an earlier token with its own process's
+# prefix takes it over: RedisStore.claim asks only when none of this process's loads holds it, so such a token is
+# one whose release, or whose grant's reply, was lost on the way. A release (alone or in a write) deletes only its
+# own grant's token. So a command that reaches Redis late, after this process's next grant (its reply timed out,
+# or a later command overtook it on another connection), changes nothing of that grant: a release finds another
+# token, a claim a later one.
 
 # KEYS: the claim, its waiters' flag. ARGV: this grant's token, ttl in ms, this process's prefix. Granted (1) when
-# free or held under this process's prefix; refused (0) when another process holds it, flagging that someone
-# waits: the holder's write then announces its result.
+# free or held under an earlier token of this process; refused (0) otherwise, flagging that someone waits: the
+# holder's write then announces its result.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
-if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then
+if holder and (string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] or holder > ARGV[1]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
   return 0
 end
@@ -227,8 +229,8 @@ class TaskIndex:
 class ClaimBook:
     """This process's side of the claims (AnnotationStore.claim): the tokens it asks with, the claims its loads
     hold (each with its grant's token, which its release or write gives back), those with a claim or a claiming
-    read on its way to Redis (never two at once: both would be granted, and one let go under the other), and the
-    held ones another of its loads was refused: the holder's write announces its result even when nobody else
+    read on its way to Redis (never two at once: the later would take the claim over from under the earlier), and
+    the held ones another of its loads was refused: the holder's write announces its result even when nobody else
     could have seen the id. Each entry ends with the claim's write or release, or lapses with the claim's TTL, as
     the claim in Redis does: a release that never reached the store (the cache's circuit open) must not keep this
     process's later loads of the id waiting. Held claims are kept in the order they were granted: every claim has
@@ -261,7 +263,7 @@ class ClaimBook:
         """Around a round trip that claims ``key``: the token to ask with. Meanwhile this process asks no other."""
         self._asking.add(key)
         try:
-            yield f"{self.prefix}{next(self._grants)}"
+            yield f"{self.prefix}{next(self._grants):016x}"
         finally:
             self._asking.discard(key)
 
