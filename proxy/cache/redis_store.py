@@ -29,7 +29,7 @@ from proxy.cache.base import (
     encode_entry,
 )
 from proxy.cache.keyspace import KeyScheme, version_token
-from proxy.cache.topology import Closer, RedisMode, connect
+from proxy.cache.topology import Closer, RedisMode, connect, drop_idle_connections
 from proxy.errors import CacheBusy, CacheError
 
 # KEYS: missing marker, pointer, and (to claim the fetch when nothing is cached) the claim. ARGV: the version keys'
@@ -290,12 +290,11 @@ class ClaimBook:
             return True
         return key in self._asking
 
-    def given_up(self, key: AnnotationKey, release: bool) -> str:
-        """The token a write that also gives up the claim on ``key`` sends ("" to keep any claim)."""
-        if not release:
-            return ""
-        held = self._held.pop(key, None)
-        return "" if held is None else held[1]
+    def given_up(self, key: AnnotationKey, release: bool) -> tuple[str, str]:
+        """A write's last two arguments: the token that gives up the claim on ``key`` ("" to keep any claim), and
+        whether a load of this process waits for the write (:meth:`awaited`)."""
+        held = self._held.pop(key, None) if release else None
+        return "" if held is None else held[1], self.awaited(key)
 
     def awaited(self, key: AnnotationKey) -> str:
         """'1' when a load of this process waits for the write of ``key`` (the write then announces whatever)."""
@@ -378,7 +377,6 @@ class RedisStore:
         ]
         if entry.task is not None and self._index_in_write:
             keys.append(self._keys.task(entry.task))
-        token = self._claims.given_up(key, release)
         with _translated("write"):
             stored = await self._write(
                 keys=keys,
@@ -388,8 +386,7 @@ class RedisStore:
                     ttl_ms,
                     _micros_token(entry.stored_at),
                     *self._announce(annotation_id),
-                    token,
-                    self._claims.awaited(key),
+                    *self._claims.given_up(key, release),
                 ],
             )
             if stored and entry.task is not None and not self._index_in_write:
@@ -399,7 +396,6 @@ class RedisStore:
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         variant = release or Variant.PLAIN
         key = AnnotationKey(annotation_id, variant)
-        token = self._claims.given_up(key, release is not None)
         with _translated("write"):
             keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
             keys.append(self._keys.claim(annotation_id, variant))
@@ -410,8 +406,7 @@ class RedisStore:
                     version_token(since),
                     _ms(ttl) if ttl > 0 else 0,
                     *self._announce(annotation_id),
-                    token,
-                    self._claims.awaited(key),
+                    *self._claims.given_up(key, release is not None),
                 ],
             )
         return bool(stored)
@@ -448,9 +443,7 @@ class RedisStore:
             try:
                 with _translated("claim"):
                     granted = await self._claim(keys=keys, args=[token, _ms(ttl), self._claims.prefix])
-            except CacheError:
-                # It may have been granted all the same: the load fetches and then releases it (proxy/claims.py),
-                # with this token.
+            except CacheError:  # maybe granted all the same: its load fetches, then releases it (proxy/claims.py)
                 self._claims.granted(key, ttl, token)
                 raise
         if granted:
@@ -466,10 +459,7 @@ class RedisStore:
             await self._release(keys=[self._keys.claim(annotation_id, variant)], args=[token])
 
     async def reconnect(self) -> None:
-        pool = getattr(self._client, "connection_pool", None)  # a cluster client re-plans its nodes itself
-        if pool is not None:
-            with suppress(Exception):  # best effort: a connection that cannot close is dropped all the same
-                await pool.disconnect(inuse_connections=False)
+        await drop_idle_connections(self._client)
 
     def changes(self) -> AsyncIterator[int | None]:
         return follow_changes(self._client, self._keys.changes)

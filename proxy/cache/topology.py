@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -202,6 +203,16 @@ class WaitingConnectionPool(ConnectionPool):
 class WaitingSentinelConnectionPool(SentinelConnectionPool, WaitingConnectionPool):
     """redis-py's sentinel pool, waiting (up to its ``timeout``) for a free connection at its bound, as the
     standalone pool does, instead of failing the command at once."""
+
+
+async def drop_idle_connections(client: Redis | RedisCluster) -> None:
+    """Close the idle pooled connections of a standalone or Sentinel client (after a Redis restart each would
+    fail once when next used); a cluster client re-plans its nodes itself. Best effort: a connection that cannot
+    close is dropped all the same."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        with suppress(Exception):
+            await pool.disconnect(inuse_connections=False)
 
 
 def connect(url: str, mode: RedisMode, *, timeout: float, max_connections: int) -> tuple[Redis | RedisCluster, Closer]:
