@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -147,23 +148,32 @@ async def test_a_claim_is_granted_once_until_released_or_lapsed(
         await other.close()
 
 
-@pytest.mark.parametrize("first", ["claim", "claiming read"])
-async def test_a_process_asks_no_claim_while_its_own_claim_is_on_its_way(redis_url: str, first: str) -> None:
-    """Both would be granted, as claims of the same process, and one of them let go under the other's load."""
-    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+TwoStores = tuple[RedisStore, RedisStore]
+
+
+@pytest.fixture
+async def two_stores(redis_url: str) -> AsyncIterator[TwoStores]:
+    """This process's store and another replica's, on the session's Redis (emptied for each test)."""
+    store, other = (open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0) for _ in range(2))
     try:
-        call = store.claim(KEY, 5.0) if first == "claim" else store.get_or_claim(KEY, 5.0)
-        on_its_way = asyncio.create_task(call)
-        await asyncio.sleep(0)  # sent, or waiting for a connection: in either case not answered yet
-        assert not on_its_way.done()
-        assert await store.claim(KEY, 5.0) is False  # another load's poll: it waits, as beside a holder
-        assert (await store.get_or_claim(KEY, 5.0))[1] is False  # a request's read: it reads without claiming
-        await on_its_way
-        assert await other.claim(KEY, 5.0) is False  # the one granted holds it
+        yield store, other
     finally:
         await store.close()
         await other.close()
+
+
+@pytest.mark.parametrize("first", ["claim", "claiming read"])
+async def test_a_process_asks_no_claim_while_its_own_claim_is_on_its_way(two_stores: TwoStores, first: str) -> None:
+    """Both would be granted, as claims of the same process, and one of them let go under the other's load."""
+    store, other = two_stores
+    call = store.claim(KEY, 5.0) if first == "claim" else store.get_or_claim(KEY, 5.0)
+    on_its_way = asyncio.create_task(call)
+    await asyncio.sleep(0)  # sent, or waiting for a connection: in either case not answered yet
+    assert not on_its_way.done()
+    assert await store.claim(KEY, 5.0) is False  # another load's poll: it waits, as beside a holder
+    assert (await store.get_or_claim(KEY, 5.0))[1] is False  # a request's read: it reads without claiming
+    await on_its_way
+    assert await other.claim(KEY, 5.0) is False  # the one granted holds it
 
 
 class Delayed:
@@ -185,77 +195,62 @@ class Delayed:
 
 @pytest.mark.parametrize("release", ["release", "write and release"])
 async def test_a_release_that_reaches_redis_late_lets_go_of_its_own_grant_only(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch, release: str
+    two_stores: TwoStores, monkeypatch: pytest.MonkeyPatch, release: str
 ) -> None:
     """Every grant has its own token. With one per process, a release that reached Redis after the process's next
     grant deleted that grant under the load it was given to, and another replica fetched too:
     test_a_cold_id_is_fetched_once_across_replicas saw it in 1 run of 15 (2 of 30 with a faster pool)."""
-    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    try:
-        assert await store.claim(KEY, 5.0) is True
-        script = "_release" if release == "release" else "_write"
-        late = Delayed(getattr(store, script), reply=1)
-        monkeypatch.setattr(store, script, late)
-        if release == "release":
-            await store.release(KEY)
-        else:
-            assert await store.put(KEY, version_of(1, 1), 60.0, release=True)
-        monkeypatch.undo()
-        assert await store.claim(KEY, 5.0) is True  # the next load's claim, granted before the release arrives
-        await late.deliver()
-        assert await other.claim(KEY, 5.0) is False  # still held by that load
+    store, other = two_stores
+    assert await store.claim(KEY, 5.0) is True
+    script = "_release" if release == "release" else "_write"
+    late = Delayed(getattr(store, script), reply=1)
+    monkeypatch.setattr(store, script, late)
+    if release == "release":
         await store.release(KEY)
-        assert await other.claim(KEY, 5.0) is True
-    finally:
-        await store.close()
-        await other.close()
+    else:
+        assert await store.put(KEY, version_of(1, 1), 60.0, release=True)
+    monkeypatch.undo()
+    assert await store.claim(KEY, 5.0) is True  # the next load's claim, granted before the release arrives
+    await late.deliver()
+    assert await other.claim(KEY, 5.0) is False  # still held by that load
+    await store.release(KEY)
+    assert await other.claim(KEY, 5.0) is True
 
 
 async def test_a_claim_that_reaches_redis_late_takes_nothing_from_a_later_grant(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    two_stores: TwoStores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A claim whose reply timed out may still be granted afterwards: not over a later claim of its process."""
-    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    try:
-        late = Delayed(store._claim, reply=0)  # its reply never came: as refused, nothing held here
-        monkeypatch.setattr(store, "_claim", late)
-        assert await store.claim(KEY, 5.0) is False
-        monkeypatch.undo()
-        assert await store.claim(KEY, 5.0) is True  # the next load's claim
-        await late.deliver()
-        await store.release(KEY)  # that load's fetch is done
-        assert await other.claim(KEY, 5.0) is True  # nothing left holding it
-    finally:
-        await store.close()
-        await other.close()
+    store, other = two_stores
+    late = Delayed(store._claim, reply=0)  # its reply never came: as refused, nothing held here
+    monkeypatch.setattr(store, "_claim", late)
+    assert await store.claim(KEY, 5.0) is False
+    monkeypatch.undo()
+    assert await store.claim(KEY, 5.0) is True  # the next load's claim
+    await late.deliver()
+    await store.release(KEY)  # that load's fetch is done
+    assert await other.claim(KEY, 5.0) is True  # nothing left holding it
 
 
 async def test_a_claim_whose_reply_failed_is_given_back_by_its_release(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    two_stores: TwoStores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Granted in Redis, its reply lost: the load fetches as the holder (proxy/claims.py), and its release must
     find the grant's token."""
-    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    store, other = two_stores
     claim = store._claim
 
     async def granted_then_lost(**call: Any) -> object:
         await claim(**call)
         raise RedisConnectionError("the reply was lost")
 
-    try:
-        monkeypatch.setattr(store, "_claim", granted_then_lost)
-        with pytest.raises(CacheError):
-            await store.claim(KEY, 5.0)
-        monkeypatch.undo()
-        assert await other.claim(KEY, 5.0) is False
-        await store.release(KEY)
-        assert await other.claim(KEY, 5.0) is True
-    finally:
-        await store.close()
-        await other.close()
+    monkeypatch.setattr(store, "_claim", granted_then_lost)
+    with pytest.raises(CacheError):
+        await store.claim(KEY, 5.0)
+    monkeypatch.undo()
+    assert await other.claim(KEY, 5.0) is False
+    await store.release(KEY)
+    assert await other.claim(KEY, 5.0) is True
 
 
 class ReplyLost:
