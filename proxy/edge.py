@@ -100,6 +100,7 @@ def observed(app: web.Application, route: str, handler: Handler) -> Handler:
     # Per request, straight to the plain numbers (proxy/request_stats.py). Labels are bounded here: route names,
     # known methods, status codes, REQUEST_CACHE_LABELS.
     request_done = app[METRICS].requests.request_done
+    record_access = ACCESS_LOG.record
 
     async def edge(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -126,15 +127,7 @@ def observed(app: web.Application, route: str, handler: Handler) -> Handler:
         cache = request.get(CACHE_RESULT)
         status = response.status
         request_done(route, method, status, cache or "none", elapsed)
-        ACCESS_LOG(
-            method=method,
-            route=route,
-            path=path_as_sent(request)[:256],
-            status=status,
-            cache=cache,
-            seconds=elapsed,
-            request_id=request_id,
-        )
+        record_access(method, route, path_as_sent(request)[:256], status, cache, elapsed, request_id)
         return response
 
     return edge

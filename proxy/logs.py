@@ -68,6 +68,7 @@ class LineWriter:
         self._pending: list[str | tuple[Callable[[tuple[Any, ...]], str], tuple[Any, ...]]] = []
         self._timer: asyncio.TimerHandle | None = None  # the flush to come, while lines wait
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # its loop: one closed since will never run it
+        self.batch = 0  # moves on at every flush: the lines deferred from then on are the next batch
 
     def write(self, line: str, *, urgent: bool = False) -> None:
         self._pending.append(line)
@@ -93,6 +94,7 @@ class LineWriter:
         self._timer, self._timer_loop = loop.call_later(self._delay, self.flush), loop
 
     def flush(self) -> None:
+        self.batch += 1
         if self._timer is not None:
             self._timer.cancel()  # the timer's own call, an earlier flush, or a closed loop's: no other is due
             self._timer = self._timer_loop = None
@@ -139,31 +141,50 @@ class AccessLog:
     line is formatted when the batch is written, from fragments that repeat from line to line (the
     timestamp by the millisecond; method, route, status and cache together, of which there are few) made once.
     Otherwise (tests, other handlers) the line goes through ``logging`` like every other.
+
+    Whether the quick path applies (the logger enabled for INFO, :func:`configure_logging`'s handler alone) is
+    asked once per batch of its writer, not per line: asked per line, it reads logging's own objects on every
+    request, which cost a hit 3% on a real socket (docs/performance.md). So a change to logging's configuration
+    reaches the access lines from the writer's next batch, within :data:`FLUSH_SECONDS`.
     """
 
     logger = logging.getLogger("proxy.access")
 
     def __init__(self) -> None:
-        self.writer: LineWriter | None = None
+        self._writer: LineWriter | None = None
+        self._quick_batch = -1  # the writer's batch in which the quick path was found to apply
         self._second = -1
         self._prefix = ""  # the timestamp to the second
         self._since = self._until = 0.0  # the instants _stamp is the timestamp of
         self._stamp = ""
         self._fragments: dict[tuple[str, str, int, str | None], tuple[str, str]] = {}
 
-    def __call__(
-        self, *, method: str, route: str, path: str, status: int, cache: str | None, seconds: float, request_id: str
+    def record(  # noqa: PLR0917 - its fields in order: the hot path's call (see the docstring)
+        self, method: str, route: str, path: str, status: int, cache: str | None, seconds: float, request_id: str
     ) -> None:
-        """One request's line; ``seconds``: how long it took (logged as ``duration_ms``)."""
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        writer = self.writer
-        if writer is None or not self._writer_is_alone():
-            fields = {"method": method, "route": route, "path": path, "status": status, "cache": cache}
-            extra = fields | {"duration_ms": round(seconds * 1000, 3), "request_id": request_id}
-            self.logger.info("request", extra=extra)
-            return
+        """One request's line; ``seconds``: how long it took (logged as ``duration_ms``). A plain method taking its
+        fields in order, as the edge passes them: keywords, or a call through ``__call__``, cost a hit 1-2% more
+        on a real socket (docs/performance.md)."""
+        writer = self._writer
+        if writer is None or writer.batch != self._quick_batch:
+            if not self.logger.isEnabledFor(logging.INFO):
+                return
+            if writer is None or not self._writer_is_alone():
+                fields = {"method": method, "route": route, "path": path, "status": status, "cache": cache}
+                extra = fields | {"duration_ms": round(seconds * 1000, 3), "request_id": request_id}
+                self.logger.info("request", extra=extra)
+                return
+            self._quick_batch = writer.batch
         writer.defer(self._line, (time.time(), method, route, path, status, cache, seconds, request_id))
+
+    @property
+    def writer(self) -> LineWriter | None:
+        """The writer of :func:`configure_logging` (None before it): the quick path's."""
+        return self._writer
+
+    @writer.setter
+    def writer(self, writer: LineWriter | None) -> None:
+        self._writer, self._quick_batch = writer, -1
 
     def _line(self, fields: tuple[Any, ...]) -> str:
         now, method, route, path, status, cache, seconds, request_id = fields
@@ -212,7 +233,7 @@ class AccessLog:
         return (
             len(handlers) == 1
             and isinstance(handlers[0], BatchedHandler)
-            and handlers[0].writer is self.writer
+            and handlers[0].writer is self._writer
             and not self.logger.handlers
             and self.logger.propagate
         )

@@ -78,7 +78,7 @@ async def test_the_quick_access_line_is_what_the_formatter_writes(
     line = {**fields, "duration_ms": 0.125, "request_id": "r-1"}
     monkeypatch.setattr(ACCESS_LOG.logger, "info", no_log_record)
     with handler_alone():
-        ACCESS_LOG(**fields, seconds=0.000125, request_id="r-1")  # type: ignore[arg-type]
+        ACCESS_LOG.record(**fields, seconds=0.000125, request_id="r-1")  # type: ignore[arg-type]
         written_now()
     [written] = stream.getvalue().split("\n")[:-1]  # not splitlines(): U+2028 is a line break to it, not to JSON
 
@@ -111,7 +111,7 @@ async def test_lines_leave_together_within_the_delay_and_errors_at_once(stream: 
 async def test_a_full_batch_leaves_at_once(stream: CountingStream) -> None:
     with handler_alone():
         for _ in range(MAX_PENDING):
-            ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-4")  # type: ignore[arg-type]
+            ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-4")  # type: ignore[arg-type]
         assert stream.writes == 1  # no waiting: the lines that wait are bounded
         assert len(stream.getvalue().splitlines()) == MAX_PENDING
 
@@ -147,9 +147,36 @@ async def test_the_access_log_goes_through_logging_when_other_handlers_listen(
     stream: CountingStream, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="proxy.access"):
-        ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-2")
+        ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-2")
     [record] = [r for r in caplog.records if r.name == "proxy.access"]
     assert (record.getMessage(), record.request_id) == ("request", "r-2")  # type: ignore[attr-defined]
+
+
+async def test_a_change_of_logging_reaches_the_access_lines_from_the_writers_next_batch(
+    stream: CountingStream,
+) -> None:
+    root = logging.getLogger()
+    with handler_alone():
+        ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-5")  # type: ignore[arg-type]
+        root.setLevel(logging.WARNING)
+        ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-6")  # type: ignore[arg-type]  # same batch
+        written_now()
+        ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-7")  # type: ignore[arg-type]  # not logged
+        written_now()
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["r-5", "r-6"]
+
+
+async def test_a_new_writer_is_asked_about_before_its_first_access_line(
+    stream: CountingStream, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick path found right for one writer's batch says nothing of another's, whatever their batch numbers."""
+    with handler_alone():
+        ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-8")  # type: ignore[arg-type]  # the quick path
+    configure_logging("INFO", CountingStream())  # a writer of its own, at its first batch, beside caplog's handler this time
+    monkeypatch.setattr(ACCESS_LOG.logger, "handlers", [caplog.handler])  # not alone: through logging
+    ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-9")  # type: ignore[arg-type]
+    written_now()
+    assert [r.request_id for r in caplog.records if r.name == "proxy.access"] == ["r-9"]  # type: ignore[attr-defined]
 
 
 async def test_the_quick_line_stamps_each_line_as_the_formatter_would(
@@ -163,7 +190,7 @@ async def test_the_quick_line_stamps_each_line_as_the_formatter_would(
     monkeypatch.setattr(logs, "time", SimpleNamespace(time=lambda: next(clock)))
     with handler_alone():
         for _ in instants:
-            ACCESS_LOG(**FIELDS[0], seconds=0.001, request_id="r-3")
+            ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-3")
         written_now()
     got = [json.loads(line)["ts"] for line in stream.getvalue().splitlines()]
     formatter = JsonFormatter()
