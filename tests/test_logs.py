@@ -172,7 +172,7 @@ async def test_a_new_writer_is_asked_about_before_its_first_access_line(
     """The quick path found right for one writer's batch says nothing of another's, whatever their batch numbers."""
     with handler_alone():
         ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-8")  # type: ignore[arg-type]  # the quick path
-    configure_logging("INFO", CountingStream())  # a writer of its own, at its first batch, beside caplog's handler this time
+    configure_logging("INFO", CountingStream())  # a new writer, at its first batch, beside caplog's handler
     monkeypatch.setattr(ACCESS_LOG.logger, "handlers", [caplog.handler])  # not alone: through logging
     ACCESS_LOG.record(**FIELDS[0], seconds=0.001, request_id="r-9")  # type: ignore[arg-type]
     written_now()
