@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import json
 import logging
 import sys
@@ -25,6 +26,8 @@ FLUSH_SECONDS = 0.05
 MAX_PENDING = 512
 STAMP_MARGIN_US = 0.01  # an instant this close to a millisecond's edge has its timestamp worked out anew
 MAX_FRAGMENTS = 4096  # kinds of access line whose fixed text is kept (proxy/edge.py passes a few dozen)
+# Batch numbers, for every writer from one count: a number names one batch of one writer (AccessLog asks about each).
+_BATCHES = itertools.count()
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -68,7 +71,7 @@ class LineWriter:
         self._pending: list[str | tuple[Callable[[tuple[Any, ...]], str], tuple[Any, ...]]] = []
         self._timer: asyncio.TimerHandle | None = None  # the flush to come, while lines wait
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # its loop: one closed since will never run it
-        self.batch = 0  # moves on at every flush: the lines deferred from then on are the next batch
+        self.batch = next(_BATCHES)  # a new one at every flush: the lines deferred from then on are another batch
 
     def write(self, line: str, *, urgent: bool = False) -> None:
         self._pending.append(line)
@@ -94,7 +97,7 @@ class LineWriter:
         self._timer, self._timer_loop = loop.call_later(self._delay, self.flush), loop
 
     def flush(self) -> None:
-        self.batch += 1
+        self.batch = next(_BATCHES)
         if self._timer is not None:
             self._timer.cancel()  # the timer's own call, an earlier flush, or a closed loop's: no other is due
             self._timer = self._timer_loop = None
@@ -151,8 +154,8 @@ class AccessLog:
     logger = logging.getLogger("proxy.access")
 
     def __init__(self) -> None:
-        self._writer: LineWriter | None = None
-        self._quick_batch = -1  # the writer's batch in which the quick path was found to apply
+        self.writer: LineWriter | None = None
+        self._quick_batch = -1  # the batch (of whichever writer) in which the quick path was found to apply
         self._second = -1
         self._prefix = ""  # the timestamp to the second
         self._since = self._until = 0.0  # the instants _stamp is the timestamp of
@@ -165,7 +168,7 @@ class AccessLog:
         """One request's line; ``seconds``: how long it took (logged as ``duration_ms``). A plain method taking its
         fields in order, as the edge passes them: keywords, or a call through ``__call__``, cost a hit 1-2% more
         on a real socket (docs/performance.md)."""
-        writer = self._writer
+        writer = self.writer
         if writer is None or writer.batch != self._quick_batch:
             if not self.logger.isEnabledFor(logging.INFO):
                 return
@@ -176,15 +179,6 @@ class AccessLog:
                 return
             self._quick_batch = writer.batch
         writer.defer(self._line, (time.time(), method, route, path, status, cache, seconds, request_id))
-
-    @property
-    def writer(self) -> LineWriter | None:
-        """The writer of :func:`configure_logging` (None before it): the quick path's."""
-        return self._writer
-
-    @writer.setter
-    def writer(self, writer: LineWriter | None) -> None:
-        self._writer, self._quick_batch = writer, -1
 
     def _line(self, fields: tuple[Any, ...]) -> str:
         now, method, route, path, status, cache, seconds, request_id = fields
@@ -233,7 +227,7 @@ class AccessLog:
         return (
             len(handlers) == 1
             and isinstance(handlers[0], BatchedHandler)
-            and handlers[0].writer is self._writer
+            and handlers[0].writer is self.writer
             and not self.logger.handlers
             and self.logger.propagate
         )
