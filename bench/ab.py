@@ -1,0 +1,106 @@
+"""Two versions of the proxy loaded at once on one CPU: how much CPU a hit of B costs against one of A.
+
+    PYTHONPATH=. python bench/ab.py TREE_A TREE_B [--rounds 8] [--seconds 5] [--store redis|memory|mixed]
+                                                [--env-b NAME=VALUE ...]
+
+TREE_A and TREE_B are checkouts of this repository (``git worktree add /tmp/a main``); each proxy imports
+``proxy`` from its own tree, with this checkout's virtual environment. Both run ``python -m proxy`` as
+bench/run.py's hit rows do (defaults, client keys, INFO access log to a file), in front of one fake upstream,
+each with its own private redis-server (``--store redis``), the in-process store (``memory``), or A with the
+in-process store and B with Redis (``mixed``: what Redis adds to a hit). ``--env-b`` sets a variable for B only
+(``PROXY_LOG_LEVEL=WARNING``: what the access line costs).
+
+Both proxies share CPU 1, each loaded by its own wrk on CPU 0 (bench/run.py's hit script) for ``--seconds``, so
+both live through the same moments of the machine. Each round prints each one's CPU per request (user and system,
+from /proc) and B's over A's; the last line is the median of the rounds. A shared host moves a single server's
+figure by half within minutes (docs/performance.md, the tenth round), where the ratio of two servers loaded at
+once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the rounds of
+docs/performance.md measured a part's cost: the tree without it against the tree with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.run import (
+    LOOPBACK,
+    TICKS,
+    hot_script,
+    process_ticks,
+    proxy_env,
+    running,
+    upstream,
+    warm_hits,
+    wrk_together,
+)
+from tests.support.ports import free_port
+from tests.support.redis_servers import running_redis
+
+CONNECTIONS = 32
+WARM_UP_SECONDS = 2.0
+
+
+def arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tree_a", type=Path, help="checkout A: the reference")
+    parser.add_argument("tree_b", type=Path, help="checkout B: the change")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds loaded at once (default 8)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per round (default 5)")
+    parser.add_argument("--store", choices=("redis", "memory", "mixed"), default="redis", help="default redis")
+    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE", help="for B only")
+    args = parser.parse_args(argv)
+    for tree in (args.tree_a, args.tree_b):
+        if not (tree / "proxy" / "__main__.py").is_file():
+            parser.error(f"{tree} is not a checkout of annotation-proxy")
+    if not all("=" in setting for setting in args.env_b):
+        parser.error("--env-b takes NAME=VALUE")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = arguments(argv)
+    extra = dict(setting.split("=", 1) for setting in args.env_b)
+    with ExitStack() as stack:
+        upstream_port = free_port()
+        upstream_url = f"http://{LOOPBACK}:{upstream_port}/health"
+        stack.enter_context(running(upstream(upstream_port), url=upstream_url, what="the upstream", cpu=0))
+        bases: list[str] = []
+        pids: list[int] = []
+        for name, tree in (("A", args.tree_a), ("B", args.tree_b)):
+            redis_url = None
+            if args.store == "redis" or (args.store == "mixed" and name == "B"):
+                redis_url = stack.enter_context(running_redis()).url
+            port = free_port()
+            env = proxy_env(upstream_port, port, redis_url) | {"PYTHONPATH": str(tree.resolve())}
+            if name == "B":
+                env |= extra
+            base = f"http://{LOOPBACK}:{port}"
+            command = [sys.executable, "-m", "proxy"]
+            pids.append(stack.enter_context(running(command, url=f"{base}/healthz", what=f"proxy {name}", env=env)))
+            warm_hits(base)
+            bases.append(base)
+        wrk_together(bases, hot_script(), seconds=WARM_UP_SECONDS, connections=CONNECTIONS)
+        ratios: list[float] = []
+        for round_number in range(1, args.rounds + 1):
+            before = [process_ticks(pid) for pid in pids]
+            results = wrk_together(bases, hot_script(), seconds=args.seconds, connections=CONNECTIONS)
+            a, b = (
+                (process_ticks(pid) - ticks) / TICKS * 1e6 / result.requests
+                for pid, ticks, result in zip(pids, before, results, strict=True)
+            )
+            ratios.append(b / a)
+            print(
+                f"round {round_number}: A {a:.1f} us, B {b:.1f} us a request; B/A {b / a:.3f} "
+                f"({results[0].rps:,.0f} and {results[1].rps:,.0f} requests/s)",
+                flush=True,
+            )
+    print(f"B/A, the median of {len(ratios)} rounds: {statistics.median(ratios):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
