@@ -13,9 +13,9 @@ in-process store and B with Redis (``mixed``: what Redis adds to a hit). ``--env
 Both proxies share CPU 1, each loaded by its own wrk on CPU 0 (bench/run.py's hit script) for ``--seconds``, so
 both live through the same moments of the machine. Each round prints each one's CPU per request (user and system,
 from /proc) and B's over A's; the last line is the median of the rounds. A shared host moves a single server's
-figure by half within minutes (docs/performance.md, the tenth round), where the ratio of two servers loaded at
-once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the rounds of
-docs/performance.md measured a part's cost: the tree without it against the tree with it.
+figure by half within minutes (docs/performance-log.md, the tenth round), where the ratio of two servers loaded at
+once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the ninth and tenth
+rounds of docs/performance-log.md measured a part's cost: the tree without it against the tree with it.
 """
 
 from __future__ import annotations

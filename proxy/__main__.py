@@ -32,7 +32,7 @@ def event_loop() -> asyncio.AbstractEventLoop:
 def freeze_start_up() -> None:
     """Take what start-up built (modules, settings, the application) out of the cyclic collector's sight: its
     full collections no longer walk them. The collection thresholds stay CPython's: a first generation of 20,000
-    instead of 700 held cycles with large bodies long enough to overrun the memory budget (docs/performance.md)."""
+    instead of 700 held cycles with large bodies long enough to overrun the memory budget (docs/performance-log.md)."""
     gc.collect()
     gc.freeze()
 

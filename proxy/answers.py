@@ -3,8 +3,8 @@
 Every hit of one annotation version answers the same bytes, its request id aside, until something in them moves
 on: ``Date`` and ``Age`` by the second, ``Cache-Status``'s ``ttl=`` by the second of the version's freshness, the
 body's ``created_ago`` by the minute (proxy/render.py). Building and serializing those headers was about two
-fifths of a hit's cost on a real socket (docs/performance.md). An :class:`Answer` keeps them as header lines ready to
-write, with the body, until the first instant any of them would differ (:func:`holds_until`).
+fifths of a hit's cost on a real socket (docs/performance-log.md). An :class:`Answer` keeps them as header lines
+ready to write, with the body, until the first instant any of them would differ (:func:`holds_until`).
 
 The headers the edge reads or adds (``Cache-Control``, ``X-Request-ID``) stay the response's own ``headers``,
 written between the answer's lines (proxy/direct.py), so an answer from here and one built afresh are the same

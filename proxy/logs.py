@@ -57,7 +57,7 @@ class LineWriter:
 
     A line waits at most :data:`FLUSH_SECONDS` (or until :data:`MAX_PENDING` lines wait) and leaves with every line
     logged meanwhile: under load, hundreds of requests' lines in one write, where a write per turn of the event loop
-    was a fifteenth of a system call per request at 32 connections, 4% of a cache hit (docs/performance.md). When
+    was a fifteenth of a system call per request at 32 connections, 4% of a cache hit (docs/performance-log.md). When
     asked (``urgent``: warnings and errors) or with no running loop (start-up, shutdown, a loop closed while lines
     waited), the pending lines are written at once, in order; :func:`configure_logging` writes what is left at exit.
     A stream that fails (a closed pipe) loses the lines rather than the request. A line may also be left to format
@@ -147,7 +147,7 @@ class AccessLog:
 
     Whether the quick path applies (the logger enabled for INFO, :func:`configure_logging`'s handler alone) is
     asked once per batch of its writer, not per line: asked per line, it reads logging's own objects on every
-    request, which cost a hit 3% on a real socket (docs/performance.md). So a change to logging's configuration
+    request, which cost a hit 3% on a real socket (docs/performance-log.md). So a change to logging's configuration
     reaches the access lines from the writer's next batch, within :data:`FLUSH_SECONDS`.
     """
 
@@ -167,7 +167,7 @@ class AccessLog:
     ) -> None:
         """One request's line; ``seconds``: how long it took (logged as ``duration_ms``). A plain method taking its
         fields in order, as the edge passes them: keywords, or a call through ``__call__``, cost a hit 1-2% more
-        on a real socket (docs/performance.md)."""
+        on a real socket (docs/performance-log.md)."""
         writer = self.writer
         if writer is None or writer.batch != self._quick_batch:
             if not self.logger.isEnabledFor(logging.INFO):

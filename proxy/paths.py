@@ -2,7 +2,7 @@
 
 The front door (is it an annotation?), the annotation route (which id?) and the access log (the path as sent)
 each read the request line's path, a few string operations and a regular expression per request: about a tenth
-of a cache hit on a real socket (docs/performance.md). :class:`PathMemo` keeps a pure function's results per raw
+of a cache hit on a real socket (docs/performance-log.md). :class:`PathMemo` keeps a pure function's results per raw
 path. Only paths of at most :data:`MAX_PATH_LENGTH` characters are kept, at most :data:`MAX_PATHS` of them (under
 a megabyte), all forgotten at once when full: a caller sending ever new paths costs a recomputation, never
 memory. A call that raises keeps nothing.

@@ -1,7 +1,7 @@
 """The main listener: the application behind a front door that sends annotation reads straight to their handler.
 
 aiohttp's ``Application`` resolves every request through its router and builds match info for it before the
-handler runs; for a cache hit that was about 10 us of 65 (docs/performance.md). :class:`FrontDoor` is the
+handler runs; for a cache hit that was about 10 us of 65 (docs/performance-log.md). :class:`FrontDoor` is the
 handler of aiohttp's low-level server under the application: ``GET`` and ``HEAD`` on
 ``/api/annotations/<id>/`` (the path as sent, one segment after the prefix, an optional slash) go to the
 annotation route's own handler, everything else to the application as before. The annotation handler reads

@@ -163,7 +163,7 @@ class WaitingConnectionPool(ConnectionPool):
     to ``timeout`` for one instead (then ``ConnectionError``, as redis-py's ``BlockingConnectionPool`` raises).
 
     ``BlockingConnectionPool`` waits too, but takes a condition and a timeout for every command, waiting or not:
-    about 4% of a cold miss's CPU with Redis (docs/performance.md). Here a command that finds a connection free
+    about 4% of a cold miss's CPU with Redis (docs/performance-log.md). Here a command that finds a connection free
     only counts it; only one that must wait arms a timeout. A slot goes back with the connection it was counted out
     with, once: redis-py gives back a connection that failed to connect before ``get_connection`` raises.
     """
