@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import Cpu, Row, Run, WrkResult, hit_target
+from bench.run import Cpu, MiB, Row, Run, WrkResult, hit_target, targets
 
 
-def row(name: str, rps: float) -> Row:
-    result = WrkResult(rps=rps, p50_ms=1.0, p99_ms=2.0, requests=int(rps), bytes_per_response=1000.0)
-    return Row(name, name, result, Cpu(server_us=40.0, others=0.0))
+def row(name: str, rps: float, *, p50_ms: float = 1.0, p99_ms: float = 2.0, cpu_us: float = 40.0) -> Row:
+    result = WrkResult(rps=rps, p50_ms=p50_ms, p99_ms=p99_ms, requests=int(rps), bytes_per_response=1000.0)
+    return Row(name, name, result, Cpu(server_us=cpu_us, others=0.0))
 
 
 @pytest.mark.parametrize(
     ("together", "met", "shown"),
     [
         ((0.80, 0.78, 0.797), False, "0.797 together"),  # two decimals would say 0.80 beside a FAIL
-        ((0.81, 0.7996, 0.83), True, "0.81 together"),
+        ((0.80, 0.7996, 0.79), False, "0.7996 together"),  # and three 0.800
+        ((0.81, 0.79, 0.83), True, "0.81 together"),
         ((0.8, 0.8, 0.8), True, "0.80 together"),
-        ((0.75, 0.76, 0.77), False, "0.76 together"),
     ],
 )
 def test_a_hit_ratio_is_printed_as_precisely_as_its_verdict_needs(
@@ -34,3 +34,25 @@ def test_a_rows_ratio_just_under_its_target_is_not_printed_as_the_target() -> No
     ok, text = hit_target(Run(seconds=1.0), row("b", 8_996.0), row("a'", 10_000.0), 0.9)
     assert not ok
     assert text.endswith(": 0.8996 in the rows"), text  # 0.90, and 0.900, would read as met
+
+
+def test_figures_just_past_an_upper_target_are_not_printed_as_the_target() -> None:
+    run = Run(seconds=1.0)
+    run.rows = [
+        row("a'", 10_000.0, p99_ms=2.0),
+        row("b", 9_500.0),
+        row("c", 9_000.0, p99_ms=4.008),  # 2.004x the baseline's
+        row("d0", 700.0, p50_ms=21.0),
+        row("d", 650.0, p50_ms=22.004, cpu_us=300.4),  # +1.004 ms
+        row("d2", 600.0, p50_ms=21.5, cpu_us=250.0),
+    ]
+    run.rows[4].rss = int(99.7 * MiB)
+    lines = dict((text.split(":")[0], (ok, text)) for ok, text in targets(run))
+    assert lines["(c) p99 <= 2x (a')'s"] == (False, "(c) p99 <= 2x (a')'s: 2.004x")
+    ok, text = lines["cold misses add <= 1 ms to (d0)'s p50, in-process (d) and Redis (d2)"]
+    assert not ok
+    assert text.endswith(": +1.004 ms, +0.50 ms"), text
+    ok, text = lines["proxy CPU per cold miss <= 300 us, (d) and (d2)"]
+    assert not ok
+    assert text.endswith(": 300.4 us, 250 us"), text
+    assert lines["proxy RSS < 100 MB through the run"] == (True, "proxy RSS < 100 MB through the run: peak 99.7 MiB")
