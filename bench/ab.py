@@ -4,30 +4,32 @@
                                                 [--env-b NAME=VALUE ...]
 
 TREE_A and TREE_B are checkouts of this repository (``git worktree add /tmp/a main``); each proxy imports
-``proxy`` from its own tree, with this checkout's virtual environment. Both run ``python -m proxy`` as
-bench/run.py's hit rows do (defaults, client keys, INFO access log to a file), in front of one fake upstream,
-each with its own private redis-server (``--store redis``), the in-process store (``memory``), or A with the
-in-process store and B with Redis (``mixed``: what Redis adds to a hit). ``--env-b`` sets a variable for B only
-(``PROXY_LOG_LEVEL=WARNING``: what the access line costs).
+``proxy`` from its own tree (checked before it starts), with this checkout's virtual environment. Both run
+``python -m proxy`` as bench/run.py's hit rows do (defaults, client keys, INFO access log to a file), in front of
+one fake upstream, each with its own private redis-server (``--store redis``), the in-process store
+(``memory``), or A with the in-process store and B with Redis (``mixed``: what Redis adds to a hit). ``--env-b``
+sets a variable for B only (``PROXY_LOG_LEVEL=WARNING``: what the access line costs).
 
 Both proxies share CPU 1, each loaded by its own wrk on CPU 0 (bench/run.py's hit script) for ``--seconds``, so
 both live through the same moments of the machine. Each round prints each one's CPU per request (user and system,
 from /proc) and B's over A's; the last line is the median of the rounds. A shared host moves a single server's
 figure by half within minutes (docs/performance-log.md, the tenth round), where the ratio of two servers loaded at
-once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the ninth and tenth
-rounds of docs/performance-log.md measured a part's cost: the tree without it against the tree with it.
+once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the tenth round of
+docs/performance-log.md measured a part's cost: the tree without it against the tree with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from bench.run import (
     LOOPBACK,
+    ROOT,
     TICKS,
     hot_script,
     process_ticks,
@@ -56,9 +58,30 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     for tree in (args.tree_a, args.tree_b):
         if not (tree / "proxy" / "__main__.py").is_file():
             parser.error(f"{tree} is not a checkout of annotation-proxy")
-    if not all("=" in setting for setting in args.env_b):
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds takes 1 or more, --seconds more than 0")
+    if not all(setting.partition("=")[0] and "=" in setting for setting in args.env_b):
         parser.error("--env-b takes NAME=VALUE")
     return args
+
+
+def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """``env`` with ``proxy`` imported from ``tree``: ``python -m`` puts its working directory (this checkout,
+    where bench/run.py starts servers) ahead of PYTHONPATH, unless PYTHONSAFEPATH is set. Checked, since a tree
+    that is silently not the one measured makes any change look like noise."""
+    env = env | {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
+    found = subprocess.run(
+        [sys.executable, "-c", "import proxy; print(proxy.__file__)"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    where = found.stdout.strip().splitlines()[-1]
+    if not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"the proxy for {tree} would import {where}")
+    return env
 
 
 def main(argv: list[str]) -> int:
@@ -75,7 +98,7 @@ def main(argv: list[str]) -> int:
             if args.store == "redis" or (args.store == "mixed" and name == "B"):
                 redis_url = stack.enter_context(running_redis()).url
             port = free_port()
-            env = proxy_env(upstream_port, port, redis_url) | {"PYTHONPATH": str(tree.resolve())}
+            env = tree_env(proxy_env(upstream_port, port, redis_url), tree)
             if name == "B":
                 env |= extra
             base = f"http://{LOOPBACK}:{port}"
@@ -92,6 +115,8 @@ def main(argv: list[str]) -> int:
                 (process_ticks(pid) - ticks) / TICKS * 1e6 / result.requests
                 for pid, ticks, result in zip(pids, before, results, strict=True)
             )
+            if a <= 0 or b <= 0:  # a proxy that stopped reads as no CPU at all
+                raise SystemExit(f"round {round_number}: a proxy stopped (A {a:.1f} us, B {b:.1f} us a request)")
             ratios.append(b / a)
             print(
                 f"round {round_number}: A {a:.1f} us, B {b:.1f} us a request; B/A {b / a:.3f} "
