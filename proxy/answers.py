@@ -6,22 +6,19 @@ body's ``created_ago`` by the minute (proxy/render.py). Building and serializing
 fifths of a hit's cost on a real socket (docs/performance-log.md). An :class:`Answer` keeps them as header lines
 ready to write, with the body, until the first instant any of them would differ (:func:`holds_until`).
 
-The headers the edge reads or adds (``Cache-Control``, ``X-Request-ID``) stay the response's own ``headers``,
-written between the answer's lines (proxy/direct.py), so an answer from here and one built afresh are the same
-bytes in the same order. An answer is used only for the very entry it was built from: a new version, or the same
-one fetched again, is another object, and only between the instant it was built and :func:`holds_until` (a
-clock stepped back finds none). Only a hit the hot tier answered keeps one: it is asked again and again, where
-each read from the store is a new object. Bounded in bytes (proxy/budget.py), the entry's own bytes counted
-too (an answer keeps its entry alive), oldest out first, and none over a quarter of the bound, so that one large
-answer cannot push every other out.
+The edge's request id is written between the answer's lines (proxy/direct.py), so an answer from here and one
+built afresh are the same bytes in the same order. An answer is used only for the very entry it was built from:
+a new version, or the same one fetched again, is another object, and only between the instant it was built and
+:func:`holds_until` (a clock stepped back finds none). Only a hit the hot tier answered keeps one: it is asked
+again and again, where each read from the store is a new object. Bounded in bytes (proxy/budget.py), the entry's
+own bytes counted too (an answer keeps its entry alive), oldest out first, and none over a quarter of the bound,
+so that one large answer cannot push every other out.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from aiohttp import hdrs
 
 from proxy.cache import CachedAnnotation
 from proxy.cache.bounded import ByteBoundedMap
@@ -40,16 +37,15 @@ AnswerKey = tuple[int, str, str]  # annotation id, entity tag, content coding ("
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A 200 for a hit of ``entry``: its header lines before and after the edge's, its body, and the
-    ``Cache-Control`` the edge reads. Good for requests from ``since`` (when it was built) until just before
-    ``until`` (wall-clock seconds)."""
+    """A 200 for a hit of ``entry``: its header lines before and after the edge's (``Cache-Control`` among the
+    first), and its body. Good for requests from ``since`` (when it was built) until just before ``until``
+    (wall-clock seconds)."""
 
     entry: CachedAnnotation
     since: float
     until: float
     fixed: tuple[bytes, bytes]
     body: bytes
-    cache_control: str
 
     @property
     def size(self) -> int:
@@ -57,8 +53,7 @@ class Answer:
         return len(self.fixed[0]) + len(self.fixed[1]) + len(self.body) + len(self.entry.body)
 
     def response(self, now: float) -> DirectResponse:
-        headers: dict[str, str] = {hdrs.CACHE_CONTROL: self.cache_control}
-        return DirectResponse(status=200, body=self.body, headers=headers, now=now, fixed=self.fixed)
+        return DirectResponse(status=200, body=self.body, now=now, fixed=self.fixed)
 
 
 def holds_until(entry: CachedAnnotation, now: float, ttl: float) -> float:

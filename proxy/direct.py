@@ -1,7 +1,7 @@
 """A small response written straight to the caller's socket, its head serialized in one string.
 
 aiohttp's ``Response`` spends most of a cache hit's own cost on the way out: a header dictionary merged with
-defaults, the head serialized, a payload writer per request, a drain (docs/performance.md). A hit's answer
+defaults, the head serialized, a payload writer per request, a drain (docs/performance-log.md). A hit's answer
 needs none of it: a status line, the handler's headers, ``Date`` and ``Server``, and bytes that are already
 rendered. :class:`DirectResponse` is a ``web.StreamResponse`` whose ``prepare`` writes exactly that to
 ``request.transport`` in one call, with the same headers aiohttp would send for the same response.
@@ -12,8 +12,11 @@ has stopped reading, gets aiohttp's own ``Response``, whose write waits for the 
 requests without reading the answers holds at most one body beyond the transport's high-water mark.
 
 An answer that many requests share (proxy/answers.py) is serialized once: its header lines come as ``fixed``,
-the ones before the response's own ``headers`` (which the edge still reads and adds to) and the ones after,
-``Content-Length``, ``Date`` and ``Server`` as :func:`trailer` gives them.
+the ones before the response's own ``headers`` (``Cache-Control`` among them) and the ones after,
+``Content-Length``, ``Date`` and ``Server`` as :func:`trailer` gives them. Such a response takes the edge's
+request id as :attr:`DirectResponse.request_id`, written after the fixed lines before the trailer, rather than
+in ``headers``: on a real socket, the edge's two header operations and serializing the response's own headers
+per request cost a hot hit 4% and 7% (docs/performance-log.md, the tenth round).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 # for the caller to read (asyncio's default high-water mark of a transport's write buffer).
 WRITE_BUFFER_LIMIT = 64 * 1024
 STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 304: b"HTTP/1.1 304 Not Modified\r\n"}
+# The edge's header on every response (proxy/edge.py), here because a response with a fixed head writes it itself.
+REQUEST_ID_HEADER = "X-Request-ID"
 # What aiohttp refuses in a header name or value: every control character but tab.
 CONTROLS = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 
@@ -107,8 +112,9 @@ class DirectResponse(web.StreamResponse):
     Its ``headers`` are the ones sent; the edge adds its own before aiohttp prepares the response, as for any
     other, and ``Content-Length``, ``Date`` and ``Server`` follow them (:func:`trailer`), as aiohttp adds them.
     ``fixed``: header lines serialized once for many responses (proxy/answers.py), written before ``headers``
-    and after them, the trailer included. A header with a control character (tab aside) is refused with
-    ``ValueError``, as aiohttp refuses it. Like aiohttp's writer, :meth:`prepare` waits while the transport is
+    and after them, the trailer included; ``Cache-Control`` is among them, so the edge adds only its request id,
+    as :attr:`request_id` (:meth:`has_fixed_head`). A header with a control character (tab aside) is refused
+    with ``ValueError``, as aiohttp refuses it. Like aiohttp's writer, :meth:`prepare` waits while the transport is
     past its high-water mark, so a caller that stops reading holds at most :data:`WRITE_BUFFER_LIMIT` and one
     answer.
     """
@@ -118,7 +124,7 @@ class DirectResponse(web.StreamResponse):
         *,
         status: int,
         body: bytes,
-        headers: dict[str, str],
+        headers: dict[str, str] | None = None,
         now: float,
         fixed: tuple[bytes, bytes] | None = None,
     ) -> None:
@@ -130,6 +136,14 @@ class DirectResponse(web.StreamResponse):
         self._fixed = fixed
         self._sent = -1  # bytes written, head included (aiohttp's body_length), once prepared
         self._closing = False
+        # X-Request-ID, written after the fixed lines and headers: the edge's, on a response whose head is fixed
+        self.request_id: str | None = None
+
+    @property
+    def has_fixed_head(self) -> bool:
+        """Whether its head was serialized once (``fixed``, ``Cache-Control`` included): the edge then sets only
+        :attr:`request_id` (plain characters: the edge makes sure of it)."""
+        return self._fixed is not None
 
     @property
     def prepared(self) -> bool:
@@ -165,7 +179,10 @@ class DirectResponse(web.StreamResponse):
             before, after = b"", header_lines(tail)
         else:
             before, after = self._fixed
-        message = b"".join((STATUS_LINES[self.status], before, header_lines(headers), after, b"\r\n", self._payload))
+        own = header_lines(headers) if headers else b""
+        if self.request_id is not None:
+            own += f"{REQUEST_ID_HEADER}: {self.request_id}\r\n".encode()
+        message = b"".join((STATUS_LINES[self.status], before, own, after, b"\r\n", self._payload))
         transport.write(message)
         self._sent = len(message)
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:  # past the high-water mark: wait, as aiohttp's

@@ -25,6 +25,7 @@ from aiohttp import hdrs, web
 
 from proxy import __version__
 from proxy.cache_status import cache_status
+from proxy.direct import REQUEST_ID_HEADER, DirectResponse
 from proxy.errors import NotAuthenticated, ProxyError, UpstreamError
 from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
 from proxy.keys import CACHE_RESULT, METRICS, REQUEST_ID
@@ -36,7 +37,6 @@ error_log = logging.getLogger("proxy.errors")
 
 JSON = "application/json"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 NO_STORE = "no-store"  # every response but an annotation's: errors, /metrics, /healthz, /readyz
 UNMATCHED = "unmatched"  # the route label of what no route serves
@@ -115,10 +115,13 @@ def observed(app: web.Application, route: str, handler: Handler) -> Handler:
                 response = await handler(request)
         except Exception as exc:  # noqa: BLE001 - every error is answered here; CancelledError is not an Exception
             response = error_to_response(request, exc)
-        headers = response.headers
-        headers[REQUEST_ID_HEADER] = request_id
-        if hdrs.CACHE_CONTROL not in headers:  # only annotations may be kept, and only as they say
-            headers[hdrs.CACHE_CONTROL] = NO_STORE
+        if isinstance(response, DirectResponse) and response.has_fixed_head:  # Cache-Control is in it
+            response.request_id = request_id
+        else:
+            headers = response.headers
+            headers[REQUEST_ID_HEADER] = request_id
+            if hdrs.CACHE_CONTROL not in headers:  # only annotations may be kept, and only as they say
+                headers[hdrs.CACHE_CONTROL] = NO_STORE
 
         elapsed = time.perf_counter() - started
         method = request.method

@@ -15,11 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.answers import Answer, holds_until
 from proxy.cache import CachedAnnotation
 from proxy.cache_status import FROM_CACHE, served_status
-from proxy.direct import answers_directly, header_lines, small_response, trailer
+from proxy.direct import REQUEST_ID_HEADER, answers_directly, header_lines, small_response, trailer
 from proxy.directives import ORDINARY, RequestDirectives, from_headers
 from proxy.edge import (
     JSON,
-    REQUEST_ID_HEADER,
     add_fallbacks,
     error_response,
     method_not_allowed,
@@ -224,11 +223,10 @@ class AnnotationRoute:
 
     def keep_answer(self, served: Served, entry: CachedAnnotation, coding: str | None, now: float) -> Answer:
         """A hit's 200 serialized for every request until one of its bytes would change (proxy/answers.py)."""
-        out = self.headers(served, entry, coding, now, status=200)
-        cache_control = out.pop(hdrs.CACHE_CONTROL)
+        out = self.headers(served, entry, coding, now, status=200)  # Cache-Control last: before the request id
         body = self._bodies.body(entry, int(now * 1_000_000), coding)
         fixed = header_lines(out), header_lines(trailer(200, len(body), now))
-        answer = Answer(entry, now, holds_until(entry, now, self._ttl), fixed, body, cache_control)
+        answer = Answer(entry, now, holds_until(entry, now, self._ttl), fixed, body)
         self._answers.keep(answer, coding)
         return answer
 

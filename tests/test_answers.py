@@ -132,7 +132,7 @@ async def test_hits_read_from_the_store_keep_no_answer(make_proxy: ProxyFactory,
 def answer_for(annotation_id: int, size: int) -> Answer:
     """An answer of ``size`` bytes of gzipped body, for an entry five times as large."""
     entry = CachedAnnotation(annotation_id, 1, START, bytes(5 * size), etag=f'W/"{annotation_id}"')
-    return Answer(entry, START, START + 1, (b"a" * 100, b"b" * 100), bytes(size), "private, no-cache")
+    return Answer(entry, START, START + 1, (b"a" * 100, b"b" * 100), bytes(size))
 
 
 def test_the_kept_answers_are_bounded_in_bytes_their_entries_included() -> None:

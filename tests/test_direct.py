@@ -131,12 +131,15 @@ async def test_a_handlers_own_date_and_server_are_sent_as_aiohttp_sends_them() -
     assert [header for header in sent if header[0] != "Content-Length"] == list(own.items())
 
 
+@pytest.mark.parametrize("asked_before", [1, 2], ids=["read from the store", "a kept answer"])
 async def test_a_hit_is_answered_directly_with_the_headers_aiohttp_would_send(
-    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch, asked_before: int
 ) -> None:
     """Through the proxy, edge included: a keep-alive hit is written by a DirectResponse, and its head is the one
     aiohttp writes for the same hit asked with ``Connection: close`` (which aiohttp's own Response answers),
-    header for header and in the same order, less ``Connection: close`` itself."""
+    header for header and in the same order, less ``Connection: close`` itself. Asked once before, the hit is
+    read from the store and built afresh; asked twice, the hot tier holds it and its answer is kept
+    (proxy/answers.py), its head serialized once and the edge's request id written into it."""
     written: list[DirectResponse] = []
     prepare = DirectResponse.prepare
 
@@ -148,7 +151,8 @@ async def test_a_hit_is_answered_directly_with_the_headers_aiohttp_would_send(
     proxy = await make_proxy()
     proxy.fake.add_annotation()
     auth = f"Authorization: Token {CLIENT_KEY}"
-    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    for _ in range(asked_before):
+        assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
     written.clear()
     stream = await raw_http.exchange(
         proxy.client.host,
@@ -156,12 +160,16 @@ async def test_a_hit_is_answered_directly_with_the_headers_aiohttp_would_send(
         request_line("/api/annotations/1/", auth) + request_line("/api/annotations/1/", auth, "Connection: close"),
     )
     assert len(written) == 1  # the first; the second is aiohttp's
+    assert written[0].has_fixed_head is (asked_before == 2)
     direct, closing = framed(stream)
     varying = {b"Date", b"X-Request-ID", b"Age", b"Cache-Status", b"Connection"}
     assert direct[0] == closing[0] == b"HTTP/1.1 200 OK"
     assert [name for name, _ in direct[1]] == [name for name, _ in closing[1] if name != b"Connection"]
     assert [h for h in direct[1] if h[0] not in varying] == [h for h in closing[1] if h[0] not in varying]
     assert (b"Connection", b"close") in closing[1]
+    request_ids = [value for head in (direct[1], closing[1]) for name, value in head if name == b"X-Request-ID"]
+    assert len(request_ids) == 2  # one each
+    assert request_ids[0] != request_ids[1]  # its own
 
 
 async def test_pipelined_hits_are_answered_in_order_and_connection_close_is_honoured(
