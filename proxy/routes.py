@@ -206,8 +206,8 @@ class AnnotationRoute:
     def headers(
         self, served: Served, entry: CachedAnnotation, coding: str | None, now: float, *, status: int
     ) -> dict[str, str]:
-        """A 200's or a 304's headers, ``Cache-Control`` last (an :class:`Answer` leaves it to the edge to read).
-        See docs/freshness.md: the webhook's promise, the caller's key."""
+        """A 200's or a 304's headers, ``Cache-Control`` last: just before the edge's request id, in an
+        :class:`Answer`'s fixed lines too. See docs/freshness.md: the webhook's promise, the caller's key."""
         out = {"Cache-Status": served_status(served, now=now, ttl=self._ttl)}
         if self._compression:
             out[hdrs.VARY] = hdrs.ACCEPT_ENCODING

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.direct import WRITE_BUFFER_LIMIT, DirectResponse, can_answer_directly
+from proxy.direct import REQUEST_ID_HEADER, WRITE_BUFFER_LIMIT, DirectResponse, can_answer_directly
 from tests.support import raw_http
 from tests.support.proxies import CLIENT_KEY, ProxyFactory
 from tests.support.raw_http import answers, framed, request_line
@@ -241,3 +241,36 @@ async def test_a_caller_that_stops_reading_holds_at_most_one_answer_beyond_the_w
     got = answers(bytes(received))
     assert len(got) == asked + 1
     assert all(len(body) == size for _, _, body in got)
+
+
+async def test_a_kept_answer_carries_each_request_s_own_id(
+    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept answer (proxy/answers.py) is written again for every hit of its version, each time with its own
+    request's id: the caller's ``X-Request-ID`` when it sent a plain one, else a new one."""
+    written: list[DirectResponse] = []
+    prepare = DirectResponse.prepare
+
+    async def counted(self: DirectResponse, request: web.BaseRequest) -> None:
+        written.append(self)
+        await prepare(self, request)
+
+    monkeypatch.setattr(DirectResponse, "prepare", counted)
+    proxy = await make_proxy()
+    proxy.fake.add_annotation()
+    for _ in range(2):  # a miss, then a hit read from the store: the hot tier holds it from then on
+        assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    written.clear()
+    ids = []
+    for caller_id in ("caller-1", "caller-2", None, "caller-3", None):
+        headers = proxy.auth() | ({REQUEST_ID_HEADER: caller_id} if caller_id else {})
+        response = await proxy.client.get("/api/annotations/1/", headers=headers)
+        assert response.status == 200
+        ids.append(response.headers.getall(REQUEST_ID_HEADER))
+    assert [written_one.has_fixed_head for written_one in written] == [True] * 5  # kept answers, all of them
+    assert ids[0] == ["caller-1"]
+    assert ids[1] == ["caller-2"]
+    assert ids[3] == ["caller-3"]
+    assert len(ids[2]) == len(ids[4]) == 1
+    assert ids[2] != ids[4]
+    assert len(set(map(tuple, ids))) == 5  # each request's own
