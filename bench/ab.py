@@ -33,13 +33,14 @@ from bench.run import (
     TICKS,
     hot_script,
     process_ticks,
-    proxy_env,
+    proxy,
     running,
     upstream,
     warm_hits,
     wrk_together,
 )
 from tests.support.ports import free_port
+from tests.support.processes import clean_environment
 from tests.support.redis_servers import running_redis
 
 CONNECTIONS = 32
@@ -65,14 +66,14 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
-    """``env`` with ``proxy`` imported from ``tree``: ``python -m`` puts its working directory (this checkout,
-    where bench/run.py starts servers) ahead of PYTHONPATH, unless PYTHONSAFEPATH is set. Checked, since a tree
-    that is silently not the one measured makes any change look like noise."""
-    env = env | {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that has ``python -m proxy`` import ``proxy`` from ``tree``: ``python -m`` puts its working
+    directory (this checkout, where bench/run.py starts servers) ahead of PYTHONPATH, unless PYTHONSAFEPATH is
+    set. Checked, since a tree that is silently not the one measured makes any change look like noise."""
+    env = {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
     found = subprocess.run(
         [sys.executable, "-c", "import proxy; print(proxy.__file__)"],
-        env=env,
+        env=clean_environment() | env,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -97,13 +98,9 @@ def main(argv: list[str]) -> int:
             redis_url = None
             if args.store == "redis" or (args.store == "mixed" and name == "B"):
                 redis_url = stack.enter_context(running_redis()).url
-            port = free_port()
-            env = tree_env(proxy_env(upstream_port, port, redis_url), tree)
-            if name == "B":
-                env |= extra
-            base = f"http://{LOOPBACK}:{port}"
-            command = [sys.executable, "-m", "proxy"]
-            pids.append(stack.enter_context(running(command, url=f"{base}/healthz", what=f"proxy {name}", env=env)))
+            env = tree_env(tree) | (extra if name == "B" else {})
+            base, pid = stack.enter_context(proxy(upstream_port, redis_url, extra=env))
+            pids.append(pid)
             warm_hits(base)
             bases.append(base)
         wrk_together(bases, hot_script(), seconds=WARM_UP_SECONDS, connections=CONNECTIONS)

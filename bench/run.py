@@ -312,11 +312,14 @@ def proxy_env(upstream_port: int, port: int, redis_url: str | None) -> dict[str,
 
 
 @contextmanager
-def proxy(upstream_port: int, redis_url: str | None) -> Iterator[tuple[str, int]]:
-    """``python -m proxy`` in front of that upstream until the block ends; yields its base URL and pid."""
+def proxy(
+    upstream_port: int, redis_url: str | None, *, extra: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """``python -m proxy`` in front of that upstream until the block ends, ``extra`` added to its environment;
+    yields its base URL and pid."""
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
-    env = proxy_env(upstream_port, port, redis_url)
+    env = proxy_env(upstream_port, port, redis_url) | (extra or {})
     with running([sys.executable, "-m", "proxy"], url=f"{base}/healthz", what="the proxy", env=env) as pid:
         yield base, pid
 

@@ -25,7 +25,7 @@ def fake_tree(root: Path) -> Path:
 
 def test_a_tree_s_proxy_is_the_one_python_m_runs_from_this_checkout(tmp_path: Path) -> None:
     tree = fake_tree(tmp_path / "tree")
-    env = tree_env(clean_environment(), tree)
+    env = clean_environment() | tree_env(tree)
     started = subprocess.run(
         [sys.executable, "-m", "proxy"], env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
     )
@@ -36,4 +36,4 @@ def test_a_tree_without_the_proxy_is_refused_before_anything_starts(tmp_path: Pa
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="would import"):
-        tree_env(clean_environment(), empty)  # the import falls through to the installed project
+        tree_env(empty)  # the import falls through to the installed project

@@ -131,23 +131,29 @@ async def test_a_handlers_own_date_and_server_are_sent_as_aiohttp_sends_them() -
     assert [header for header in sent if header[0] != "Content-Length"] == list(own.items())
 
 
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[DirectResponse]:
+    """Every DirectResponse the proxy writes during the test, in order."""
+    prepared: list[DirectResponse] = []
+    prepare = DirectResponse.prepare
+
+    async def counted(self: DirectResponse, request: web.BaseRequest) -> None:
+        prepared.append(self)
+        await prepare(self, request)
+
+    monkeypatch.setattr(DirectResponse, "prepare", counted)
+    return prepared
+
+
 @pytest.mark.parametrize("asked_before", [1, 2], ids=["read from the store", "a kept answer"])
 async def test_a_hit_is_answered_directly_with_the_headers_aiohttp_would_send(
-    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch, asked_before: int
+    make_proxy: ProxyFactory, written: list[DirectResponse], asked_before: int
 ) -> None:
     """Through the proxy, edge included: a keep-alive hit is written by a DirectResponse, and its head is the one
     aiohttp writes for the same hit asked with ``Connection: close`` (which aiohttp's own Response answers),
     header for header and in the same order, less ``Connection: close`` itself. Asked once before, the hit is
     read from the store and built afresh; asked twice, the hot tier holds it and its answer is kept
     (proxy/answers.py), its head serialized once and the edge's request id written into it."""
-    written: list[DirectResponse] = []
-    prepare = DirectResponse.prepare
-
-    async def counted(self: DirectResponse, request: web.BaseRequest) -> None:
-        written.append(self)
-        await prepare(self, request)
-
-    monkeypatch.setattr(DirectResponse, "prepare", counted)
     proxy = await make_proxy()
     proxy.fake.add_annotation()
     auth = f"Authorization: Token {CLIENT_KEY}"
@@ -244,18 +250,10 @@ async def test_a_caller_that_stops_reading_holds_at_most_one_answer_beyond_the_w
 
 
 async def test_a_kept_answer_carries_each_request_s_own_id(
-    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+    make_proxy: ProxyFactory, written: list[DirectResponse]
 ) -> None:
     """A kept answer (proxy/answers.py) is written again for every hit of its version, each time with its own
     request's id: the caller's ``X-Request-ID`` when it sent a plain one, else a new one."""
-    written: list[DirectResponse] = []
-    prepare = DirectResponse.prepare
-
-    async def counted(self: DirectResponse, request: web.BaseRequest) -> None:
-        written.append(self)
-        await prepare(self, request)
-
-    monkeypatch.setattr(DirectResponse, "prepare", counted)
     proxy = await make_proxy()
     proxy.fake.add_annotation()
     for _ in range(2):  # a miss, then a hit read from the store: the hot tier holds it from then on
