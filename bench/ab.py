@@ -1,7 +1,7 @@
-"""Two versions of the proxy loaded at once on one CPU: how much CPU a hit of B costs against one of A.
+"""Two versions of the proxy loaded at once on one CPU: how much CPU a hit (or a cold miss) of B costs against A's.
 
     PYTHONPATH=. python bench/ab.py TREE_A TREE_B [--rounds 8] [--seconds 5] [--store redis|memory|mixed]
-                                                [--env-b NAME=VALUE ...]
+                                                [--env-b NAME=VALUE ...] [--cold]
 
 TREE_A and TREE_B are checkouts of this repository (``git worktree add /tmp/a main``); each proxy imports
 ``proxy`` from its own tree (checked before it starts), with this checkout's virtual environment. Both run
@@ -11,10 +11,12 @@ one fake upstream, each with its own private redis-server (``--store redis``), t
 sets a variable for B only (``PROXY_LOG_LEVEL=WARNING``: what the access line costs).
 
 Both proxies share CPU 1, each loaded by its own wrk on CPU 0 (bench/run.py's hit script) for ``--seconds``, so
-both live through the same moments of the machine. Each round prints each one's CPU per request (user and system,
-from /proc) and B's over A's; the last line is the median of the rounds. A shared host moves a single server's
-figure by half within minutes (docs/performance-log.md, the tenth round), where the ratio of two servers loaded at
-once moves by a few percent: run ``A A`` first to see this machine's spread. This is how the tenth round of
+both live through the same moments of the machine. ``--cold`` loads them with cold misses instead, as the
+bench's cold rows do: every request a new id, 16 connections, the upstream answering after 20 ms. Each round
+prints each one's CPU per request (user and system, from /proc), its p50, and B's CPU over A's; the last line is
+the median of the rounds. A shared host moves a single server's figure by half within minutes
+(docs/performance-log.md, the tenth round), where the ratio of two servers loaded at once moves by a few percent:
+run ``A A`` first to see this machine's spread. This is how the tenth round of
 docs/performance-log.md measured a part's cost: the tree without it against the tree with it.
 """
 
@@ -28,9 +30,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.run import (
+    COLD_CONNECTIONS,
+    LATENCY,
     LOOPBACK,
     ROOT,
     TICKS,
+    cold_script,
     hot_script,
     process_ticks,
     proxy,
@@ -55,6 +60,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per round (default 5)")
     parser.add_argument("--store", choices=("redis", "memory", "mixed"), default="redis", help="default redis")
     parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE", help="for B only")
+    parser.add_argument("--cold", action="store_true", help="cold misses instead of hits")
     args = parser.parse_args(argv)
     for tree in (args.tree_a, args.tree_b):
         if not (tree / "proxy" / "__main__.py").is_file():
@@ -85,13 +91,31 @@ def tree_env(tree: Path) -> dict[str, str]:
     return env
 
 
+class Load:
+    """What each round sends: hits on the bench's hot ids, or cold misses on ids no round has asked for."""
+
+    def __init__(self, cold: bool) -> None:
+        self.cold = cold
+        self.connections = COLD_CONNECTIONS if cold else CONNECTIONS
+        self._next_id = 10**6
+
+    def script(self) -> str:
+        if not self.cold:
+            return hot_script()
+        self._next_id += 10**6  # more than a round of either proxy asks for; each wrk numbers its own from here
+        return cold_script(self._next_id)
+
+
 def main(argv: list[str]) -> int:
     args = arguments(argv)
     extra = dict(setting.split("=", 1) for setting in args.env_b)
+    load = Load(args.cold)
     with ExitStack() as stack:
         upstream_port = free_port()
         upstream_url = f"http://{LOOPBACK}:{upstream_port}/health"
-        stack.enter_context(running(upstream(upstream_port), url=upstream_url, what="the upstream", cpu=0))
+        latency = LATENCY if args.cold else 0.0
+        command = upstream(upstream_port, latency=latency)
+        stack.enter_context(running(command, url=upstream_url, what="the upstream", cpu=0))
         bases: list[str] = []
         pids: list[int] = []
         for name, tree in (("A", args.tree_a), ("B", args.tree_b)):
@@ -103,11 +127,11 @@ def main(argv: list[str]) -> int:
             pids.append(pid)
             warm_hits(base)
             bases.append(base)
-        wrk_together(bases, hot_script(), seconds=WARM_UP_SECONDS, connections=CONNECTIONS)
+        wrk_together(bases, load.script(), seconds=WARM_UP_SECONDS, connections=load.connections)
         ratios: list[float] = []
         for round_number in range(1, args.rounds + 1):
             before = [process_ticks(pid) for pid in pids]
-            results = wrk_together(bases, hot_script(), seconds=args.seconds, connections=CONNECTIONS)
+            results = wrk_together(bases, load.script(), seconds=args.seconds, connections=load.connections)
             a, b = (
                 (process_ticks(pid) - ticks) / TICKS * 1e6 / result.requests
                 for pid, ticks, result in zip(pids, before, results, strict=True)
@@ -117,7 +141,8 @@ def main(argv: list[str]) -> int:
             ratios.append(b / a)
             print(
                 f"round {round_number}: A {a:.1f} us, B {b:.1f} us a request; B/A {b / a:.3f} "
-                f"({results[0].rps:,.0f} and {results[1].rps:,.0f} requests/s)",
+                f"({results[0].rps:,.0f} and {results[1].rps:,.0f} requests/s, "
+                f"p50 {results[0].p50_ms:.2f} and {results[1].p50_ms:.2f} ms)",
                 flush=True,
             )
     print(f"B/A, the median of {len(ratios)} rounds: {statistics.median(ratios):.3f}")

@@ -3,14 +3,15 @@ checkout bench/run.py starts servers in (``python -m`` puts its working director
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.ab import tree_env
-from bench.run import ROOT
+from bench.ab import CONNECTIONS, Load, tree_env
+from bench.run import COLD_CONNECTIONS, ROOT, hot_script
 from tests.support.processes import clean_environment
 
 
@@ -37,3 +38,13 @@ def test_a_tree_without_the_proxy_is_refused_before_anything_starts(tmp_path: Pa
     empty.mkdir()
     with pytest.raises(SystemExit, match="would import"):
         tree_env(empty)  # the import falls through to the installed project
+
+
+def test_each_cold_round_asks_for_ids_no_round_before_it_asked_for() -> None:
+    load = Load(cold=True)
+    first, second = (int(re.search(r"local n = (\d+)", load.script())[1]) for _ in range(2))
+    assert second - first > 100_000  # past what a round asks for (about 600 misses/s): a repeated id is a hit
+    assert load.connections == COLD_CONNECTIONS
+    hits = Load(cold=False)
+    assert hits.script() == hits.script() == hot_script()
+    assert hits.connections == CONNECTIONS
