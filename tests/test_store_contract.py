@@ -194,6 +194,23 @@ class TestStoreContract:
         await store.put(PLAIN, entry(version=2_000), TTL)
         assert await store.get(EXPANDED) is None
 
+    async def test_a_burst_of_misses_answers_each_call_its_own(self, store: AnnotationStore) -> None:
+        """Calls made together (a Redis store sends them as one pipeline): each claim, write and read is the one
+        its caller would have had alone, a large entry and a remembered 404 among them."""
+        ids = range(100, 116)
+        large = b'{"id":107,"result":"' + b"x" * (LARGE_ENTRY + 1) + b'"}'
+        entries = {n: entry(annotation_id=n, body=large if n == 107 else None) for n in ids if n != 111}
+        keys = {n: AnnotationKey(n, Variant.PLAIN) for n in ids}
+        claimed = await asyncio.gather(*(store.get_or_claim(keys[n], TTL) for n in ids))
+        assert claimed == [(None, True)] * len(ids)
+        written = await asyncio.gather(
+            *(store.put(keys[n], entries[n], TTL, release=True) for n in entries),
+            store.put_missing(111, TTL, since=LATER, release=Variant.PLAIN),
+        )
+        assert written == [True] * len(ids)
+        read = await asyncio.gather(*(store.get(keys[n]) for n in ids))
+        assert read == [entries.get(n, Missing(LATER)) for n in ids]
+
     async def test_racing_writes_keep_the_newest_whatever_the_order(self, store: AnnotationStore) -> None:
         versions = [5_000, 1_000, 9_000, 3_000, 7_000, 2_000]
         await asyncio.gather(*(store.put(PLAIN, entry(version=v), TTL) for v in versions))

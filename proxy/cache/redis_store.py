@@ -28,6 +28,7 @@ from proxy.cache.base import (
     decode_entry,
     encode_entry,
 )
+from proxy.cache.batching import batched
 from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect, drop_idle_connections
 from proxy.errors import CacheBusy, CacheError
@@ -327,12 +328,13 @@ class RedisStore:
         self._largest = largest(bodies)
         self._keys = keys
         self._close = close or client.aclose
-        self._read = client.register_script(READ_SCRIPT)
+        # The calls every miss makes go out in batches (proxy/cache/batching.py); the rare ones one by one.
+        self._read = batched(client, client.register_script(READ_SCRIPT))
         # The task index shares the write's round trip where one script may touch two slots (not a cluster).
         self._index_in_write = not isinstance(client, RedisCluster)
-        self._write = client.register_script(WRITE_SCRIPT)
+        self._write = batched(client, client.register_script(WRITE_SCRIPT))
         self._invalidate = client.register_script(INVALIDATE_SCRIPT)
-        self._missing = client.register_script(MISSING_SCRIPT)
+        self._missing = batched(client, client.register_script(MISSING_SCRIPT))
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._drop = client.register_script(DROP_SCRIPT)
