@@ -150,5 +150,7 @@ class CacheCircuitOpen(CacheError):
 
 
 class CacheBusy(CacheError):
-    """The cache could not answer for one annotation just now because its Redis Cluster slot is moving between
-    nodes (resharding). Redis itself is well, so the circuit breaker does not count it against the cache."""
+    """The cache could not answer for one annotation just now, for a reason that says nothing new of Redis's health:
+    its Redis Cluster slot is moving between nodes (resharding), the memory budget had no room for a large entry,
+    or the connection its call was batched on failed, which the batch's first call counts
+    (proxy/cache/batching.py). So the circuit breaker does not count it against the cache."""

@@ -1,20 +1,25 @@
-"""Script calls made in one turn of the event loop go to a real redis-server together, and each caller gets the
-answer its own call would have had alone (proxy/cache/batching.py)."""
+"""Script calls made in one turn of the event loop go to a real redis-server together, each caller gets the answer
+its own call would have had alone, and Redis failing costs what it cost with a connection per call
+(proxy/cache/batching.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from proxy.cache.batching import BatchedScript, batched
+from proxy.breaker import CircuitBreaker, State
+from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
+from proxy.cache.batching import ALONE_BYTES, BatchedScript, SharedFailure, batched
+from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.topology import connect
+from proxy.errors import CacheError
 from tests.support.redis_servers import RedisServer, running_redis
 
 # Counts its calls in KEYS[1] and answers ARGV[1] with that count: each call's own answer, and a trace in Redis of
@@ -27,7 +32,7 @@ CONNECTIONS = 8
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    with running_redis() as redis_server:  # its own: one test stops it
+    with running_redis() as redis_server:  # its own: some tests stop it
         yield redis_server
 
 
@@ -46,6 +51,28 @@ async def connections(server: RedisServer) -> int:
     return len(listed) - 1
 
 
+class HeldPipelines:
+    """redis-py's pipelines, each held before it is sent until ``release``: what is on the wire stays there."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        self.released = asyncio.Event()
+        execute: Callable[[Pipeline, bool], Awaitable[list[Any]]] = Pipeline.execute
+
+        async def held(pipeline: Pipeline, raise_on_error: bool = True) -> list[Any]:
+            self.sizes.append(len(pipeline.command_stack))
+            await self.released.wait()
+            return await execute(pipeline, raise_on_error)
+
+        monkeypatch.setattr(Pipeline, "execute", held)
+
+
+async def turns(count: int = 10) -> None:
+    """Let the loop run ``count`` turns: whatever was ready has run."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 async def test_a_burst_of_calls_shares_one_connection(client: Redis, server: RedisServer) -> None:
     echo = batched(client, client.register_script(ECHO))
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(16)))
@@ -62,11 +89,12 @@ async def test_calls_from_tasks_woken_together_share_a_batch(client: Redis, serv
         answer: bytes = await echo(keys=["calls"], args=[f"task{n}"])
         return answer
 
-    callers = [asyncio.create_task(caller(n)) for n in range(10)]
-    await asyncio.sleep(0)  # each caller waits on the event
+    callers = [asyncio.create_task(caller(n)) for n in range(6)]
+    await turns()
     start.set()
-    answers = sorted((await asyncio.gather(*callers)), key=lambda answer: int(answer.split(b":")[1]))
-    assert len(set(answers)) == 10
+    answers = await asyncio.gather(*callers)
+    assert [answer.split(b":")[0] for answer in answers] == [b"task%d" % n for n in range(6)]  # each its own answer
+    assert sorted(int(answer.split(b":")[1]) for answer in answers) == list(range(1, 7))
     assert await connections(server) == 1
 
 
@@ -85,44 +113,131 @@ async def test_an_error_answers_only_the_call_that_caused_it(client: Redis) -> N
     assert answers[2] == 2
 
 
-async def test_a_script_flushed_from_redis_is_loaded_again_for_each_call_of_a_batch(client: Redis) -> None:
+async def test_a_script_flushed_from_redis_is_loaded_again_and_each_call_answered(client: Redis) -> None:
     echo = batched(client, client.register_script(ECHO))
     await echo(keys=["calls"], args=["first"])  # loaded
     await client.script_flush()  # as after a restart without persistence or a failover
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(5)))
     assert sorted(answer.decode() for answer in answers) == sorted(f"call{n}:{n + 2}" for n in range(5))
+    assert await client.get("calls") == b"6"  # each call ran once
 
 
 async def test_a_caller_that_left_before_its_batch_went_out_sends_nothing(client: Redis) -> None:
     echo = batched(client, client.register_script(ECHO))
     kept = echo(keys=["calls"], args=["kept"])
     left = echo(keys=["calls"], args=["left"])
+    assert isinstance(left, asyncio.Future)
     left.cancel()  # its request went away: a claim it would have made must not be granted to no one
     assert await kept == b"kept:1"
     assert await client.get("calls") == b"1"
 
 
-async def test_no_more_calls_go_out_at_once_than_the_limit(client: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes: list[int] = []
-    execute = Pipeline.execute
-
-    async def recorded(pipeline: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        sizes.append(len(pipeline.command_stack))
-        return await execute(pipeline, raise_on_error)
-
-    monkeypatch.setattr(Pipeline, "execute", recorded)
-    echo = BatchedScript(client, client.register_script(ECHO), limit=3)
-    answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(7)))
-    assert sorted(int(answer.split(b":")[1]) for answer in answers) == list(range(1, 8))  # every call answered
-    assert sizes == [3, 3]  # and the seventh alone, as a plain call: never more than three on the wire
-
-
-async def test_a_broken_connection_fails_every_call_of_the_batch(client: Redis, server: RedisServer) -> None:
+async def test_a_caller_that_leaves_while_its_batch_is_on_the_wire_leaves_the_others_their_answers(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldPipelines(monkeypatch)
     echo = batched(client, client.register_script(ECHO))
-    await echo(keys=["calls"], args=["first"])
-    server.stop()
-    answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(4)), return_exceptions=True)
-    assert all(isinstance(answer, RedisConnectionError) for answer in answers), answers
+    calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
+    await turns()
+    assert held.sizes == [3]
+    leaving = calls[1]
+    assert isinstance(leaving, asyncio.Future)
+    leaving.cancel()
+    held.released.set()
+    async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+        answers = [await calls[0], await calls[2]]
+    assert answers == [b"call0:1", b"call2:3"]  # the call that left was sent: the second
+
+
+async def test_no_more_calls_are_on_the_wire_at_once_than_the_limit(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldPipelines(monkeypatch)
+    echo = BatchedScript(client, client.register_script(ECHO), limit=3, wait=None)
+    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipelines find it
+    first = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
+    await turns()
+    later = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3, 7)]
+    await turns()
+    assert held.sizes == [3]  # the later calls wait: three are on the wire
+    assert await client.get("calls") is None
+    held.released.set()
+    answers = await asyncio.gather(*first, *later)
+    assert sorted(int(answer.split(b":")[1]) for answer in answers) == list(range(1, 8))
+    assert held.sizes == [3, 3]  # then three more, and the last alone, as a plain call
+
+
+async def test_a_call_with_a_large_argument_goes_alone(client: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldPipelines(monkeypatch)
+    held.released.set()
+    length = batched(client, client.register_script("return string.len(ARGV[1])"))
+    await length(keys=[], args=[b"loaded alone"])
+    large = b"x" * (ALONE_BYTES + 1)
+    answers = await asyncio.gather(*(length(keys=[], args=[arg]) for arg in (b"ab", large, b"abc")))
+    assert answers == [2, len(large), 3]
+    assert held.sizes == [2]  # the large one beside the pipeline of the two small ones
+
+
+async def test_a_broken_connection_fails_every_call_of_the_batch_and_counts_once(server: RedisServer) -> None:
+    redis, close = connect(server.url, "standalone", timeout=2.0, max_connections=CONNECTIONS)
+    assert isinstance(redis, Redis)
+    breaker = CircuitBreaker(threshold=3, cooldown=60.0)
+    store = CircuitBreakingStore(RedisStore(redis, KeyScheme("batching:"), close=close), breaker)
+    try:
+        await store.get(AnnotationKey(1, Variant.PLAIN))  # connected, the script loaded
+        server.stop()
+        keys = [AnnotationKey(n, Variant.PLAIN) for n in range(2, 6)]
+        answers = await asyncio.gather(*(store.get(key) for key in keys), return_exceptions=True)
+        assert all(isinstance(answer, CacheError) for answer in answers), answers
+        assert breaker.state is State.CLOSED  # one connection failed: one failure, where three open the circuit
+        for _ in range(2):
+            with pytest.raises(CacheError):
+                await store.get(AnnotationKey(1, Variant.PLAIN))
+        assert breaker.state is State.OPEN
+    finally:
+        await store.close()
+
+
+async def test_calls_waiting_for_room_give_up_after_the_pools_wait_when_redis_hangs() -> None:
+    """A Redis that accepts connections and never answers: the call on the wire times out, and the calls waiting
+    behind it fail as commands waiting for a pooled connection do, none of them sent after it."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # never answers
+
+    silent = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    redis, close = connect(f"redis://127.0.0.1:{port}/0", "standalone", timeout=0.2, max_connections=1)
+    assert isinstance(redis, Redis)
+    try:
+        echo = batched(redis, redis.register_script(ECHO))
+        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+            answers = await asyncio.gather(
+                *(echo(keys=["calls"], args=[str(n)]) for n in range(4)), return_exceptions=True
+            )
+        assert isinstance(answers[0], RedisError)  # the call on the wire: its read timed out
+        assert [str(answer) for answer in answers[1:]] == ["No connection available."] * 3
+        assert len(accepted) == 1  # nothing was sent after the call that hung
+    finally:
+        await close()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_a_batch_cancelled_before_it_starts_leaves_later_calls_their_answers(client: Redis) -> None:
+    echo = batched(client, client.register_script(ECHO))
+    waiting = echo(keys=["calls"], args=["waiting"])
+    (batch,) = [task for task in asyncio.all_tasks() if task.get_name() == "redis-batch"]
+    batch.cancel()  # as the loop's shutdown sweep cancels what is pending
+    await turns()
+    assert isinstance(waiting, asyncio.Future)
+    assert waiting.cancelled()  # its call goes with its batch, instead of waiting for one that never starts
+    async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+        assert await echo(keys=["calls"], args=["later"]) == b"later:1"
 
 
 async def test_calls_on_the_wire_when_the_client_closes_fail_instead_of_waiting(server: RedisServer) -> None:
@@ -135,7 +250,8 @@ async def test_calls_on_the_wire_when_the_client_closes_fail_instead_of_waiting(
     await close()  # as the store closes at shutdown
     async with asyncio.timeout(10):  # a guard against hanging, not a measurement
         answers = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(answer, RedisConnectionError) for answer in answers), answers
+    assert isinstance(answers[0], RedisConnectionError)
+    assert all(isinstance(answer, SharedFailure) for answer in answers[1:]), answers
 
 
 async def test_a_cluster_client_s_calls_are_not_batched(redis_cluster: str) -> None:

@@ -7,15 +7,24 @@ parser's call) and the wake-up for each reply cost more than the round trip itse
 misses with Redis (16 at a time) cost 6-14% less CPU each (docs/performance-log.md, the eleventh round).
 
 Nothing waits to fill a batch: the calls made while the loop runs its ready callbacks go out as soon as they have
-run, and a call made alone goes out alone, as a plain script call. The answers are those of the same calls made one
-by one: a pipeline keeps their order on its connection, an error answers only the call that caused it (a script
-missing after a flush or a failover is loaded and the call made again), and a broken connection fails the calls
-that were on it, as it fails a single command.
+run, and a call made alone goes out alone, as a plain script call. What Redis answers is what each call alone
+would have had: a pipeline keeps the calls' order on its connection, an error Redis gives answers only the call
+that caused it, and a script missing after a flush or a failover is loaded once and the calls made again.
 
-Calls on the wire at once are bounded as without batching, by the pool's connections: a read's answer may hold an
-entry of up to 256 KiB (proxy/cache/redis_store.py), so the bound is what keeps the memory budget's "process" part
-true (docs/memory.md). A cluster client is not batched: its pipelines split by slot and node, with redirections of
-their own; its calls stay plain script calls (:func:`batched`).
+Failures stay what they were with a connection per call:
+
+- a broken or timed-out connection fails the calls that were on it, and counts once: its first call has the
+  failure, the others :class:`SharedFailure`, which the store's circuit breaker does not count again;
+- a call that finds the bound reached (below) waits as a command waits for a pooled connection: up to the pool's
+  timeout, then fails with "No connection available";
+- a caller that leaves before its batch starts sends nothing. One that leaves later may still have its call sent,
+  as a command already written is; a claim granted to it lapses with its ttl.
+
+Calls on the wire at once are bounded per script by the pool's connections, as commands were: a read's answer may
+hold an entry of up to 256 KiB (proxy/cache/redis_store.py), so that bound is what keeps the reads' answers
+within the memory budget's "process" part (docs/memory.md). A call with an argument over 256 KiB (a large
+entry's write) goes alone, so that sending it within the socket timeout concerns no other call. A cluster client
+is not batched: its pipelines split by slot and node, with redirections of their own (:func:`batched`).
 """
 
 from __future__ import annotations
@@ -27,9 +36,14 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from proxy.cache.topology import WaitingConnectionPool
 
 Argument = str | int | bytes
+ALONE_BYTES = 256 * 1024  # a call with a larger argument goes alone
+EXPIRY_SLACK = 0.001  # seconds: a timer fires within a millisecond of its time
 
 
 class ScriptCall(Protocol):
@@ -38,60 +52,79 @@ class ScriptCall(Protocol):
     def __call__(self, keys: Sequence[str], args: Sequence[Argument]) -> Awaitable[Any]: ...
 
 
+class SharedFailure(RedisError):
+    """The connection this call's batch went out on failed; the batch's first call has that failure, which the
+    circuit breaker counts once for all of them."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Call:
     keys: Sequence[str]
     args: Sequence[Argument]
     future: asyncio.Future[Any]  # the caller's: cancelled when the caller leaves
+    since: float  # when it was made, on the loop's clock
 
 
 class BatchedScript:
-    """``script``'s calls, sent in batches: at most ``limit`` calls on the wire at once, the rest queued."""
+    """``script``'s calls, sent in batches: at most ``limit`` calls on the wire at once, the rest waiting (up to
+    ``wait`` seconds, or for as long as it takes when None)."""
 
-    def __init__(self, client: Redis, script: AsyncScript, *, limit: int) -> None:
+    def __init__(self, client: Redis, script: AsyncScript, *, limit: int, wait: float | None) -> None:
         self._client = client
         self._script = script
-        self._limit = limit
-        self._queued: list[_Call] = []
+        self._limit = max(1, limit)
+        self._wait = wait
+        self._queued: list[_Call] = []  # oldest first
         self._on_the_wire = 0
-        self._scheduled = False  # a batch is about to start, which the calls made now will join
+        self._next: asyncio.Task[None] | None = None  # the batch about to start, which the calls made now join
         self._batches: set[asyncio.Task[None]] = set()  # held, so that none is collected before it ends
+        self._expiry: asyncio.TimerHandle | None = None  # when the oldest waiting call gives up
 
-    def __call__(self, keys: Sequence[str], args: Sequence[Argument]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Call(keys, args, future))
-        if not self._scheduled:
+    def __call__(self, keys: Sequence[str], args: Sequence[Argument]) -> Awaitable[Any]:
+        if any(isinstance(arg, bytes) and len(arg) > ALONE_BYTES for arg in args):
+            return self._script(keys=keys, args=args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append(_Call(keys, args, future, loop.time()))
+        if self._next is None:
             self._schedule()
         return future
 
     def _schedule(self) -> None:
         """A batch, which starts after the callbacks ready now have run: the calls they make join it."""
-        self._scheduled = True
-        task = asyncio.get_running_loop().create_task(self._send(), name="redis-batch")
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        self._next = asyncio.get_running_loop().create_task(self._send(), name="redis-batch")
+        self._batches.add(self._next)
+        self._next.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if task is self._next:  # cancelled before it started (the loop closing): the calls waiting for it too
+            self._next = None
+            for call in self._queued:
+                call.future.cancel()
+            self._queued = []
 
     async def _send(self) -> None:
-        self._scheduled = False
+        self._next = None
         calls = [call for call in self._queued if not call.future.done()]  # a caller that left sends nothing
-        room = self._limit - self._on_the_wire
-        if room <= 0 or not calls:  # at the bound: the next batch starts when one on the wire has its answers
-            self._queued = calls
-            return
+        room = max(0, self._limit - self._on_the_wire)
         batch, self._queued = calls[:room], calls[room:]
+        self._expire_in_time()  # the rest wait for the next batch, as commands wait for a pooled connection
+        if not batch:
+            return
         self._on_the_wire += len(batch)
         try:
             answers = await self._run(batch)
-        except Exception as exc:  # noqa: BLE001 - the connection failed: every call on it fails, as one alone would
-            answers = [exc] * len(batch)
-        except BaseException:  # cancelled (the loop is closing): so are the calls, and none starts after it
+        except Exception as exc:  # noqa: BLE001 - the connection failed: every call on it fails, counted once
+            answers = [exc, *(_shared(exc) for _ in batch[1:])]
+        except BaseException:  # cancelled (the loop closing): so are the calls, and no batch starts after it
             for call in batch + self._queued:
                 call.future.cancel()
             self._queued = []
             raise
         finally:
             self._on_the_wire -= len(batch)
-            if self._queued and not self._scheduled:
+            if self._queued and self._next is None:
                 self._schedule()
         for call, answer in zip(batch, answers, strict=True):
             if call.future.done():  # its caller left
@@ -102,28 +135,63 @@ class BatchedScript:
                 call.future.set_result(answer)
 
     async def _run(self, batch: list[_Call]) -> list[Any]:
-        if len(batch) == 1:  # alone: a plain call, which loads the script itself when Redis lacks it
-            call = batch[0]
-            try:
-                return [await self._script(keys=call.keys, args=call.args)]
-            except Exception as exc:  # noqa: BLE001 - Redis's answer to this call: the caller's to raise
-                return [exc]
+        if len(batch) == 1:
+            return [await self._alone(batch[0])]
+        answers = await self._pipelined(batch)
+        missing = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+        if missing:  # a flushed or failed-over Redis: the first call loads the script, the others go again together
+            first, *rest = missing
+            answers[first] = await self._alone(batch[first])
+            for index, answer in zip(rest, await self._pipelined([batch[index] for index in rest]), strict=True):
+                answers[index] = answer
+        return answers
+
+    async def _alone(self, call: _Call) -> Any:
+        """A plain call, which loads the script when Redis lacks it: its answer, or the error Redis gave it."""
+        try:
+            return await self._script(keys=call.keys, args=call.args)
+        except ResponseError as exc:
+            return exc
+
+    async def _pipelined(self, calls: list[_Call]) -> list[Any]:
         pipeline = self._client.pipeline(transaction=False)
-        for call in batch:
+        for call in calls:
             pipeline.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
         answers: list[Any] = await pipeline.execute(raise_on_error=False)
-        for index, answer in enumerate(answers):
-            if isinstance(answer, NoScriptError):  # a flushed or failed-over Redis: loaded by the plain call
-                call = batch[index]
-                try:
-                    answers[index] = await self._script(keys=call.keys, args=call.args)
-                except Exception as exc:  # noqa: BLE001 - as above
-                    answers[index] = exc
         return answers
+
+    def _expire_in_time(self) -> None:
+        """Have the oldest waiting call give up at its time, unless a batch takes it first."""
+        if self._wait is None or self._expiry is not None or not self._queued:
+            return
+        self._expiry = asyncio.get_running_loop().call_at(self._queued[0].since + self._wait, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        assert self._wait is not None  # noqa: S101 - armed only with a wait
+        waiting = []
+        for call in self._queued:
+            if call.future.done():
+                continue
+            if call.since + self._wait <= now + EXPIRY_SLACK:
+                call.future.set_exception(RedisConnectionError("No connection available."))
+            else:
+                waiting.append(call)
+        self._queued = waiting
+        self._expire_in_time()
+
+
+def _shared(failure: Exception) -> SharedFailure:
+    shared = SharedFailure(f"the connection of this call's batch failed ({type(failure).__name__})")
+    shared.__cause__ = failure
+    return shared
 
 
 def batched(client: Redis | RedisCluster, script: AsyncScript) -> ScriptCall:
     """``script``'s calls batched on a standalone or Sentinel client; as they are on a cluster client."""
     if isinstance(client, RedisCluster):
         return script
-    return BatchedScript(client, script, limit=client.connection_pool.max_connections)
+    pool = client.connection_pool
+    wait = pool.wait if isinstance(pool, WaitingConnectionPool) else None
+    return BatchedScript(client, script, limit=pool.max_connections, wait=wait)

@@ -28,7 +28,7 @@ from proxy.cache.base import (
     decode_entry,
     encode_entry,
 )
-from proxy.cache.batching import batched
+from proxy.cache.batching import SharedFailure, batched
 from proxy.cache.keyspace import KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect, drop_idle_connections
 from proxy.errors import CacheBusy, CacheError
@@ -185,8 +185,8 @@ def _slot_moving(exc: BaseException) -> bool:
 
 @contextmanager
 def _translated(operation: str) -> Iterator[None]:
-    """Whatever the Redis client raises becomes :class:`CacheError` (:class:`CacheBusy` for a moving slot), naming
-    the exception type but never its text.
+    """Whatever the Redis client raises becomes :class:`CacheError` (:class:`CacheBusy` for a moving slot, or a
+    batch's failure already counted), naming the exception type but never its text.
 
     Everything, not only RedisError: a client library that trips over its own state (redis-py's cluster client
     can use a connection another task has just closed, and raise AttributeError or RuntimeError) must cost a
@@ -197,6 +197,9 @@ def _translated(operation: str) -> Iterator[None]:
     except Exception as exc:
         if _slot_moving(exc):
             raise CacheBusy(f"redis {operation} failed: slot moving ({type(exc).__name__})") from exc
+        if isinstance(exc, SharedFailure):  # its batch's failure, counted on the batch's first call
+            cause = type(exc.__cause__).__name__
+            raise CacheBusy(f"redis {operation} failed: on its batch's connection ({cause})") from exc
         raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
 

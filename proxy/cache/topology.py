@@ -170,14 +170,14 @@ class WaitingConnectionPool(ConnectionPool):
 
     def __init__(self, *, timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._wait = timeout
+        self.wait = timeout  # seconds a command waits for a connection when all are taken
         self._free = asyncio.Semaphore(self.max_connections)  # connections not counted out
         self._out: set[AbstractConnection] = set()  # those counted out
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         if self._free.locked():
             try:
-                async with asyncio.timeout(self._wait):
+                async with asyncio.timeout(self.wait):
                     await self._free.acquire()
             except TimeoutError:
                 raise RedisConnectionError("No connection available.") from None
