@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
@@ -113,13 +113,18 @@ async def test_an_error_answers_only_the_call_that_caused_it(client: Redis) -> N
     assert answers[2] == 2
 
 
-async def test_a_script_flushed_from_redis_is_loaded_again_and_each_call_answered(client: Redis) -> None:
+async def test_a_script_flushed_from_redis_is_loaded_again_and_each_call_answered(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     echo = batched(client, client.register_script(ECHO))
     await echo(keys=["calls"], args=["first"])  # loaded
     await client.script_flush()  # as after a restart without persistence or a failover
+    held = HeldPipelines(monkeypatch)
+    held.released.set()
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(5)))
     assert sorted(answer.decode() for answer in answers) == sorted(f"call{n}:{n + 2}" for n in range(5))
     assert await client.get("calls") == b"6"  # each call ran once
+    assert held.sizes == [5, 4]  # all five missed the script; one loaded it alone, the other four went together
 
 
 async def test_a_caller_that_left_before_its_batch_went_out_sends_nothing(client: Redis) -> None:
@@ -135,8 +140,9 @@ async def test_a_caller_that_left_before_its_batch_went_out_sends_nothing(client
 async def test_a_caller_that_leaves_while_its_batch_is_on_the_wire_leaves_the_others_their_answers(
     client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = HeldPipelines(monkeypatch)
     echo = batched(client, client.register_script(ECHO))
+    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipeline finds it
+    held = HeldPipelines(monkeypatch)
     calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
     await turns()
     assert held.sizes == [3]
@@ -147,6 +153,7 @@ async def test_a_caller_that_leaves_while_its_batch_is_on_the_wire_leaves_the_ot
     async with asyncio.timeout(10):  # a guard against hanging, not a measurement
         answers = [await calls[0], await calls[2]]
     assert answers == [b"call0:1", b"call2:3"]  # the call that left was sent: the second
+    assert held.sizes == [3]
 
 
 async def test_no_more_calls_are_on_the_wire_at_once_than_the_limit(
@@ -196,6 +203,46 @@ async def test_a_broken_connection_fails_every_call_of_the_batch_and_counts_once
         assert breaker.state is State.OPEN
     finally:
         await store.close()
+
+
+async def test_a_failed_batch_counts_on_a_call_still_awaited_when_its_first_caller_left(
+    client: Redis, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo = batched(client, client.register_script(ECHO))
+    await echo(keys=["loaded"], args=["alone"])
+    held = HeldPipelines(monkeypatch)
+    calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
+    await turns()
+    assert held.sizes == [3]
+    first = calls[0]
+    assert isinstance(first, asyncio.Future)
+    first.cancel()  # its caller went away while the batch was on the wire
+    server.stop()
+    held.released.set()
+    answers = await asyncio.gather(*calls[1:], return_exceptions=True)
+    assert isinstance(answers[0], RedisConnectionError)  # the one failure the circuit breaker counts
+    assert isinstance(answers[1], SharedFailure)
+
+
+async def test_answers_redis_gave_stand_when_the_connection_fails_while_the_script_is_loaded_again(
+    client: Redis, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script flushed between two calls of one pipeline (by a failover, say), then the connection lost while
+    the second is made again: the first keeps its answer."""
+    echo = batched(client, client.register_script(ECHO))
+    await echo(keys=["loaded"], args=["alone"])
+    execute = Pipeline.execute
+
+    async def flushed_midway(pipeline: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        answers = await execute(pipeline, raise_on_error)
+        answers[1] = NoScriptError("No matching script.")  # what Redis answers once the script is gone
+        server.stop()
+        return answers
+
+    monkeypatch.setattr(Pipeline, "execute", flushed_midway)
+    answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(2)), return_exceptions=True)
+    assert answers[0] == b"call0:1"  # Redis ran it: a claim it granted is not lost
+    assert isinstance(answers[1], RedisConnectionError)
 
 
 async def test_calls_waiting_for_room_give_up_after_the_pools_wait_when_redis_hangs() -> None:

@@ -15,15 +15,17 @@ Failures stay what they were with a connection per call:
 
 - a broken or timed-out connection fails the calls that were on it, and counts once: its first call has the
   failure, the others :class:`SharedFailure`, which the store's circuit breaker does not count again;
-- a call that finds the bound reached (below) waits as a command waits for a pooled connection: up to the pool's
-  timeout, then fails with "No connection available";
+- a call that finds the bound reached (below) waits for room as a command waits for a pooled connection: up to
+  the pool's timeout, then fails with "No connection available" (its batch then waits for a connection as any
+  command does);
 - a caller that leaves before its batch starts sends nothing. One that leaves later may still have its call sent,
   as a command already written is; a claim granted to it lapses with its ttl.
 
 Calls on the wire at once are bounded per script by the pool's connections, as commands were: a read's answer may
 hold an entry of up to 256 KiB (proxy/cache/redis_store.py), so that bound is what keeps the reads' answers
 within the memory budget's "process" part (docs/memory.md). A call with an argument over 256 KiB (a large
-entry's write) goes alone, so that sending it within the socket timeout concerns no other call. A cluster client
+entry's write, whose answer is a number) goes alone, outside that count, bounded by the pool as any command is,
+so that sending it within the socket timeout concerns no other call. A cluster client
 is not batched: its pipelines split by slot and node, with redirections of their own (:func:`batched`).
 """
 
@@ -91,7 +93,8 @@ class BatchedScript:
         return future
 
     def _schedule(self) -> None:
-        """A batch, which starts after the callbacks ready now have run: the calls they make join it."""
+        """A batch, which starts after the callbacks ready now have run: the calls they make join it. (So not
+        under an eager task factory, which would start it at once: the proxy's loop, uvloop's, has none.)"""
         self._next = asyncio.get_running_loop().create_task(self._send(), name="redis-batch")
         self._batches.add(self._next)
         self._next.add_done_callback(self._finished)
@@ -116,7 +119,7 @@ class BatchedScript:
         try:
             answers = await self._run(batch)
         except Exception as exc:  # noqa: BLE001 - the connection failed: every call on it fails, counted once
-            answers = [exc, *(_shared(exc) for _ in batch[1:])]
+            answers = _failed(batch, exc)
         except BaseException:  # cancelled (the loop closing): so are the calls, and no batch starts after it
             for call in batch + self._queued:
                 call.future.cancel()
@@ -138,12 +141,22 @@ class BatchedScript:
         if len(batch) == 1:
             return [await self._alone(batch[0])]
         answers = await self._pipelined(batch)
+        # A flushed or failed-over Redis: the first call loads the script, the others go again together. Calls
+        # whose callers left meanwhile are not sent again; answers Redis gave stand whatever happens to these.
         missing = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
-        if missing:  # a flushed or failed-over Redis: the first call loads the script, the others go again together
-            first, *rest = missing
-            answers[first] = await self._alone(batch[first])
-            for index, answer in zip(rest, await self._pipelined([batch[index] for index in rest]), strict=True):
-                answers[index] = answer
+        again = [index for index in missing if not batch[index].future.done()]
+        try:
+            if again:
+                first, *rest = again
+                answers[first] = await self._alone(batch[first])
+                missing.remove(first)
+            if rest := [index for index in again if index in missing]:
+                for index, answer in zip(rest, await self._pipelined([batch[index] for index in rest]), strict=True):
+                    answers[index] = answer
+                    missing.remove(index)
+        except Exception as exc:  # noqa: BLE001 - the connection failed: the calls not yet answered fail
+            for index, failure in zip(missing, _failed([batch[index] for index in missing], exc), strict=True):
+                answers[index] = failure
         return answers
 
     async def _alone(self, call: _Call) -> Any:
@@ -180,6 +193,21 @@ class BatchedScript:
                 waiting.append(call)
         self._queued = waiting
         self._expire_in_time()
+
+
+def _failed(calls: list[_Call], failure: Exception) -> list[Exception]:
+    """What ``calls`` answer when the connection they went out on failed: the failure itself for the first call
+    still awaited, counted by the circuit breaker once for all of them, and a :class:`SharedFailure` for the
+    others."""
+    answers: list[Exception] = []
+    counted = False
+    for call in calls:
+        if counted or call.future.done():
+            answers.append(_shared(failure))
+        else:
+            answers.append(failure)
+            counted = True
+    return answers
 
 
 def _shared(failure: Exception) -> SharedFailure:

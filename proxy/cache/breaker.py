@@ -29,7 +29,7 @@ class CircuitBreakingStore:
         self._reconnected = False  # idle connections dropped since the circuit last opened
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        # A CacheBusy (a slot on the move) is no verdict: it says nothing about Redis's health.
+        # A CacheBusy (a slot on the move, no room in the budget, a batch's failure counted once) is no verdict.
         try:
             with self._breaker.guard(_refused, failures=(CacheError,)) as verdict:
                 try:
