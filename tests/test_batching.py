@@ -73,6 +73,18 @@ async def turns(count: int = 10) -> None:
         await asyncio.sleep(0)
 
 
+async def three_on_the_wire(client: Redis, monkeypatch: pytest.MonkeyPatch) -> tuple[HeldPipelines, list[Any]]:
+    """Three calls of a loaded script sent as one pipeline, held on the wire: the holder, and the callers' futures."""
+    echo = batched(client, client.register_script(ECHO))
+    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipeline finds it
+    held = HeldPipelines(monkeypatch)
+    calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
+    await turns()
+    assert held.sizes == [3]
+    assert all(isinstance(call, asyncio.Future) for call in calls)
+    return held, calls
+
+
 async def test_a_burst_of_calls_shares_one_connection(client: Redis, server: RedisServer) -> None:
     echo = batched(client, client.register_script(ECHO))
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(16)))
@@ -140,15 +152,8 @@ async def test_a_caller_that_left_before_its_batch_went_out_sends_nothing(client
 async def test_a_caller_that_leaves_while_its_batch_is_on_the_wire_leaves_the_others_their_answers(
     client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    echo = batched(client, client.register_script(ECHO))
-    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipeline finds it
-    held = HeldPipelines(monkeypatch)
-    calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
-    await turns()
-    assert held.sizes == [3]
-    leaving = calls[1]
-    assert isinstance(leaving, asyncio.Future)
-    leaving.cancel()
+    held, calls = await three_on_the_wire(client, monkeypatch)
+    calls[1].cancel()
     held.released.set()
     async with asyncio.timeout(10):  # a guard against hanging, not a measurement
         answers = [await calls[0], await calls[2]]
@@ -208,15 +213,8 @@ async def test_a_broken_connection_fails_every_call_of_the_batch_and_counts_once
 async def test_a_failed_batch_counts_on_a_call_still_awaited_when_its_first_caller_left(
     client: Redis, server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    echo = batched(client, client.register_script(ECHO))
-    await echo(keys=["loaded"], args=["alone"])
-    held = HeldPipelines(monkeypatch)
-    calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
-    await turns()
-    assert held.sizes == [3]
-    first = calls[0]
-    assert isinstance(first, asyncio.Future)
-    first.cancel()  # its caller went away while the batch was on the wire
+    held, calls = await three_on_the_wire(client, monkeypatch)
+    calls[0].cancel()  # its caller went away while the batch was on the wire
     server.stop()
     held.released.set()
     answers = await asyncio.gather(*calls[1:], return_exceptions=True)
