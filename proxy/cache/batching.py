@@ -13,8 +13,8 @@ that caused it, and a script missing after a flush or a failover is loaded once 
 
 Failures stay what they were with a connection per call:
 
-- a broken or timed-out connection fails the calls that were on it, and counts once: its first call has the
-  failure, the others :class:`SharedFailure`, which the store's circuit breaker does not count again;
+- a broken or timed-out connection fails the calls that were on it, and counts once: the first of them still
+  awaited has the failure, the others :class:`SharedFailure`, which the store's circuit breaker does not count;
 - a call that finds the bound reached (below) waits for room as a command waits for a pooled connection: up to
   the pool's timeout, then fails with "No connection available" (its batch then waits for a connection as any
   command does);
@@ -25,8 +25,8 @@ Calls on the wire at once are bounded per script by the pool's connections, as c
 hold an entry of up to 256 KiB (proxy/cache/redis_store.py), so that bound is what keeps the reads' answers
 within the memory budget's "process" part (docs/memory.md). A call with an argument over 256 KiB (a large
 entry's write, whose answer is a number) goes alone, outside that count, bounded by the pool as any command is,
-so that sending it within the socket timeout concerns no other call. A cluster client
-is not batched: its pipelines split by slot and node, with redirections of their own (:func:`batched`).
+so that sending it within the socket timeout concerns no other call. A cluster client is not batched: its
+pipelines split by slot and node, with redirections of their own (:func:`batched`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ScriptCall(Protocol):
 
 
 class SharedFailure(RedisError):
-    """The connection this call's batch went out on failed; the batch's first call has that failure, which the
+    """The connection this call's batch went out on failed; another call of the batch has that failure, which the
     circuit breaker counts once for all of them."""
 
 

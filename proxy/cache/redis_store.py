@@ -197,7 +197,7 @@ def _translated(operation: str) -> Iterator[None]:
     except Exception as exc:
         if _slot_moving(exc):
             raise CacheBusy(f"redis {operation} failed: slot moving ({type(exc).__name__})") from exc
-        if isinstance(exc, SharedFailure):  # its batch's failure, counted on the batch's first call
+        if isinstance(exc, SharedFailure):  # its batch's failure, counted on another call of the batch
             cause = type(exc.__cause__).__name__
             raise CacheBusy(f"redis {operation} failed: on its batch's connection ({cause})") from exc
         raise CacheError(f"redis {operation} failed: {type(exc).__name__}") from exc
