@@ -35,6 +35,7 @@ from bench.run import (
     LOOPBACK,
     ROOT,
     TICKS,
+    ColdIds,
     cold_script,
     hot_script,
     process_ticks,
@@ -97,13 +98,10 @@ class Load:
     def __init__(self, cold: bool) -> None:
         self.cold = cold
         self.connections = COLD_CONNECTIONS if cold else CONNECTIONS
-        self._next_id = 10**6
+        self._cold_ids = ColdIds()  # each wrk numbers its own from a round's first id
 
     def script(self) -> str:
-        if not self.cold:
-            return hot_script()
-        self._next_id += 10**6  # more than a round of either proxy asks for; each wrk numbers its own from here
-        return cold_script(self._next_id)
+        return cold_script(self._cold_ids()) if self.cold else hot_script()
 
 
 def main(argv: list[str]) -> int:

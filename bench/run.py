@@ -372,6 +372,17 @@ class Row:
     rss: int | None = None
 
 
+class ColdIds:
+    """Each call: the first of a range of ids no earlier call's range holds (a run asks far fewer than a million)."""
+
+    def __init__(self) -> None:
+        self._next = 10**6
+
+    def __call__(self) -> int:
+        self._next += 10**6
+        return self._next
+
+
 @dataclass
 class Run:
     seconds: float
@@ -383,12 +394,7 @@ class Run:
     # (b) and (c) each against (a'), loaded at once on one CPU: requests/s, and (a')'s CPU per request over the
     # proxy's, per round
     together: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    next_cold_id: int = 10**6
-
-    def cold_ids(self) -> int:
-        """The first of a range of ids no run has asked yet (a run asks far fewer than a million)."""
-        self.next_cold_id += 10**6
-        return self.next_cold_id
+    cold_ids: ColdIds = field(default_factory=ColdIds)
 
     def measure(
         self, name: str, what: str, url: str, script: Callable[[], str], *, server: int, connections: int = CONNECTIONS

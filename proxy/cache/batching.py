@@ -101,11 +101,15 @@ class BatchedScript:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
-        if task is self._next:  # cancelled before it started (the loop closing): the calls waiting for it too
+        if task is self._next:  # cancelled before it started (the loop closing)
             self._next = None
-            for call in self._queued:
-                call.future.cancel()
-            self._queued = []
+            self._cancel([])
+
+    def _cancel(self, batch: list[_Call]) -> None:
+        """The loop is closing: ``batch``'s calls and the waiting ones go with it, and no batch starts after."""
+        for call in batch + self._queued:
+            call.future.cancel()
+        self._queued = []
 
     async def _send(self) -> None:
         self._next = None
@@ -120,10 +124,8 @@ class BatchedScript:
             answers = await self._run(batch)
         except Exception as exc:  # noqa: BLE001 - the connection failed: every call on it fails, counted once
             answers = _failed(batch, exc)
-        except BaseException:  # cancelled (the loop closing): so are the calls, and no batch starts after it
-            for call in batch + self._queued:
-                call.future.cancel()
-            self._queued = []
+        except BaseException:  # cancelled
+            self._cancel(batch)
             raise
         finally:
             self._on_the_wire -= len(batch)
@@ -141,23 +143,30 @@ class BatchedScript:
         if len(batch) == 1:
             return [await self._alone(batch[0])]
         answers = await self._pipelined(batch)
-        # A flushed or failed-over Redis: the first call loads the script, the others go again together. Calls
-        # whose callers left meanwhile are not sent again; answers Redis gave stand whatever happens to these.
-        missing = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
-        again = [index for index in missing if not batch[index].future.done()]
+        again = [
+            index
+            for index, answer in enumerate(answers)
+            if isinstance(answer, NoScriptError) and not batch[index].future.done()  # a caller that left: not again
+        ]
+        if again:
+            await self._again(batch, answers, again)
+        return answers
+
+    async def _again(self, batch: list[_Call], answers: list[Any], again: list[int]) -> None:
+        """The calls at ``again`` found no script (a flushed or failed-over Redis): the first loads it, the others
+        go again together. Answers Redis gave the other calls stand whatever happens to these."""
+        answered = 0
         try:
-            if again:
-                first, *rest = again
-                answers[first] = await self._alone(batch[first])
-                missing.remove(first)
-            if rest := [index for index in again if index in missing]:
+            answers[again[0]] = await self._alone(batch[again[0]])
+            answered = 1
+            if rest := again[1:]:
                 for index, answer in zip(rest, await self._pipelined([batch[index] for index in rest]), strict=True):
                     answers[index] = answer
-                    missing.remove(index)
+                answered = len(again)
         except Exception as exc:  # noqa: BLE001 - the connection failed: the calls not yet answered fail
-            for index, failure in zip(missing, _failed([batch[index] for index in missing], exc), strict=True):
+            unanswered = again[answered:]
+            for index, failure in zip(unanswered, _failed([batch[index] for index in unanswered], exc), strict=True):
                 answers[index] = failure
-        return answers
 
     async def _alone(self, call: _Call) -> Any:
         """A plain call, which loads the script when Redis lacks it: its answer, or the error Redis gave it."""
