@@ -77,6 +77,13 @@ class CircuitBreaker:
         """A call that was let through ended without a verdict (it was cancelled): let another one probe."""
         self._probing = False
 
+    def answered_elsewhere(self) -> None:
+        """The dependency answered a call made outside the breaker (a background check): once the cooldown has
+        passed, that is the probe's success, and the breaker closes without waiting for a call to probe it. Still
+        cooling down, or with a probe in flight, nothing changes."""
+        if self.state is State.HALF_OPEN and not self._probing:
+            self.succeeded()
+
     @contextmanager
     def guard(
         self,

@@ -137,6 +137,9 @@ class LabelStudioClient:
         One request for an id that never exists (a second after renewing a rejected access token), outside the
         breaker, the connection slots, the retries and the annotation metrics: the check watches Label Studio,
         it is not annotation traffic, and it must see a recovered Label Studio while the breaker is still open.
+        Its success closes a breaker past its cooldown, as a probe's would: a replica that serves only hits
+        sends no probe, and its breaker (and the gauge the alerts read) would stay open after Label Studio
+        recovered.
         """
         url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
         authorization = await self._credentials.authorization()
@@ -151,6 +154,7 @@ class LabelStudioClient:
             raise UpstreamBadStatus(
                 f"Label Studio answered HTTP {reply.status} to the check.", upstream_status=reply.status
             )
+        self._breaker.answered_elsewhere()
 
     async def _attempt(
         self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.keys import SERVICE
+from proxy.keys import READINESS, SERVICE
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.cache_status import status_of
 from tests.support.clock import Clock
@@ -150,6 +150,36 @@ class TestUpstreamProtection:
         assert (await probe).status == 200
         assert proxy.metric("upstream_circuit_state", state="closed") == 1
         assert (await get(proxy, 7)).status == 200
+
+    async def test_a_passing_dependency_check_closes_the_circuit_on_a_replica_that_gets_no_misses(
+        self, make_proxy: ProxyFactory, steady: Clock
+    ) -> None:
+        """Without a miss, nothing probed an open circuit: its gauge said "open" for as long as the replica served
+        hits only, and the critical alert paged after Label Studio had recovered."""
+        proxy = await make_proxy()
+        readiness = proxy.client.server.app[READINESS]
+        for _ in range(6):
+            proxy.fake.add_annotation()
+        proxy.fake.fail_next(5, status=500)
+        for annotation_id in range(1, 6):
+            assert (await get(proxy, annotation_id)).status == 502
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+
+        await readiness.check()  # Label Studio answers again, but the circuit is still cooling down
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+
+        steady.now += 6
+        token, proxy.fake.legacy_token = proxy.fake.legacy_token, "another"  # the check itself fails
+        await readiness.check()
+        assert readiness.report().checks["label_studio"]["status"] == "failing"
+        assert proxy.metric("upstream_circuit_state", state="closed") == 0
+
+        proxy.fake.legacy_token = token
+
+        await readiness.check()  # the next check passes: no miss needed to close the circuit
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+        assert len(proxy.fake.annotation_gets()) == 5  # no annotation fetched to find out
+        assert (await get(proxy, 6)).status == 200
 
     @pytest.mark.parametrize("status", [502, 503, 504])
     async def test_gateway_errors_for_one_id_count_as_label_studio_failing(
