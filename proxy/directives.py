@@ -62,11 +62,12 @@ ORDINARY = RequestDirectives()
 
 
 def _seconds(value: str | None) -> float:
-    """A delta-seconds value; a malformed one is 0 (RFC 9111 5.2.1.1: the safe reading)."""
+    """A delta-seconds value (ASCII digits: RFC 9111 1.2.2); a malformed one is 0 (RFC 9111 5.2.1.1: the safe
+    reading)."""
     if value is None:
         return 0.0
     value = value.strip().strip('"')
-    return float(value) if value.isdigit() else 0.0
+    return float(value) if value.isascii() and value.isdigit() else 0.0
 
 
 @functools.lru_cache(maxsize=512)  # callers send a handful of distinct values; bounded against the rest

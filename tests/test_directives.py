@@ -20,6 +20,8 @@ from proxy.directives import ORDINARY, RequestDirectives, from_headers, without_
         (["max-age=60, max-age=0"], [], RequestDirectives(max_age=60)),  # the first of a repeated one
         (['max-age="30"'], [], RequestDirectives(max_age=30)),
         (["max-age=-5"], [], RequestDirectives(max_age=0)),  # malformed: the safe reading
+        (["max-age=\u00b2"], [], RequestDirectives(max_age=0)),  # a digit to str.isdigit, not to HTTP (ASCII only)
+        (["min-fresh=\u0663"], [], RequestDirectives(min_fresh=0)),
         (["max-stale"], [], RequestDirectives(max_stale=math.inf)),
         (["max-stale=120", "min-fresh=10"], [], RequestDirectives(max_stale=120, min_fresh=10)),  # two lines
         (["NO-STORE, Only-If-Cached"], [], RequestDirectives(no_store=True, only_if_cached=True)),

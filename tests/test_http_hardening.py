@@ -172,6 +172,24 @@ class TestHttpVersions:
         assert json.loads(body)["id"] == 1
 
 
+class TestOddCacheControlValues:
+    @pytest.mark.parametrize(
+        "value",
+        ["max-age=\u00b2".encode(), "min-fresh=\u00b9".encode(), "max-stale=\u00b3".encode()],
+        ids=["max-age", "min-fresh", "max-stale"],
+    )
+    async def test_a_digit_python_reads_but_http_does_not_is_malformed_not_a_server_error(
+        self, proxy: Proxy, value: bytes
+    ) -> None:
+        """A superscript digit (sent as UTF-8) is a digit to ``str.isdigit`` but not to ``float``: it was a 500 and
+        a traceback for any key holder. delta-seconds is ASCII digits (RFC 9111 1.2.2); any other value is
+        malformed, read as 0."""
+        raw = b"GET /api/annotations/1/ HTTP/1.1\r\nHost: p\r\n" + AUTH + b"\r\nCache-Control: " + value
+        lines, body = head_and_body(await exchange(proxy, raw + b"\r\nConnection: close\r\n\r\n"))
+        assert lines[0] == b"HTTP/1.1 200 OK"
+        assert json.loads(body)["id"] == 1
+
+
 def webhook_head(length: int) -> bytes:
     return (
         b"POST /webhooks/label-studio HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n"
