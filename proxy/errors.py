@@ -104,6 +104,15 @@ class UpstreamTimeout(UpstreamError):
     outcome = "timeout"
 
 
+class UpstreamQueueTimeout(UpstreamTimeout):
+    """The deadline passed while the request waited for one of the proxy's connections to Label Studio
+    (``PROXY_UPSTREAM_MAX_CONNECTIONS``, all busy): never sent, so it says nothing of Label Studio's health."""
+
+    status = 503
+    detail = "Every connection to Label Studio was busy until the request's deadline; try again."
+    outcome = "queue_timeout"  # Cache-Status and the log only: nothing was sent, so no upstream request is counted
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 502
     detail = "Label Studio could not be reached."

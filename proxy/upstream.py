@@ -23,10 +23,12 @@ from proxy.credentials import Credentials
 from proxy.errors import (
     GATEWAY_STATUSES,
     ProxyBusy,
+    ProxyError,
     UpstreamAuthRejected,
     UpstreamBadStatus,
     UpstreamCircuitOpen,
     UpstreamError,
+    UpstreamQueueTimeout,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -103,15 +105,12 @@ class LabelStudioClient:
         retries = 0
         credentials_renewed = False
         while True:
-            waiting = MemoryWait()
+            waiting, queued = MemoryWait(), SlotWait()
             try:
                 async with asyncio.timeout_at(deadline):
-                    reply, authorization = await self._attempt(annotation_id, url, request_id, waiting)
+                    reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
             except TimeoutError as exc:  # the deadline passed while waiting for a slot, an answer or memory
-                if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
-                    raise ProxyBusy() from exc
-                self._breaker.failed()
-                raise UpstreamTimeout() from exc
+                raise _deadline_passed(waiting, queued, self._breaker) from exc
             except UpstreamUnavailable as exc:
                 if not self._retry_allowed(retries, deadline, exc):
                     raise
@@ -137,9 +136,7 @@ class LabelStudioClient:
         One request for an id that never exists (a second after renewing a rejected access token), outside the
         breaker, the connection slots, the retries and the annotation metrics: the check watches Label Studio,
         it is not annotation traffic, and it must see a recovered Label Studio while the breaker is still open.
-        Its success closes a breaker past its cooldown, as a probe's would: a replica that serves only hits
-        sends no probe, and its breaker (and the gauge the alerts read) would stay open after Label Studio
-        recovered.
+        Its success closes a breaker past its cooldown, as a probe's would (a replica serving only hits sends none).
         """
         url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
         authorization = await self._credentials.authorization()
@@ -157,7 +154,7 @@ class LabelStudioClient:
         self._breaker.answered_elsewhere()
 
     async def _attempt(
-        self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait
+        self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait, queued: SlotWait
     ) -> tuple[UpstreamReply, str]:
         """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
 
@@ -170,8 +167,10 @@ class LabelStudioClient:
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
             if self._slots.locked():  # only a request that waits for a slot is counted as waiting
+                queued.active = queued.waited = True
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
+                queued.active = False
             else:
                 await self._slots.acquire()  # free: taken at once
             try:
@@ -216,6 +215,33 @@ class LabelStudioClient:
     def _pause(self, retry: int) -> float:
         pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
         return pause
+
+
+def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker) -> ProxyError:
+    """The error for a lookup whose deadline passed, the breaker told when it says Label Studio hangs.
+
+    A request that waited for a connection slot had only what its wait left of the deadline: its timeout says as
+    much of the proxy's queue as of Label Studio, and a caller who floods the queue must not open the breaker for
+    everyone. Those that never waited (at most PROXY_UPSTREAM_MAX_CONNECTIONS at once) still open it when Label
+    Studio hangs.
+    """
+    if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
+        return ProxyBusy()
+    if queued.active:  # never sent: the proxy's own queue outlasted the deadline
+        return UpstreamQueueTimeout()
+    if not queued.waited:
+        breaker.failed()
+    return UpstreamTimeout()
+
+
+class SlotWait:
+    """Whether a request is waiting for a connection slot (``active``), and whether it waited for one at all."""
+
+    __slots__ = ("active", "waited")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.waited = False
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

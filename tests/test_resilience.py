@@ -181,6 +181,44 @@ class TestUpstreamProtection:
         assert len(proxy.fake.annotation_gets()) == 5  # no annotation fetched to find out
         assert (await get(proxy, 6)).status == 200
 
+    async def test_a_queue_for_connections_that_outlasts_the_deadline_does_not_open_the_circuit(
+        self, make_proxy: ProxyFactory
+    ) -> None:
+        """One caller keeping more ids outstanding than there are connection slots made the proxy's own queue
+        outlast the deadline: each request timed out in the queue (or on the wire with what the queue left of its
+        deadline), the breaker counted every one as Label Studio failing, and every other caller's misses got
+        503 from a healthy Label Studio. A timeout counts only for a request that never waited for a slot."""
+        proxy = await make_proxy(proxy_upstream_max_connections=1, proxy_upstream_timeout=0.5)
+        for _ in range(8):
+            proxy.fake.add_annotation()
+        proxy.fake.delay_next(0.3, count=7)  # healthy, but one connection serves one request per 0.3 s
+        flood = await asyncio.gather(*(get(proxy, annotation_id) for annotation_id in range(1, 8)))
+        queued = [response for response in flood if response.status == 503]
+        assert len(queued) >= 4  # never sent: the deadline passed in the queue
+        for response in queued:
+            assert "Every connection to Label Studio was busy" in json.loads(await response.read())["detail"]
+            assert status_of(response.headers) == "annotation-proxy; fwd=miss; detail=queue_timeout"
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+        assert (await get(proxy, 8)).status == 200  # another caller's miss
+
+    async def test_a_timeout_on_the_wire_after_a_wait_for_a_slot_is_no_verdict(self, make_proxy: ProxyFactory) -> None:
+        """A request that got its slot late had only what the queue left of its deadline: its timeout is not
+        counted. One that never waited still is (three of them here, against a threshold of five)."""
+        proxy = await make_proxy(proxy_upstream_max_connections=1, proxy_upstream_timeout=0.5)
+        for _ in range(6):
+            proxy.fake.add_annotation()
+        for first, second in ((1, 2), (3, 4), (5, 6)):
+            proxy.fake.hold()  # Label Studio hangs
+            hanging = asyncio.create_task(get(proxy, first))  # takes the one slot at once: its timeout counts
+            await proxy.fake.wait_for_annotation_gets(first)
+            await asyncio.sleep(0.2)  # so that the second has 0.2 s left when the first's deadline frees the slot
+            late = asyncio.create_task(get(proxy, second))
+            await wait_until(lambda: proxy.metric("upstream_waiting") == 1)
+            assert [(await hanging).status, (await late).status] == [504, 504]
+            assert len(proxy.fake.annotation_gets(second)) == 1  # it was sent, and timed out on the wire
+            proxy.fake.release()
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+
     @pytest.mark.parametrize("status", [502, 503, 504])
     async def test_gateway_errors_for_one_id_count_as_label_studio_failing(
         self, make_proxy: ProxyFactory, status: int
