@@ -81,13 +81,20 @@ class Judge:
             return False
         return directives.accepts_stale(staleness, window=policy.stale_ttl)
 
-    def stale_if_error(self, cached: Lookup, error: str) -> Served | None:
-        """The last validated version in place of Label Studio's failure (``error``), if it is young enough."""
+    def stale_if_error(self, cached: Lookup, error: str, directives: RequestDirectives) -> Served | None:
+        """The last validated version in place of Label Studio's failure (``error``), if it is young enough and
+        the request did not refuse it: a request that asks for a fresher answer (``no-cache``, ``max-age``,
+        ``min-fresh``, or a ``max-stale`` it is past) wants no stale one, failure or not (RFC 9111 5.2.1)."""
         if not isinstance(cached, CachedAnnotation):
             return None
+        policy = self._policy
         age = self._clock() - cached.stored_at
-        if age >= self._policy.stale_if_error_ttl:
+        if age >= policy.stale_if_error_ttl:
             return None
+        if not directives.ordinary:
+            refused = directives.max_stale is not None and age - policy.ttl > directives.max_stale
+            if refused or not directives.accepts(age, policy.ttl):
+                return None
         log.warning(
             "Label Studio failed: serving the cached version",
             extra={"annotation_id": cached.annotation_id, "error": error, "age_s": age},

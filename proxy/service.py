@@ -194,7 +194,7 @@ class AnnotationService:
                 raise failure
             return await self._loads.join_or_load(key, request_id, store=not directives.no_store, claimed=claimed)
         except UNAVAILABLE as exc:
-            stale = judge.stale_if_error(cached, exc.detail)
+            stale = judge.stale_if_error(cached, exc.detail, directives)
             if stale is None:
                 raise
             return stale

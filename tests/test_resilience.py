@@ -90,6 +90,34 @@ class TestStaleIfError:
             "Label Studio is failing; the proxy has stopped calling it for a few seconds.",
         )
 
+    @pytest.mark.parametrize(
+        ("cache_control", "hidden"),
+        [
+            ("no-cache", False),
+            ("max-age=60", False),
+            ("min-fresh=10", False),
+            ("max-stale=30", False),  # 61 s stale: more than this caller accepts
+            ("max-age=100000", True),  # older copies than this one are welcome
+            ("no-store", True),
+        ],
+    )
+    async def test_a_copy_the_request_refuses_is_not_served_in_place_of_a_failure(
+        self, proxy: Proxy, clock: Clock, cache_control: str, hidden: bool
+    ) -> None:
+        """A request that asks for a fresher answer than the cached one wants no stale one, failure or not (RFC
+        9111 5.2.1; docs/freshness.md): it was served the copy once it was past the stale window, though a
+        younger copy gave the error."""
+        await cached_then_expired(proxy, clock)
+        proxy.fake.fail_next(status=500)
+        headers = proxy.auth() | {"Cache-Control": cache_control}
+        response = await proxy.client.get("/api/annotations/1/", headers=headers)
+        if hidden:
+            assert response.status == 200
+            assert status_of(response.headers) == "annotation-proxy; hit; detail=stale-if-error"
+        else:
+            assert response.status == 502
+            assert status_of(response.headers) == "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status"
+
     async def test_a_copy_older_than_the_stale_if_error_ttl_is_not_served(
         self, make_proxy: ProxyFactory, clock: Clock
     ) -> None:
