@@ -39,12 +39,12 @@ class RequestDirectives:
         return self is ORDINARY or self == ORDINARY
 
     def accepts(self, age: float | None, ttl: float) -> bool:
-        """Whether a cached answer ``age`` seconds old (None: a remembered 404, age unknown) may answer this
-        request without asking Label Studio, as far as ``no-cache``, ``max-age`` and ``min-fresh`` go.
-        Staleness is :meth:`accepts_stale`'s."""
+        """Whether a cached answer ``age`` seconds old (None: age unknown, a deletion Label Studio announced) may
+        answer this request without asking Label Studio, as far as ``no-cache``, ``max-age`` and ``min-fresh`` go
+        (``ttl``: how long it is fresh for). Staleness is :meth:`accepts_stale`'s."""
         if self.no_cache or self.max_age == 0:  # max-age=0: "revalidate", whatever the age (a clock's tick)
             return False
-        if age is None:  # the store keeps a 404's expiry, not its age: only no-cache and max-age=0 refuse it
+        if age is None:  # only no-cache and max-age=0 refuse it
             return True
         if self.max_age is not None and age > self.max_age:
             return False

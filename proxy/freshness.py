@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from proxy.cache.base import CachedAnnotation, Lookup, Missing
+from proxy.cache.keyspace import FENCE
 from proxy.directives import RequestDirectives
 from proxy.policy import CachePolicy
 from proxy.served import Served
@@ -67,9 +68,14 @@ class Judge:
         return None
 
     def accepts(self, directives: RequestDirectives, served: Served) -> bool:
-        """Whether the request's ``no-cache``, ``max-age`` and ``min-fresh`` accept a fresh cached answer."""
-        age = None if served.entry is None else self._clock() - served.entry.stored_at
-        return directives.accepts(age, self._policy.ttl)
+        """Whether the request's ``no-cache``, ``max-age`` and ``min-fresh`` accept a fresh cached answer: a
+        version, or a remembered 404 by when Label Studio said it (a deletion Label Studio announced has no
+        such moment)."""
+        if served.entry is not None:
+            return directives.accepts(self._clock() - served.entry.stored_at, self._policy.ttl)
+        since = served.missing_since
+        age = None if since is None or since == FENCE else self._clock() - since / 1_000_000
+        return directives.accepts(age, self._policy.negative_ttl)
 
     def serves_stale(self, entry: CachedAnnotation, directives: RequestDirectives) -> bool:
         """Whether a version past its freshness is served (while one background fetch revalidates it): within

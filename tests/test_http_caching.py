@@ -160,6 +160,24 @@ class TestAgeLimits:
         assert status_of((await get(proxy, 1, ("Cache-Control", "min-fresh=150")))[1]) == HIT
         assert status_of((await get(proxy, 1, ("Cache-Control", "min-fresh=250")))[1]) == FORCED
 
+    async def test_max_age_and_min_fresh_refuse_an_older_remembered_404(self, proxy: Proxy, clock: Clock) -> None:
+        """A remembered 404 carries its Age (when Label Studio said it); a request that allows less must not get
+        it, but was answered the 404 whatever its age, though the annotation had been created since."""
+        assert (await get(proxy, 1))[0] == 404  # remembered for the default 30 s
+        proxy.fake.add_annotation()
+        clock.now += 25
+        status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=60"))
+        assert (status, status_of(headers), headers["Age"]) == (404, "annotation-proxy; hit; detail=negative", "25")
+        assert (await get(proxy, 1, ("Cache-Control", "min-fresh=10")))[0] == 200  # 25 + 10 s is past its 30 s
+        assert (await get(proxy, 1))[0] == 200  # the forced fetch stored the new annotation
+
+    async def test_max_age_refuses_a_remembered_404_older_than_it(self, proxy: Proxy, clock: Clock) -> None:
+        assert (await get(proxy, 1))[0] == 404
+        proxy.fake.add_annotation()
+        clock.now += 25
+        status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=10"))
+        assert (status, status_of(headers)) == (200, FORCED)
+
     async def test_max_stale_narrows_the_stale_window(self, proxy: Proxy, clock: Clock) -> None:
         proxy.fake.add_annotation()
         await get(proxy)
