@@ -102,15 +102,14 @@ class LabelStudioClient:
         url = self.annotation_url(annotation_id, expand=expand)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._policy.timeout
-        retries = 0
-        credentials_renewed = False
+        retries, credentials_renewed = 0, False
         while True:
             waiting, queued = MemoryWait(), SlotWait()
             try:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
             except TimeoutError as exc:  # the deadline passed while waiting for a slot, an answer or memory
-                raise _deadline_passed(waiting, queued, self._breaker) from exc
+                raise _deadline_passed(waiting, queued, self._breaker, fair=self._policy.timeout / 2) from exc
             except UpstreamUnavailable as exc:
                 if not self._retry_allowed(retries, deadline, exc):
                     raise
@@ -167,12 +166,13 @@ class LabelStudioClient:
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
             if self._slots.locked():  # only a request that waits for a slot is counted as waiting
-                queued.active = queued.waited = True
+                queued.active = True
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
                 queued.active = False
             else:
                 await self._slots.acquire()  # free: taken at once
+            queued.sent_at = asyncio.get_running_loop().time()
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
@@ -217,31 +217,31 @@ class LabelStudioClient:
         return pause
 
 
-def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker) -> ProxyError:
-    """The error for a lookup whose deadline passed, the breaker told when it says Label Studio hangs.
+def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker, *, fair: float) -> ProxyError:
+    """The error for a lookup whose deadline passed, the breaker told when it says Label Studio hangs: when Label
+    Studio had the request for at least ``fair`` seconds (half the timeout) without answering.
 
-    A request that waited for a connection slot had only what its wait left of the deadline: its timeout says as
-    much of the proxy's queue as of Label Studio, and a caller who floods the queue must not open the breaker for
-    everyone. Those that never waited (at most PROXY_UPSTREAM_MAX_CONNECTIONS at once) still open it when Label
-    Studio hangs.
+    A request that got its connection slot late had only what the queue left of its deadline: its timeout says
+    nothing of Label Studio, and a caller who floods the queue must not open the breaker for everyone (requests
+    granted slots just before their deadlines would otherwise time out one after another, each counted).
     """
     if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
         return ProxyBusy()
-    if queued.active:  # never sent: the proxy's own queue outlasted the deadline
+    if queued.active or queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
         return UpstreamQueueTimeout()
-    if not queued.waited:
+    if asyncio.get_running_loop().time() - queued.sent_at >= fair:
         breaker.failed()
     return UpstreamTimeout()
 
 
 class SlotWait:
-    """Whether a request is waiting for a connection slot (``active``), and whether it waited for one at all."""
+    """Whether an attempt is waiting for a connection slot (``active``), and when it got one (loop time)."""
 
-    __slots__ = ("active", "waited")
+    __slots__ = ("active", "sent_at")
 
     def __init__(self) -> None:
         self.active = False
-        self.waited = False
+        self.sent_at: float | None = None
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

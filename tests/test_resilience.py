@@ -229,11 +229,12 @@ class TestUpstreamProtection:
         assert proxy.metric("upstream_circuit_state", state="closed") == 1
         assert (await get(proxy, 8)).status == 200  # another caller's miss
 
-    async def test_a_timeout_on_the_wire_after_a_wait_for_a_slot_is_no_verdict(self, make_proxy: ProxyFactory) -> None:
-        """A request that got its slot late had only what the queue left of its deadline: its timeout is not
-        counted. One that never waited still is (three of them here, against a threshold of five)."""
+    async def test_a_timeout_with_little_time_on_the_wire_is_no_verdict(self, make_proxy: ProxyFactory) -> None:
+        """A request that got its slot late had only what the queue left of its deadline (0.2 of 0.5 s here): its
+        timeout says nothing of Label Studio and is not counted. One that had the request on the wire for half the
+        timeout or more is (three, then two more open the circuit)."""
         proxy = await make_proxy(proxy_upstream_max_connections=1, proxy_upstream_timeout=0.5)
-        for _ in range(6):
+        for _ in range(8):
             proxy.fake.add_annotation()
         for first, second in ((1, 2), (3, 4), (5, 6)):
             proxy.fake.hold()  # Label Studio hangs
@@ -246,6 +247,26 @@ class TestUpstreamProtection:
             assert len(proxy.fake.annotation_gets(second)) == 1  # it was sent, and timed out on the wire
             proxy.fake.release()
         assert proxy.metric("upstream_circuit_state", state="closed") == 1
+        proxy.fake.hold()
+        assert [(await get(proxy, 7)).status, (await get(proxy, 8)).status] == [504, 504]
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+        proxy.fake.release()
+
+    async def test_label_studio_hanging_behind_a_queue_still_opens_the_circuit(self, make_proxy: ProxyFactory) -> None:
+        """Requests that waited a moment for their slots, then hung on the wire, are Label Studio hanging."""
+        proxy = await make_proxy(proxy_upstream_max_connections=5, proxy_upstream_timeout=1.0)
+        for _ in range(10):
+            proxy.fake.add_annotation()
+        proxy.fake.delay_next(0.15, count=5)
+        answered = [asyncio.create_task(get(proxy, annotation_id)) for annotation_id in range(1, 6)]
+        await proxy.fake.wait_for_annotation_gets(5)
+        proxy.fake.hold()  # from now on Label Studio hangs
+        queued = [asyncio.create_task(get(proxy, annotation_id)) for annotation_id in range(6, 11)]
+        await wait_until(lambda: proxy.metric("upstream_waiting") == 5)
+        assert {response.status for response in await asyncio.gather(*answered)} == {200}
+        assert {response.status for response in await asyncio.gather(*queued)} == {504}
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+        proxy.fake.release()
 
     @pytest.mark.parametrize("status", [502, 503, 504])
     async def test_gateway_errors_for_one_id_count_as_label_studio_failing(
