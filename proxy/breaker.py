@@ -41,6 +41,7 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
+        self._asked = False  # whether any call came since the breaker last opened
         if on_change is not None:
             on_change(State.CLOSED)
 
@@ -55,6 +56,7 @@ class CircuitBreaker:
         state = self.state
         if state is State.CLOSED:
             return True
+        self._asked = True
         if state is State.HALF_OPEN and not self._probing:
             self._probing = True
             return True
@@ -71,18 +73,22 @@ class CircuitBreaker:
         self._probing = False
         if self._state is State.HALF_OPEN or self._failures >= self._threshold:
             self._open_until = self._clock() + self._cooldown
+            self._asked = False
             self._set(State.OPEN)
 
     def abandoned(self) -> None:
         """A call that was let through ended without a verdict (it was cancelled): let another one probe."""
         self._probing = False
 
-    def answered_elsewhere(self) -> None:
-        """The dependency answered a call made outside the breaker (a background check): once the cooldown has
-        passed, that is the probe's success, and the breaker closes without waiting for a call to probe it. Still
-        cooling down, or with a probe in flight, nothing changes."""
-        if self.state is State.HALF_OPEN and not self._probing:
+    def answered_elsewhere(self) -> bool:
+        """The dependency answered a call made outside the breaker (a background check, which may not exercise
+        what failed): once the cooldown has passed, and only if no call has come since the breaker opened, that
+        stands for the probe nobody sent, and the breaker closes (returns True). With calls coming, their probes
+        decide; still cooling down, nothing changes."""
+        if self.state is State.HALF_OPEN and not self._asked:
             self.succeeded()
+            return True
+        return False
 
     @contextmanager
     def guard(

@@ -83,8 +83,7 @@ class LabelStudioClient:
         self._policy = policy
         self._breaker = breaker
         self._slots = asyncio.Semaphore(policy.max_connections)
-        # Ids whose 5xx (other than 502/503/504) the breaker has counted since the last success: bounded by the
-        # breaker's threshold, since that many distinct ids open it.
+        # Ids whose 5xx (not 502/503/504) the breaker counted since the last success: at most its threshold's worth.
         self._failing_ids: set[int] = set()
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
@@ -135,7 +134,7 @@ class LabelStudioClient:
         One request for an id that never exists (a second after renewing a rejected access token), outside the
         breaker, the connection slots, the retries and the annotation metrics: the check watches Label Studio,
         it is not annotation traffic, and it must see a recovered Label Studio while the breaker is still open.
-        Its success closes a breaker past its cooldown, as a probe's would (a replica serving only hits sends none).
+        Its success closes a breaker past its cooldown that no call has probed (a replica serving only hits).
         """
         url = self.annotation_url(PROBE_ANNOTATION_ID, expand=False)
         authorization = await self._credentials.authorization()
@@ -150,7 +149,8 @@ class LabelStudioClient:
             raise UpstreamBadStatus(
                 f"Label Studio answered HTTP {reply.status} to the check.", upstream_status=reply.status
             )
-        self._breaker.answered_elsewhere()
+        if self._breaker.answered_elsewhere():
+            self._failing_ids.clear()  # an answer, as _tell_breaker's success
 
     async def _attempt(
         self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait, queued: SlotWait

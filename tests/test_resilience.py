@@ -209,6 +209,26 @@ class TestUpstreamProtection:
         assert len(proxy.fake.annotation_gets()) == 5  # no annotation fetched to find out
         assert (await get(proxy, 6)).status == 200
 
+    async def test_with_callers_asking_their_probes_decide_not_the_dependency_check(
+        self, make_proxy: ProxyFactory, steady: Clock
+    ) -> None:
+        """The check asks for an id that never exists, which a partly failing Label Studio may still answer: while
+        callers ask, their probes decide, or each check would let a burst through and hide the outage."""
+        proxy = await make_proxy()
+        readiness = proxy.client.server.app[READINESS]
+        for _ in range(7):
+            proxy.fake.add_annotation()
+        proxy.fake.fail_next(5, status=500)
+        for annotation_id in range(1, 6):
+            assert (await get(proxy, annotation_id)).status == 502
+        assert (await get(proxy, 6)).status == 503  # refused while cooling down: a caller asked
+        steady.now += 6
+        await readiness.check()
+        assert readiness.report().checks["label_studio"]["status"] == "ok"
+        assert proxy.metric("upstream_circuit_state", state="closed") == 0
+        assert (await get(proxy, 7)).status == 200  # the probe
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+
     async def test_a_queue_for_connections_that_outlasts_the_deadline_does_not_open_the_circuit(
         self, make_proxy: ProxyFactory
     ) -> None:
