@@ -139,8 +139,10 @@ def _responses() -> dict[str, Schema]:
             **{"Cache-Status": cache_status},
         ),
         "CircuitOpen": _error(
-            "Label Studio kept failing: the proxy stopped calling it for a few seconds, and no cached copy young "
-            "enough (`PROXY_STALE_IF_ERROR_TTL`) exists.",
+            "Label Studio kept failing: the proxy stopped calling it for a few seconds; or every connection to Label "
+            "Studio stayed busy until the request's deadline (never sent; `PROXY_UPSTREAM_MAX_CONNECTIONS`); or no "
+            "room in the memory budget for the body in time (`PROXY_INFLIGHT_MAX_BYTES`); in each case with no cached "
+            "copy young enough (`PROXY_STALE_IF_ERROR_TTL`) to serve instead.",
             **{"Cache-Status": cache_status},
         ),
         "GatewayTimeout": _error(
