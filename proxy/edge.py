@@ -174,7 +174,7 @@ def error_to_response(request: web.Request, exc: Exception) -> web.StreamRespons
         if isinstance(exc, NotAuthenticated):
             headers[hdrs.WWW_AUTHENTICATE] = "Token"
         if isinstance(exc, UpstreamError):
-            headers["Cache-Status"] = cache_status(fwd_status=exc.upstream_status, detail=exc.outcome)
+            headers["Cache-Status"] = cache_status(fwd=exc.fwd, fwd_status=exc.upstream_status, detail=exc.outcome)
             error_log.warning(
                 "upstream failure",
                 extra={

@@ -7,6 +7,8 @@ for the caller: it never carries a token, a URL with credentials or an upstream 
 
 from __future__ import annotations
 
+import copy
+
 
 class ConfigError(Exception):
     """The configuration cannot work. The message is one line, safe to print."""
@@ -92,10 +94,18 @@ class UpstreamError(ProxyError):
     status = 502
     detail = "Label Studio returned an unexpected response."
     outcome = "error"  # the ``outcome`` label of annotation_proxy_upstream_requests_total
+    fwd = "miss"  # Cache-Status's fwd: why the proxy asked Label Studio
 
     def __init__(self, detail: str | None = None, *, upstream_status: int | None = None) -> None:
         super().__init__(detail)
         self.upstream_status = upstream_status
+
+    def forced(self) -> UpstreamError:
+        """This failure as the answer to a fetch the request's directives forced (``fwd=request``): a copy, since
+        one failure may answer other requests too."""
+        answer = copy.copy(self)
+        answer.fwd = "request"
+        return answer
 
 
 class UpstreamTimeout(UpstreamError):

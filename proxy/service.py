@@ -188,7 +188,10 @@ class AnnotationService:
         if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
             # The proxy would have served it; the request refused it: ask Label Studio, and say so.
             self._metrics.forced_fetches.inc()
-            return await self._loads.refresh(key, request_id, store=not directives.no_store)
+            try:
+                return await self._loads.refresh(key, request_id, store=not directives.no_store)
+            except UpstreamError as exc:
+                raise exc.forced() from exc
         try:
             if failure is not None:
                 raise failure

@@ -89,6 +89,17 @@ class TestReadYourWrite:
         assert (status_of(after), field(body, "ground_truth")) == (HIT, True)
         assert upstream_gets(proxy) == 2
 
+    async def test_a_forced_fetch_that_fails_says_fwd_request(self, proxy: Proxy) -> None:
+        """RFC 9211 2.2: the cache held a usable answer and the request made it ask; it said fwd=miss."""
+        proxy.fake.add_annotation()
+        await get(proxy)
+        proxy.fake.fail_next(status=500)
+        status, headers, _ = await get(proxy, 1, ("Cache-Control", "no-cache"))
+        assert (status, status_of(headers)) == (502, "annotation-proxy; fwd=request; fwd-status=500; detail=bad_status")
+        proxy.fake.fail_next(status=500)
+        status, headers, _ = await get(proxy, 2)  # an ordinary miss that fails stays fwd=miss
+        assert (status, status_of(headers)) == (502, "annotation-proxy; fwd=miss; fwd-status=500; detail=bad_status")
+
     async def test_pragma_is_ignored_beside_cache_control(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
         await get(proxy)
