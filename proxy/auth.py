@@ -65,8 +65,8 @@ def secret_digest(secret: str) -> bytes:
 ACCEPTED_HEADERS_KEPT = 1024
 
 
-class _Accepted(dict[str, Scope]):
-    """Authorization headers (so client keys) mapped to their scopes: never shown whole."""
+class _Accepted(dict[str, tuple[Scope, int]]):
+    """Authorization headers (so client keys) mapped to their scopes and key numbers: never shown whole."""
 
     def __repr__(self) -> str:
         return f"<{len(self)} accepted Authorization headers>"
@@ -89,22 +89,34 @@ class ClientKeys:
         if self.anonymous:
             return None
         if authorization is not None and authorization in self._accepted:
-            return self._accepted[authorization]
+            return self._accepted[authorization][0]
+        return self._match(authorization)[0]
+
+    def number(self, authorization: str | None) -> int | None:
+        """Which configured key ``authorization`` holds (its position; None when anonymous), once :meth:`check`
+        accepted it: who a request is for, where callers share Label Studio's connections (proxy/fair_slots.py).
+        Never the key itself, so it may be held and compared freely."""
+        if self.anonymous:
+            return None
+        if authorization is not None and authorization in self._accepted:
+            return self._accepted[authorization][1]
+        return self._match(authorization)[1]
+
+    def _match(self, authorization: str | None) -> tuple[Scope, int]:
         scheme, _, presented = (authorization or "").strip().partition(" ")
         presented = presented.strip()
         if scheme.lower() != "token" or not presented:
             raise NotAuthenticated()
         candidate = secret_digest(presented)
-        matched = False
-        scope: Scope = None
-        for digest, key_scope in self._keys:  # every key, always: the time taken says nothing
+        matched: tuple[Scope, int] | None = None
+        for number, (digest, key_scope) in enumerate(self._keys):  # every key, always: the time says nothing
             if hmac.compare_digest(candidate, digest):
-                matched, scope = True, key_scope
-        if not matched:
+                matched = key_scope, number
+        if matched is None:
             raise InvalidClientKey()
         if authorization is not None and len(self._accepted) < ACCEPTED_HEADERS_KEPT:
-            self._accepted[authorization] = scope
-        return scope
+            self._accepted[authorization] = matched
+        return matched
 
     def __repr__(self) -> str:
         return f"ClientKeys(<{len(self._keys)} keys>)"

@@ -33,6 +33,7 @@ from proxy.errors import (
     PurgeDisabled,
     ServiceUnavailable,
 )
+from proxy.fair_slots import CALLER
 from proxy.freshness import age_in_seconds, encoded_tag, if_none_match
 from proxy.http_guard import ClientClosedRequest
 from proxy.keys import (
@@ -150,6 +151,7 @@ class AnnotationRoute:
         served = service.from_hot(annotation_id, expand=expand, directives=directives)
         from_hot = served is not None
         if served is None:
+            caller = CALLER.set(self._keys.number(headers.get(hdrs.AUTHORIZATION)))  # its turn at Label Studio
             try:
                 served = await service.from_store(
                     annotation_id,
@@ -164,6 +166,8 @@ class AnnotationRoute:
             except ProxyError:
                 request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
                 raise
+            finally:
+                CALLER.reset(caller)
         request[CACHE_RESULT] = served.result
         if scope is not None and (served.entry is None or served.entry.project not in scope):
             # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would

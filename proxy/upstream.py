@@ -33,6 +33,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.exchange import Exchange, MemoryWait, UpstreamReply
+from proxy.fair_slots import FairSlots
 from proxy.metrics import Metrics
 
 ANNOTATIONS_PATH = "api/annotations/"  # below LABEL_STUDIO_URL, which may have a path of its own
@@ -82,7 +83,7 @@ class LabelStudioClient:
         self._credentials = credentials
         self._policy = policy
         self._breaker = breaker
-        self._slots = asyncio.Semaphore(policy.max_connections)
+        self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
         # Ids whose 5xx (not 502/503/504) the breaker counted since the last success: at most its threshold's worth.
         self._failing_ids: set[int] = set()
         self._metrics = metrics

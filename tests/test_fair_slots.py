@@ -1,0 +1,87 @@
+"""Label Studio's connection slots shared in turn between callers (proxy/fair_slots.py): one caller with many
+uncached ids waiting does not make another caller's miss wait behind all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Hashable
+
+from proxy.fair_slots import CALLER, FairSlots
+from tests.support.proxies import CLIENT_KEY, ProxyFactory
+from tests.support.waiting import wait_until
+
+OTHER_KEY = "another-client-key-0123456789abcdef"
+
+
+async def waiter(slots: FairSlots, caller: Hashable, name: str, served: list[str]) -> None:
+    CALLER.set(caller)
+    await slots.acquire()
+    served.append(name)
+
+
+def start(slots: FairSlots, caller: Hashable, name: str, served: list[str]) -> asyncio.Task[None]:
+    return asyncio.create_task(waiter(slots, caller, name, served), context=contextvars.Context())
+
+
+async def test_freed_slots_go_to_waiting_callers_in_turn() -> None:
+    slots, served = FairSlots(1), []
+    await slots.acquire()  # the one slot, taken
+    tasks = [start(slots, "flood", f"flood-{n}", served) for n in range(1, 4)]
+    tasks += [start(slots, "other", "other", served), start(slots, "third", "third", served)]
+    await asyncio.sleep(0)
+    assert slots.locked()
+    assert served == []
+    for _ in tasks:
+        slots.release()
+        await asyncio.sleep(0)
+    assert served == ["flood-1", "other", "third", "flood-2", "flood-3"]
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_a_waiter_that_leaves_gives_its_turn_and_a_granted_one_its_slot() -> None:
+    slots, served = FairSlots(1), []
+    await slots.acquire()
+    leaving = start(slots, "a", "a", served)
+    staying = start(slots, "b", "b", served)
+    await asyncio.sleep(0)
+    leaving.cancel()  # before its turn: it leaves the line
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.sleep(0)
+    assert served == ["b"]
+    granted_then_gone = start(slots, "c", "c", served)
+    after = start(slots, "d", "d", served)
+    await asyncio.sleep(0)
+    slots.release()  # to c, which is cancelled before it runs: the slot goes on to d
+    granted_then_gone.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert served == ["b", "d"]
+    await asyncio.gather(staying, after)
+    slots.release()
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_another_key_gets_the_next_connection_not_the_last(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, OTHER_KEY), proxy_upstream_max_connections=1)
+    for _ in range(6):
+        proxy.fake.add_annotation()
+    proxy.fake.hold()
+
+    async def get(annotation_id: int, key: str) -> int:
+        url = f"/api/annotations/{annotation_id}/"
+        return (await proxy.client.get(url, headers=proxy.auth(key))).status
+
+    flood = [asyncio.create_task(get(annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
+    await wait_until(lambda: proxy.metric("upstream_waiting") == 4)
+    other = asyncio.create_task(get(6, OTHER_KEY))
+    await wait_until(lambda: proxy.metric("upstream_waiting") == 5)
+    proxy.fake.release()
+    assert await asyncio.gather(*flood, other) == [200] * 6
+    # The other key waits for one turn of the flooding key's line (2), not for the whole of it (2 to 5).
+    assert [request.path for request in proxy.fake.annotation_gets()] == [
+        f"/api/annotations/{annotation_id}/" for annotation_id in (1, 2, 6, 3, 4, 5)
+    ]
