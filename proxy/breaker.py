@@ -41,7 +41,7 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
-        self._asked = False  # whether any call came since the breaker last opened
+        self._asked = False  # whether a call came since the breaker last opened or last heard answered_elsewhere
         if on_change is not None:
             on_change(State.CLOSED)
 
@@ -82,10 +82,11 @@ class CircuitBreaker:
 
     def answered_elsewhere(self) -> bool:
         """The dependency answered a call made outside the breaker (a background check, which may not exercise
-        what failed): once the cooldown has passed, and only if no call has come since the breaker opened, that
-        stands for the probe nobody sent, and the breaker closes (returns True). With calls coming, their probes
-        decide; still cooling down, nothing changes."""
-        if self.state is State.HALF_OPEN and not self._asked:
+        what failed): once the cooldown has passed, and only if no call came since the breaker opened or since
+        the last such answer, that stands for the probe nobody sent, and the breaker closes (returns True).
+        With calls coming, their probes decide; still cooling down, nothing changes."""
+        asked, self._asked = self._asked, False
+        if self.state is State.HALF_OPEN and not asked:
             self.succeeded()
             return True
         return False

@@ -140,9 +140,9 @@ def _responses() -> dict[str, Schema]:
         ),
         "CircuitOpen": _error(
             "Label Studio kept failing: the proxy stopped calling it for a few seconds; or every connection to Label "
-            "Studio stayed busy until the request's deadline (never sent; `PROXY_UPSTREAM_MAX_CONNECTIONS`); or no "
-            "room in the memory budget for the body in time (`PROXY_INFLIGHT_MAX_BYTES`); in each case with no cached "
-            "copy young enough (`PROXY_STALE_IF_ERROR_TTL`) to serve instead.",
+            "Studio stayed busy until the request's deadline (never sent; `PROXY_UPSTREAM_MAX_CONNECTIONS`); in "
+            "both cases with no cached copy young enough (`PROXY_STALE_IF_ERROR_TTL`) to serve instead. Or no room "
+            "in the memory budget for the body in time (`PROXY_INFLIGHT_MAX_BYTES`), without `Cache-Status`.",
             **{"Cache-Status": cache_status},
         ),
         "GatewayTimeout": _error(

@@ -52,6 +52,19 @@ class UpstreamPolicy:
     backoff: float = 0.05  # first pause before a retry, doubling, with full jitter
     max_backoff: float = 1.0
 
+    def retry_allowed(self, retries: int, remaining: float, error: UpstreamError) -> bool:
+        """Whether ``error`` after ``retries`` retries may be retried with ``remaining`` seconds of the deadline."""
+        if isinstance(error, UpstreamCircuitOpen) or retries >= self.retries:
+            return False
+        return remaining > self.pause_cap(retries + 1)
+
+    def pause_cap(self, retry: int) -> float:
+        return min(self.max_backoff, self.backoff * 2.0 ** (retry - 1))
+
+    def pause(self, retry: int) -> float:
+        pause: float = random.uniform(0, self.pause_cap(retry))  # noqa: S311 - jitter, not cryptography
+        return pause
+
 
 MAX_FAILING_IDS = 1024
 
@@ -86,6 +99,7 @@ class LabelStudioClient:
         self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
         # Ids whose 5xx (not 502/503/504) the breaker counted since the last success: at most its threshold's worth.
         self._failing_ids: set[int] = set()
+        self._answer_took = 0.0  # seconds Label Studio took for its last answer to an annotation request
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
@@ -109,9 +123,10 @@ class LabelStudioClient:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
             except TimeoutError as exc:  # the deadline passed while waiting for a slot, an answer or memory
-                raise _deadline_passed(waiting, queued, self._breaker, fair=self._policy.timeout / 2) from exc
+                hung = queued.hung(self._answer_took, fair=self._policy.timeout / 2)
+                raise _deadline_passed(waiting, queued, self._breaker, hung=hung) from exc
             except UpstreamUnavailable as exc:
-                if not self._retry_allowed(retries, deadline, exc):
+                if not self._policy.retry_allowed(retries, deadline - loop.time(), exc):
                     raise
             else:
                 if reply.status in (401, 403):
@@ -122,11 +137,13 @@ class LabelStudioClient:
                 if reply.status in (200, 404):
                     return reply
                 error = _status_error(reply.status)
-                if reply.status not in GATEWAY_STATUSES or not self._retry_allowed(retries, deadline, error):
+                if reply.status not in GATEWAY_STATUSES or not self._policy.retry_allowed(
+                    retries, deadline - loop.time(), error
+                ):
                     raise error
             retries += 1
             self._metrics.upstream_retries.inc()
-            await asyncio.sleep(self._pause(retries))
+            await asyncio.sleep(self._policy.pause(retries))
 
     async def check_credentials(self, request_id: str) -> None:
         """Raise unless Label Studio answers and accepts the proxy's credentials (the background dependency
@@ -177,6 +194,7 @@ class LabelStudioClient:
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
+                self._answer_took = asyncio.get_running_loop().time() - queued.sent_at
             finally:
                 self._slots.release()
             self._tell_breaker(verdict, annotation_id, reply.status)
@@ -204,33 +222,15 @@ class LabelStudioClient:
             self._failing_ids.clear()
             verdict.succeeded()
 
-    def _retry_allowed(self, retries: int, deadline: float, error: UpstreamError) -> bool:
-        if isinstance(error, UpstreamCircuitOpen) or retries >= self._policy.retries:
-            return False
-        remaining = deadline - asyncio.get_running_loop().time()
-        return remaining > self._pause_cap(retries + 1)
 
-    def _pause_cap(self, retry: int) -> float:
-        return min(self._policy.max_backoff, self._policy.backoff * 2.0 ** (retry - 1))
-
-    def _pause(self, retry: int) -> float:
-        pause: float = random.uniform(0, self._pause_cap(retry))  # noqa: S311 - jitter, not cryptography
-        return pause
-
-
-def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker, *, fair: float) -> ProxyError:
-    """The error for a lookup whose deadline passed, the breaker told when it says Label Studio hangs: when Label
-    Studio had the request for at least ``fair`` seconds (half the timeout) without answering.
-
-    A request that got its connection slot late had only what the queue left of its deadline: its timeout says
-    nothing of Label Studio, and a caller who floods the queue must not open the breaker for everyone (requests
-    granted slots just before their deadlines would otherwise time out one after another, each counted).
-    """
+def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker, *, hung: bool) -> ProxyError:
+    """The error for a lookup whose deadline passed; the breaker hears of it when it says Label Studio ``hung``
+    (:meth:`SlotWait.hung`)."""
     if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
         return ProxyBusy()
     if queued.active or queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
         return UpstreamQueueTimeout()
-    if asyncio.get_running_loop().time() - queued.sent_at >= fair:
+    if hung:
         breaker.failed()
     return UpstreamTimeout()
 
@@ -243,6 +243,20 @@ class SlotWait:
     def __init__(self) -> None:
         self.active = False
         self.sent_at: float | None = None
+
+    def hung(self, answer_took: float, *, fair: float) -> bool:
+        """Whether this attempt's timeout says Label Studio hangs: it had the request for at least ``fair``
+        seconds (half the timeout), and longer than its last answer took (``answer_took``).
+
+        Time in the proxy's own queue is not Label Studio's: a request granted its slot just before its deadline
+        says nothing of it. Nor does one that had less time than Label Studio has been taking: a caller flooding
+        a slow Label Studio fills the connections with requests that cannot finish in what their wait left, and
+        must not open the breaker for everyone.
+        """
+        if self.sent_at is None:
+            return False
+        on_the_wire = asyncio.get_running_loop().time() - self.sent_at
+        return on_the_wire >= fair and on_the_wire > answer_took
 
 
 def _status_error(status: int) -> UpstreamBadStatus:
