@@ -86,7 +86,7 @@ class CircuitBreaker:
         the last such answer, that stands for the probe nobody sent, and the breaker closes (returns True).
         With calls coming, their probes decide; still cooling down, nothing changes."""
         asked, self._asked = self._asked, False
-        if self.state is State.HALF_OPEN and not asked:
+        if self.state is State.HALF_OPEN and not asked and not self._probing:
             self.succeeded()
             return True
         return False

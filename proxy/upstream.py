@@ -23,7 +23,6 @@ from proxy.credentials import Credentials
 from proxy.errors import (
     GATEWAY_STATUSES,
     ProxyBusy,
-    ProxyError,
     UpstreamAuthRejected,
     UpstreamBadStatus,
     UpstreamCircuitOpen,
@@ -69,6 +68,28 @@ class UpstreamPolicy:
 MAX_FAILING_IDS = 1024
 
 
+class FailingIds:
+    """Ids whose failure (a 5xx other than 502/503/504, or a timeout) the breaker counted since Label Studio's
+    last success: each id counts once, so the breaker opens when several ids fail, never when one id is asked for
+    again and again (a bug on Label Studio's side, or an id a caller picked to trip the breaker). At most its
+    threshold's worth between successes; cleared past MAX_FAILING_IDS in a long outage, probed every cooldown."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+
+    def first(self, annotation_id: int) -> bool:
+        """Whether this is the id's first failure since the last success (and remember it)."""
+        if annotation_id in self._ids:
+            return False
+        if len(self._ids) >= MAX_FAILING_IDS:
+            self._ids.clear()
+        self._ids.add(annotation_id)
+        return True
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+
 class LabelStudioClient:
     """Fetches annotations from Label Studio over one shared ``ClientSession``.
 
@@ -97,9 +118,7 @@ class LabelStudioClient:
         self._policy = policy
         self._breaker = breaker
         self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
-        # Ids whose 5xx (not 502/503/504) the breaker counted since the last success: at most its threshold's worth.
-        self._failing_ids: set[int] = set()
-        self._answer_took = 0.0  # seconds Label Studio took for its last answer to an annotation request
+        self._failing_ids = FailingIds()
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
@@ -123,8 +142,13 @@ class LabelStudioClient:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
             except TimeoutError as exc:  # the deadline passed while waiting for a slot, an answer or memory
-                hung = queued.hung(self._answer_took, fair=self._policy.timeout / 2)
-                raise _deadline_passed(waiting, queued, self._breaker, hung=hung) from exc
+                if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
+                    raise ProxyBusy() from exc
+                if queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
+                    raise UpstreamQueueTimeout() from exc
+                if queued.hung(fair=self._policy.timeout / 2) and self._failing_ids.first(annotation_id):
+                    self._breaker.failed()
+                raise UpstreamTimeout() from exc
             except UpstreamUnavailable as exc:
                 if not self._policy.retry_allowed(retries, deadline - loop.time(), exc):
                     raise
@@ -184,17 +208,14 @@ class LabelStudioClient:
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
             if self._slots.locked():  # only a request that waits for a slot is counted as waiting
-                queued.active = True
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
-                queued.active = False
             else:
                 await self._slots.acquire()  # free: taken at once
             queued.sent_at = asyncio.get_running_loop().time()
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
-                self._answer_took = asyncio.get_running_loop().time() - queued.sent_at
             finally:
                 self._slots.release()
             self._tell_breaker(verdict, annotation_id, reply.status)
@@ -204,59 +225,35 @@ class LabelStudioClient:
         """What an answer says of Label Studio as a whole.
 
         A 502/503/504 (a gateway, or Label Studio overloaded) is a failure of the whole. Any other 5xx may be one
-        annotation that makes Label Studio fail (a bug on its side, or an id a caller picked to trip the
-        breaker): it counts once per id until an answer succeeds, so the breaker opens when several ids fail,
-        never when one id is asked for again and again. Every other answer is a success.
+        annotation that makes Label Studio fail: it counts once per id (:class:`FailingIds`). Every other answer
+        is a success.
         """
         if status in GATEWAY_STATUSES:
             verdict.failed()
         elif status >= 500:
-            if annotation_id in self._failing_ids:
-                verdict.abandoned()  # no verdict: a half-open probe lets the next call try
-            else:
-                if len(self._failing_ids) >= MAX_FAILING_IDS:  # a long outage of 500s, probed every cooldown
-                    self._failing_ids.clear()
-                self._failing_ids.add(annotation_id)
+            if self._failing_ids.first(annotation_id):
                 verdict.failed()
+            else:
+                verdict.abandoned()  # no verdict: a half-open probe lets the next call try
         else:
             self._failing_ids.clear()
             verdict.succeeded()
 
 
-def _deadline_passed(waiting: MemoryWait, queued: SlotWait, breaker: CircuitBreaker, *, hung: bool) -> ProxyError:
-    """The error for a lookup whose deadline passed; the breaker hears of it when it says Label Studio ``hung``
-    (:meth:`SlotWait.hung`)."""
-    if waiting.active:  # Label Studio answered; the proxy had no room for the body in time
-        return ProxyBusy()
-    if queued.active or queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
-        return UpstreamQueueTimeout()
-    if hung:
-        breaker.failed()
-    return UpstreamTimeout()
-
-
 class SlotWait:
-    """Whether an attempt is waiting for a connection slot (``active``), and when it got one (loop time)."""
+    """When an attempt got its connection slot (loop time; None while it waits for one)."""
 
-    __slots__ = ("active", "sent_at")
+    __slots__ = ("sent_at",)
 
     def __init__(self) -> None:
-        self.active = False
         self.sent_at: float | None = None
 
-    def hung(self, answer_took: float, *, fair: float) -> bool:
+    def hung(self, *, fair: float) -> bool:
         """Whether this attempt's timeout says Label Studio hangs: it had the request for at least ``fair``
-        seconds (half the timeout), and longer than its last answer took (``answer_took``).
-
-        Time in the proxy's own queue is not Label Studio's: a request granted its slot just before its deadline
-        says nothing of it. Nor does one that had less time than Label Studio has been taking: a caller flooding
-        a slow Label Studio fills the connections with requests that cannot finish in what their wait left, and
-        must not open the breaker for everyone.
-        """
-        if self.sent_at is None:
-            return False
-        on_the_wire = asyncio.get_running_loop().time() - self.sent_at
-        return on_the_wire >= fair and on_the_wire > answer_took
+        seconds (half the timeout). Time in the proxy's own queue is not Label Studio's: a request granted its
+        slot just before its deadline says nothing of it. (The slots serve each caller's newest request first,
+        proxy/fair_slots.py, so under load the requests sent still have most of their deadline.)"""
+        return self.sent_at is not None and asyncio.get_running_loop().time() - self.sent_at >= fair
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

@@ -292,6 +292,34 @@ class TestUpstreamProtection:
         assert proxy.metric("upstream_circuit_state", state="closed") == 1
         assert (await get(proxy, 41)).status == 200
 
+    async def test_label_studio_hanging_under_steady_load_opens_the_circuit_with_few_connections(
+        self, make_proxy: ProxyFactory
+    ) -> None:
+        """Two connections, a new id every 40 ms, and Label Studio hangs: the newest waiting request gets each
+        freed connection with most of its deadline, so its timeout counts. Served oldest first, every request
+        was sent with almost nothing left and none counted: the breaker never opened."""
+        proxy = await make_proxy(proxy_upstream_max_connections=2, proxy_upstream_timeout=0.6)
+        proxy.fake.hold()
+        requests = []
+        for annotation_id in range(1, 41):
+            requests.append(asyncio.create_task(get(proxy, annotation_id)))
+            await asyncio.sleep(0.04)
+        await asyncio.gather(*requests)
+        assert proxy.metric("upstream_circuit_state", state="open") == 1
+        proxy.fake.release()
+
+    async def test_one_id_that_times_out_again_and_again_counts_once(self, make_proxy: ProxyFactory) -> None:
+        """As a 500 for one id does: a caller repeating an id Label Studio cannot answer in time (or one it picked
+        for that) must not open the circuit for everyone; several such ids do."""
+        proxy = await make_proxy(proxy_upstream_timeout=0.3)
+        for _ in range(2):
+            proxy.fake.add_annotation()
+        proxy.fake.delay_next(1.0, count=6)
+        for _ in range(6):
+            assert (await get(proxy, 1)).status == 504
+        assert proxy.metric("upstream_circuit_state", state="closed") == 1
+        assert (await get(proxy, 2)).status == 200
+
     async def test_label_studio_hanging_behind_a_queue_still_opens_the_circuit(self, make_proxy: ProxyFactory) -> None:
         """Requests that waited a moment for their slots, then hung on the wire, are Label Studio hanging."""
         proxy = await make_proxy(proxy_upstream_max_connections=5, proxy_upstream_timeout=1.0)
