@@ -115,11 +115,12 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamQueueTimeout(UpstreamTimeout):
-    """The deadline passed while the request waited for one of the proxy's connections to Label Studio
-    (``PROXY_UPSTREAM_MAX_CONNECTIONS``, all busy): never sent, so it says nothing of Label Studio's health."""
+    """The request waited for one of the proxy's connections to Label Studio (``PROXY_UPSTREAM_MAX_CONNECTIONS``,
+    all busy) until its deadline, or until less was left than Label Studio has been taking: never sent, so it
+    says nothing of Label Studio's health."""
 
     status = 503
-    detail = "Every connection to Label Studio was busy until the request's deadline; try again."
+    detail = "Every connection to Label Studio was busy until too little of the request's deadline was left; try again."
     outcome = "queue_timeout"  # Cache-Status and the log only: nothing was sent, so no upstream request is counted
 
 

@@ -5,12 +5,6 @@ are taken, requests wait in one line per caller, and each slot that frees goes t
 to the oldest request: a caller with a thousand uncached ids waiting gets one slot in each round, and another
 caller's one request gets the next slot that frees, not the thousand-and-first.
 
-Within a caller's line the newest request goes first. Under more load than Label Studio can answer within the
-deadline, the requests sent then still have most of their deadline (and are answered), while the oldest wait
-until theirs passes and are never sent (a 503 that says nothing of Label Studio), instead of every request being
-sent with too little time left to be answered. It also keeps what a timeout on the wire means: a request that
-had most of its deadline and got no answer (proxy/upstream.py counts those toward the circuit breaker).
-
 Who the caller is comes from :data:`CALLER`, set by the annotation route to the client key's number (None for
 anonymous callers, and for work no request started) before the lookup. A load runs in a task started within a
 request, so it carries that request's caller (asyncio tasks copy the context they are created in).
@@ -59,7 +53,7 @@ class FairSlots:
         while self._waiting:
             caller = next(iter(self._waiting))
             queue = self._waiting.pop(caller)
-            granted = queue.pop()  # the newest: the one with the most time left
+            granted = queue.popleft()
             if queue:
                 self._waiting[caller] = queue  # to the back of the line, behind every other waiting caller
             if not granted.done():

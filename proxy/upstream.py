@@ -66,6 +66,7 @@ class UpstreamPolicy:
 
 
 MAX_FAILING_IDS = 1024
+SLOWEST_DECAY = 0.9  # per answer: a slow answer's weight in what a waiting request needs left fades in some 20
 
 
 class FailingIds:
@@ -88,6 +89,21 @@ class FailingIds:
 
     def clear(self) -> None:
         self._ids.clear()
+
+    def tell(self, verdict: Verdict, annotation_id: int, status: int) -> None:
+        """What an answer says of Label Studio as a whole. A 502/503/504 (a gateway, or Label Studio overloaded) is
+        a failure of the whole; any other 5xx may be one annotation that makes Label Studio fail, and counts once
+        per id; every other answer is a success."""
+        if status in GATEWAY_STATUSES:
+            verdict.failed()
+        elif status >= 500:
+            if self.first(annotation_id):
+                verdict.failed()
+            else:
+                verdict.abandoned()  # no verdict: a half-open probe lets the next call try
+        else:
+            self.clear()
+            verdict.succeeded()
 
 
 class LabelStudioClient:
@@ -119,6 +135,8 @@ class LabelStudioClient:
         self._breaker = breaker
         self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
         self._failing_ids = FailingIds()
+        self._answered_at = 0.0  # loop time of Label Studio's last answer to an annotation request
+        self._slowest = 0.0  # seconds its slowest recent answer took, fading with each faster one
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
@@ -137,7 +155,7 @@ class LabelStudioClient:
         deadline = loop.time() + self._policy.timeout
         retries, credentials_renewed = 0, False
         while True:
-            waiting, queued = MemoryWait(), SlotWait()
+            waiting, queued = MemoryWait(), SlotWait(deadline)
             try:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
@@ -146,8 +164,9 @@ class LabelStudioClient:
                     raise ProxyBusy() from exc
                 if queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
                     raise UpstreamQueueTimeout() from exc
-                if queued.hung(fair=self._policy.timeout / 2) and self._failing_ids.first(annotation_id):
-                    self._breaker.failed()
+                silent = loop.time() - self._answered_at >= self._policy.timeout
+                if (silent or not queued.waited) and self._failing_ids.first(annotation_id):
+                    self._breaker.failed()  # a request with its whole deadline, or nobody answered for as long
                 raise UpstreamTimeout() from exc
             except UpstreamUnavailable as exc:
                 if not self._policy.retry_allowed(retries, deadline - loop.time(), exc):
@@ -192,68 +211,60 @@ class LabelStudioClient:
                 f"Label Studio answered HTTP {reply.status} to the check.", upstream_status=reply.status
             )
         if self._breaker.answered_elsewhere():
-            self._failing_ids.clear()  # an answer, as _tell_breaker's success
+            self._failing_ids.clear()  # an answer, as FailingIds.tell takes a success
 
     async def _attempt(
         self, annotation_id: int, url: URL, request_id: str, waiting: MemoryWait, queued: SlotWait
     ) -> tuple[UpstreamReply, str]:
         """One request, through the breaker and a connection slot: the reply and the ``Authorization`` sent.
 
-        The breaker hears how it went: no answer is a failure, a 5xx as :meth:`_tell_breaker` says, any other
-        answer a success.
+        The breaker hears how it went: no answer is a failure, a 5xx as :meth:`FailingIds.tell` says, any other
+        answer a success. One that waited for its slot and has less time left than Label Studio's slowest recent
+        answer took is not sent (a 503, no verdict): it could not be answered in time, and sending it would fill
+        the connections with requests abandoned before Label Studio finishes them.
         """
         # No answer is a failure; an answer that is not useful (a body too large, a foreign 404) a success; a
         # cancellation (by the caller, or by the deadline: counted as a failure by fetch_annotation) no verdict.
         with self._breaker.guard(
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
+            loop = asyncio.get_running_loop()
             if self._slots.locked():  # only a request that waits for a slot is counted as waiting
+                queued.waited = True
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
+                if queued.deadline - loop.time() < self._slowest:
+                    self._slots.release()
+                    verdict.abandoned()
+                    raise UpstreamQueueTimeout()
             else:
                 await self._slots.acquire()  # free: taken at once
-            queued.sent_at = asyncio.get_running_loop().time()
+            queued.sent_at = loop.time()
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
+                self._answered_at = loop.time()
+                self._slowest = max(self._answered_at - queued.sent_at, self._slowest * SLOWEST_DECAY)
             finally:
                 self._slots.release()
-            self._tell_breaker(verdict, annotation_id, reply.status)
+            self._failing_ids.tell(verdict, annotation_id, reply.status)
         return reply, authorization
-
-    def _tell_breaker(self, verdict: Verdict, annotation_id: int, status: int) -> None:
-        """What an answer says of Label Studio as a whole.
-
-        A 502/503/504 (a gateway, or Label Studio overloaded) is a failure of the whole. Any other 5xx may be one
-        annotation that makes Label Studio fail: it counts once per id (:class:`FailingIds`). Every other answer
-        is a success.
-        """
-        if status in GATEWAY_STATUSES:
-            verdict.failed()
-        elif status >= 500:
-            if self._failing_ids.first(annotation_id):
-                verdict.failed()
-            else:
-                verdict.abandoned()  # no verdict: a half-open probe lets the next call try
-        else:
-            self._failing_ids.clear()
-            verdict.succeeded()
 
 
 class SlotWait:
-    """When an attempt got its connection slot (loop time; None while it waits for one)."""
+    """Whether an attempt waited for its connection slot, and when it got one (loop time; None until then).
 
-    __slots__ = ("sent_at",)
+    What its timeout says: one that never waited had its whole deadline at Label Studio. One that waited had
+    only what the proxy's own queue left, and says nothing of Label Studio while Label Studio answers others (a
+    caller flooding the queue must not open the breaker for everyone), but does once Label Studio has answered
+    nothing for a whole timeout (a hang under load, or with fewer connections than the breaker's threshold)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("deadline", "sent_at", "waited")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.sent_at: float | None = None
-
-    def hung(self, *, fair: float) -> bool:
-        """Whether this attempt's timeout says Label Studio hangs: it had the request for at least ``fair``
-        seconds (half the timeout). Time in the proxy's own queue is not Label Studio's: a request granted its
-        slot just before its deadline says nothing of it. (The slots serve each caller's newest request first,
-        proxy/fair_slots.py, so under load the requests sent still have most of their deadline.)"""
-        return self.sent_at is not None and asyncio.get_running_loop().time() - self.sent_at >= fair
+        self.waited = False
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

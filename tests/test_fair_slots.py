@@ -35,7 +35,7 @@ async def test_freed_slots_go_to_waiting_callers_in_turn() -> None:
     for _ in tasks:
         slots.release()
         await asyncio.sleep(0)
-    assert served == ["flood-3", "other", "third", "flood-2", "flood-1"]  # each line newest first
+    assert served == ["flood-1", "other", "third", "flood-2", "flood-3"]
     slots.release()
     assert not slots.locked()
 
@@ -81,7 +81,7 @@ async def test_another_key_gets_the_next_connection_not_the_last(make_proxy: Pro
     await wait_until(lambda: proxy.metric("upstream_waiting") == 5)
     proxy.fake.release()
     assert await asyncio.gather(*flood, other) == [200] * 6
-    # The other key waits for one turn of the flooding key's line (its newest, 5), not for the whole of it.
+    # The other key waits for one turn of the flooding key's line (2), not for the whole of it (2 to 5).
     assert [request.path for request in proxy.fake.annotation_gets()] == [
-        f"/api/annotations/{annotation_id}/" for annotation_id in (1, 5, 6, 4, 3, 2)
+        f"/api/annotations/{annotation_id}/" for annotation_id in (1, 2, 6, 3, 4, 5)
     ]
