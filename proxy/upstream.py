@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,7 +33,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.exchange import Exchange, MemoryWait, UpstreamReply
-from proxy.fair_slots import FairSlots
+from proxy.fair_slots import CALLER, FairSlots
 from proxy.metrics import Metrics
 
 ANNOTATIONS_PATH = "api/annotations/"  # below LABEL_STUDIO_URL, which may have a path of its own
@@ -136,7 +137,9 @@ class LabelStudioClient:
         self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
         self._failing_ids = FailingIds()
         self._answered_at = 0.0  # loop time of Label Studio's last answer to an annotation request
-        self._slowest = 0.0  # seconds its slowest recent answer took, fading with each faster one
+        # Per caller (a client key's number; one per configured key at most): seconds Label Studio's slowest recent
+        # answer to it took, fading with each faster one. Per caller, so that one key's slow ids set no one else's.
+        self._slowest: dict[Hashable, float] = {}
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
@@ -155,7 +158,7 @@ class LabelStudioClient:
         deadline = loop.time() + self._policy.timeout
         retries, credentials_renewed = 0, False
         while True:
-            waiting, queued = MemoryWait(), SlotWait(deadline)
+            waiting, queued = MemoryWait(), SlotWait(deadline, waited=retries > 0)  # a retry: what was left
             try:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
@@ -220,20 +223,21 @@ class LabelStudioClient:
 
         The breaker hears how it went: no answer is a failure, a 5xx as :meth:`FailingIds.tell` says, any other
         answer a success. One that waited for its slot and has less time left than Label Studio's slowest recent
-        answer took is not sent (a 503, no verdict): it could not be answered in time, and sending it would fill
-        the connections with requests abandoned before Label Studio finishes them.
+        answer to this caller took is not sent (a 503, no verdict): it could not be answered in time, and sending
+        it would fill the connections with requests abandoned before Label Studio finishes them.
         """
         # No answer is a failure; an answer that is not useful (a body too large, a foreign 404) a success; a
         # cancellation (by the caller, or by the deadline: counted as a failure by fetch_annotation) no verdict.
         with self._breaker.guard(
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
-            loop = asyncio.get_running_loop()
+            loop, caller = asyncio.get_running_loop(), CALLER.get()
+            slowest = self._slowest.get(caller, 0.0)
             if self._slots.locked():  # only a request that waits for a slot is counted as waiting
                 queued.waited = True
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
-                if queued.deadline - loop.time() < self._slowest:
+                if queued.deadline - loop.time() < slowest:
                     self._slots.release()
                     verdict.abandoned()
                     raise UpstreamQueueTimeout()
@@ -244,7 +248,8 @@ class LabelStudioClient:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
                 self._answered_at = loop.time()
-                self._slowest = max(self._answered_at - queued.sent_at, self._slowest * SLOWEST_DECAY)
+                took = self._answered_at - queued.sent_at
+                self._slowest[caller] = max(took, self._slowest.get(caller, 0.0) * SLOWEST_DECAY)
             finally:
                 self._slots.release()
             self._failing_ids.tell(verdict, annotation_id, reply.status)
@@ -261,10 +266,10 @@ class SlotWait:
 
     __slots__ = ("deadline", "sent_at", "waited")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, *, waited: bool) -> None:
         self.deadline = deadline
         self.sent_at: float | None = None
-        self.waited = False
+        self.waited = waited
 
 
 def _status_error(status: int) -> UpstreamBadStatus:
