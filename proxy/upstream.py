@@ -158,7 +158,7 @@ class LabelStudioClient:
         deadline = loop.time() + self._policy.timeout
         retries, credentials_renewed = 0, False
         while True:
-            waiting, queued = MemoryWait(), SlotWait(deadline, waited=retries > 0)  # a retry: what was left
+            waiting, queued = MemoryWait(), SlotWait(deadline, waited=retries > 0 or credentials_renewed)
             try:
                 async with asyncio.timeout_at(deadline):
                     reply, authorization = await self._attempt(annotation_id, url, request_id, waiting, queued)
@@ -260,9 +260,10 @@ class SlotWait:
     """Whether an attempt waited for its connection slot, and when it got one (loop time; None until then).
 
     What its timeout says: one that never waited had its whole deadline at Label Studio. One that waited had
-    only what the proxy's own queue left, and says nothing of Label Studio while Label Studio answers others (a
-    caller flooding the queue must not open the breaker for everyone), but does once Label Studio has answered
-    nothing for a whole timeout (a hang under load, or with fewer connections than the breaker's threshold)."""
+    only what the proxy's own queue left (a second attempt, a retry or one after renewing rejected credentials,
+    only what the first left), and says nothing of Label Studio while Label Studio answers others (a caller
+    flooding the queue must not open the breaker for everyone), but does once Label Studio has answered nothing
+    for a whole timeout (a hang under load, or with fewer connections than the breaker's threshold)."""
 
     __slots__ = ("deadline", "sent_at", "waited")
 
