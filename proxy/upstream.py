@@ -67,7 +67,7 @@ class UpstreamPolicy:
 
 
 MAX_FAILING_IDS = 1024
-SLOWEST_DECAY = 0.9  # per answer: a slow answer's weight in what a waiting request needs left fades in some 20
+SLOWEST_DECAY = 0.9  # per answer or refusal: a slow answer's weight in what a waiting request needs left fades
 
 
 class FailingIds:
@@ -138,7 +138,8 @@ class LabelStudioClient:
         self._failing_ids = FailingIds()
         self._answered_at = 0.0  # loop time of Label Studio's last answer to an annotation request
         # Per caller (a client key's number; one per configured key at most): seconds Label Studio's slowest recent
-        # answer to it took, fading with each faster one. Per caller, so that one key's slow ids set no one else's.
+        # answer to it took, fading with each faster one and each request refused for it. Per caller, so that one
+        # key's slow ids set no one else's.
         self._slowest: dict[Hashable, float] = {}
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
@@ -238,6 +239,7 @@ class LabelStudioClient:
                 with self._metrics.upstream_waiting.track_inprogress():
                     await self._slots.acquire()
                 if queued.deadline - loop.time() < slowest:
+                    self._slowest[caller] = slowest * SLOWEST_DECAY  # fades with refusals too: never a lockout
                     self._slots.release()
                     verdict.abandoned()
                     raise UpstreamQueueTimeout()

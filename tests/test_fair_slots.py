@@ -133,3 +133,48 @@ async def test_one_keys_slow_annotations_do_not_get_another_keys_misses_refused(
     flooding = False
     await asyncio.gather(*flooders)
     assert statuses == [200] * 6
+
+
+async def test_a_keys_one_slow_annotation_does_not_shut_it_out_while_connections_are_busy(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio
+) -> None:
+    """What a key's waiting request needs left faded only with answers to that key, and a refused request gets
+    none: after one answer of 0.95 s, every miss of that key was refused for as long as another key kept the
+    connections busy. It fades with refusals too."""
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Handler) -> web.StreamResponse:
+        annotation_id = int(request.match_info.get("pk", "0"))
+        await asyncio.sleep(0.95 if annotation_id == 999 else 0.3 if annotation_id >= 1000 else 0)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = fake_ls.app()
+    app.middlewares.append(slow)
+    upstream = await aiohttp_server(app)
+    proxy = await make_proxy(
+        label_studio_url=str(upstream.make_url("/")),
+        proxy_client_keys=(CLIENT_KEY, OTHER_KEY),
+        proxy_upstream_max_connections=4,
+        proxy_upstream_timeout=1.0,
+    )
+    for _ in range(8):
+        fake_ls.add_annotation()
+    assert (await proxy.client.get("/api/annotations/999/", headers=proxy.auth(OTHER_KEY))).status == 404
+    flooding = True
+    next_id = iter(range(1000, 10**6))
+
+    async def flood() -> None:
+        while flooding:
+            await proxy.client.get(f"/api/annotations/{next(next_id)}/", headers=proxy.auth(CLIENT_KEY))
+
+    flooders = [asyncio.create_task(flood()) for _ in range(8)]
+    await wait_until(lambda: proxy.metric("upstream_waiting") >= 4)
+    statuses = []
+    for annotation_id in range(1, 9):
+        url = f"/api/annotations/{annotation_id}/"
+        statuses.append((await proxy.client.get(url, headers=proxy.auth(OTHER_KEY))).status)
+    flooding = False
+    await asyncio.gather(*flooders)
+    assert statuses.count(503) <= 3  # 0.95 s fades below what a short wait leaves within three refusals
+    assert statuses[-4:] == [200] * 4
