@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable, Iterable
 
 from proxy.cache.base import CachedAnnotation, Lookup, Missing
-from proxy.cache.keyspace import FENCE
 from proxy.directives import RequestDirectives
 from proxy.policy import CachePolicy
 from proxy.served import Served
@@ -73,9 +72,8 @@ class Judge:
         such moment)."""
         if served.entry is not None:
             return directives.accepts(self._clock() - served.entry.stored_at, self._policy.ttl)
-        since = served.missing_since
-        age = None if since is None or since == FENCE else self._clock() - since / 1_000_000
-        return directives.accepts(age, self._policy.negative_ttl)
+        seen = served.missing_seen
+        return directives.accepts(None if seen is None else self._clock() - seen, self._policy.negative_ttl)
 
     def serves_stale(self, entry: CachedAnnotation, directives: RequestDirectives) -> bool:
         """Whether a version past its freshness is served (while one background fetch revalidates it): within

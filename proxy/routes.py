@@ -238,9 +238,9 @@ class AnnotationRoute:
 def not_found_response(served: Served, status: str, now: float) -> web.Response:
     """A 404 the lookup served: remembered (with its ``Age``), or Label Studio's just now."""
     headers = {"Cache-Status": status}
-    seen = served.missing_since
-    if served.result == "negative_hit" and seen is not None and seen <= now * 1_000_000:  # not a deletion's
-        headers[hdrs.AGE] = str(int(now - seen / 1_000_000))
+    seen = served.missing_seen
+    if served.result == "negative_hit" and seen is not None and seen <= now:
+        headers[hdrs.AGE] = str(int(now - seen))
     return error_response(404, AnnotationNotFound.detail, headers=headers)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.cache import CachedAnnotation
+from proxy.cache.keyspace import FENCE
 from proxy.metrics import CacheResult
 
 
@@ -19,3 +20,10 @@ class Served:
     collapsed: bool = False  # this request waited for another request's fetch
     forced: bool = False  # the request's Cache-Control refused a cached answer (proxy/directives.py)
     missing_since: int | None = None  # a remembered 404: when it was seen (µs; see proxy.cache.Missing)
+
+    @property
+    def missing_seen(self) -> float | None:
+        """When a remembered 404 was seen, in seconds since the epoch (its ``Age`` counts from there); None for a
+        404 with no such moment: a fetch's own, or a deletion Label Studio announced (:data:`FENCE`)."""
+        since = self.missing_since
+        return None if since is None or since == FENCE else since / 1_000_000

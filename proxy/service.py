@@ -26,7 +26,6 @@ from collections.abc import Callable
 from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.cache.hot import HotTier
-from proxy.cache.keyspace import FENCE
 from proxy.changes import ChangeFollower
 from proxy.claims import Claims
 from proxy.directives import ORDINARY, RequestDirectives
@@ -226,9 +225,8 @@ def kept_until(served: Served, now: float, policy: CachePolicy) -> tuple[int, fl
     entry = served.entry
     if entry is not None:
         return len(entry.body), entry.stored_at + policy.ttl
-    since = served.missing_since
-    seen = since / 1_000_000 if since is not None and since != FENCE else now  # a deletion's: no moment at all
-    return 0, min(now, seen) + policy.negative_ttl
+    seen = served.missing_seen  # None for a deletion's: no moment at all
+    return 0, (now if seen is None else min(now, seen)) + policy.negative_ttl
 
 
 __all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served"]
