@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from proxy.fair_slots import CALLER, FairSlots
 from tests.fakes.label_studio import FakeLabelStudio
-from tests.support.proxies import CLIENT_KEY, ProxyFactory, ServerFactory
+from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 from tests.support.waiting import wait_until
 
 OTHER_KEY = "another-client-key-0123456789abcdef"
@@ -91,31 +92,32 @@ async def test_another_key_gets_the_next_connection_not_the_last(make_proxy: Pro
     ]
 
 
-async def test_one_keys_slow_annotations_do_not_get_another_keys_misses_refused(
-    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio
-) -> None:
-    """A waiting request with less time left than Label Studio's slowest recent answer is not sent. Measured over
-    everyone's answers, one key keeping every connection busy with ids Label Studio takes 0.85 s on got nearly
-    every miss of another key refused (503), though Label Studio answers that key's ids at once."""
+async def proxy_with_slow_ids(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio, seconds: Callable[[int], float]
+) -> Proxy:
+    """Two keys and four connections, a 1 s timeout, in front of the fake answering each id after ``seconds(id)``."""
 
     @web.middleware
-    async def slow_for_ids_from_1000(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if int(request.match_info.get("pk", "0")) >= 1000:
-            await asyncio.sleep(0.85)
+    async def slow(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await asyncio.sleep(seconds(int(request.match_info.get("pk", "0"))))
         response: web.StreamResponse = await handler(request)
         return response
 
     app = fake_ls.app()
-    app.middlewares.append(slow_for_ids_from_1000)
+    app.middlewares.append(slow)
     upstream = await aiohttp_server(app)
-    proxy = await make_proxy(
+    return await make_proxy(
         label_studio_url=str(upstream.make_url("/")),
         proxy_client_keys=(CLIENT_KEY, OTHER_KEY),
         proxy_upstream_max_connections=4,
         proxy_upstream_timeout=1.0,
     )
-    for _ in range(6):
-        fake_ls.add_annotation()
+
+
+@asynccontextmanager
+async def flooded(proxy: Proxy) -> AsyncIterator[None]:
+    """CLIENT_KEY keeps eight requests for new ids (1000 and up) outstanding, every connection busy, until the
+    block ends."""
     flooding = True
     next_id = iter(range(1000, 10**6))
 
@@ -125,13 +127,35 @@ async def test_one_keys_slow_annotations_do_not_get_another_keys_misses_refused(
 
     flooders = [asyncio.create_task(flood()) for _ in range(8)]
     await wait_until(lambda: proxy.metric("upstream_waiting") >= 4)
+    try:
+        yield
+    finally:
+        flooding = False
+        await asyncio.gather(*flooders)
+
+
+async def other_keys_misses(proxy: Proxy, count: int, *, pause: float = 0.0) -> list[int]:
     statuses = []
-    for annotation_id in range(1, 7):
+    for annotation_id in range(1, count + 1):
         url = f"/api/annotations/{annotation_id}/"
         statuses.append((await proxy.client.get(url, headers=proxy.auth(OTHER_KEY))).status)
-        await asyncio.sleep(0.1)
-    flooding = False
-    await asyncio.gather(*flooders)
+        await asyncio.sleep(pause)
+    return statuses
+
+
+async def test_one_keys_slow_annotations_do_not_get_another_keys_misses_refused(
+    make_proxy: ProxyFactory, aiohttp_server: ServerFactory, fake_ls: FakeLabelStudio
+) -> None:
+    """A waiting request with less time left than Label Studio's slowest recent answer is not sent. Measured over
+    everyone's answers, one key keeping every connection busy with ids Label Studio takes 0.85 s on got nearly
+    every miss of another key refused (503), though Label Studio answers that key's ids at once."""
+    proxy = await proxy_with_slow_ids(
+        make_proxy, aiohttp_server, fake_ls, lambda annotation_id: 0.85 if annotation_id >= 1000 else 0
+    )
+    for _ in range(6):
+        fake_ls.add_annotation()
+    async with flooded(proxy):
+        statuses = await other_keys_misses(proxy, 6, pause=0.1)
     assert statuses == [200] * 6
 
 
@@ -141,40 +165,16 @@ async def test_a_keys_one_slow_annotation_does_not_shut_it_out_while_connections
     """What a key's waiting request needs left faded only with answers to that key, and a refused request gets
     none: after one answer of 0.95 s, every miss of that key was refused for as long as another key kept the
     connections busy. It fades with refusals too."""
-
-    @web.middleware
-    async def slow(request: web.Request, handler: Handler) -> web.StreamResponse:
-        annotation_id = int(request.match_info.get("pk", "0"))
-        await asyncio.sleep(0.95 if annotation_id == 999 else 0.3 if annotation_id >= 1000 else 0)
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    app = fake_ls.app()
-    app.middlewares.append(slow)
-    upstream = await aiohttp_server(app)
-    proxy = await make_proxy(
-        label_studio_url=str(upstream.make_url("/")),
-        proxy_client_keys=(CLIENT_KEY, OTHER_KEY),
-        proxy_upstream_max_connections=4,
-        proxy_upstream_timeout=1.0,
+    proxy = await proxy_with_slow_ids(
+        make_proxy,
+        aiohttp_server,
+        fake_ls,
+        lambda annotation_id: 0.95 if annotation_id == 999 else 0.3 if annotation_id >= 1000 else 0,
     )
     for _ in range(8):
         fake_ls.add_annotation()
     assert (await proxy.client.get("/api/annotations/999/", headers=proxy.auth(OTHER_KEY))).status == 404
-    flooding = True
-    next_id = iter(range(1000, 10**6))
-
-    async def flood() -> None:
-        while flooding:
-            await proxy.client.get(f"/api/annotations/{next(next_id)}/", headers=proxy.auth(CLIENT_KEY))
-
-    flooders = [asyncio.create_task(flood()) for _ in range(8)]
-    await wait_until(lambda: proxy.metric("upstream_waiting") >= 4)
-    statuses = []
-    for annotation_id in range(1, 9):
-        url = f"/api/annotations/{annotation_id}/"
-        statuses.append((await proxy.client.get(url, headers=proxy.auth(OTHER_KEY))).status)
-    flooding = False
-    await asyncio.gather(*flooders)
+    async with flooded(proxy):
+        statuses = await other_keys_misses(proxy, 8)
     assert statuses.count(503) <= 3  # 0.95 s fades below what a short wait leaves within three refusals
     assert statuses[-4:] == [200] * 4

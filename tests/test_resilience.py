@@ -43,6 +43,15 @@ async def get(proxy: Proxy, annotation_id: int = 1) -> aiohttp.ClientResponse:
     return await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
 
 
+async def opened_by_five_failing_ids(proxy: Proxy, annotations: int) -> None:
+    """``annotations`` annotations in the fake, and the circuit opened: ids 1 to 5 each answered 500 (502 here)."""
+    for _ in range(annotations):
+        proxy.fake.add_annotation()
+    proxy.fake.fail_next(5, status=500)
+    for annotation_id in range(1, 6):  # five different annotations fail: Label Studio as a whole is unwell
+        assert (await get(proxy, annotation_id)).status == 502
+
+
 async def cached_then_expired(proxy: Proxy, clock: Clock) -> bytes:
     """Cache annotation 1, then move past its TTL and stale window: the next request must ask Label Studio."""
     proxy.fake.add_annotation()
@@ -156,11 +165,7 @@ class TestUpstreamProtection:
         self, make_proxy: ProxyFactory, steady: Clock
     ) -> None:
         proxy = await make_proxy()
-        for _ in range(8):
-            proxy.fake.add_annotation()
-        proxy.fake.fail_next(5, status=500)
-        for annotation_id in range(1, 6):  # five different annotations fail: Label Studio as a whole is unwell
-            assert (await get(proxy, annotation_id)).status == 502
+        await opened_by_five_failing_ids(proxy, annotations=8)
         assert proxy.metric("upstream_circuit_state", state="open") == 1
 
         refused = await get(proxy, 6)  # not sent: Label Studio gets a rest
@@ -186,11 +191,7 @@ class TestUpstreamProtection:
         hits only, and the critical alert paged after Label Studio had recovered."""
         proxy = await make_proxy()
         readiness = proxy.client.server.app[READINESS]
-        for _ in range(6):
-            proxy.fake.add_annotation()
-        proxy.fake.fail_next(5, status=500)
-        for annotation_id in range(1, 6):
-            assert (await get(proxy, annotation_id)).status == 502
+        await opened_by_five_failing_ids(proxy, annotations=6)
         assert proxy.metric("upstream_circuit_state", state="open") == 1
 
         await readiness.check()  # Label Studio answers again, but the circuit is still cooling down
@@ -216,11 +217,7 @@ class TestUpstreamProtection:
         callers ask, their probes decide, or each check would let a burst through and hide the outage."""
         proxy = await make_proxy()
         readiness = proxy.client.server.app[READINESS]
-        for _ in range(7):
-            proxy.fake.add_annotation()
-        proxy.fake.fail_next(5, status=500)
-        for annotation_id in range(1, 6):
-            assert (await get(proxy, annotation_id)).status == 502
+        await opened_by_five_failing_ids(proxy, annotations=7)
         assert (await get(proxy, 6)).status == 503  # refused while cooling down: a caller asked
         steady.now += 6
         await readiness.check()
