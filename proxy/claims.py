@@ -51,26 +51,39 @@ class Claims:
         """The answer another replica stored, or leave to fetch: releasing the claim after fetching when it was
         granted, and when asking for it failed (it may have been granted all the same, and releasing a claim this
         process does not hold changes nothing), unless the cache's circuit was open; not when claims are off or
-        the holder went quiet past the claim's TTL."""
+        the holder went quiet past the claim's TTL.
+
+        A grant is followed by one more read: the holder before may have written and let go since this process's
+        last read, and its answer is then served (the claim given back) rather than fetched again."""
         if self._ttl <= 0:
             return Claimed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ttl
         while True:
             try:
-                if await self._cache.store.claim(key, self._ttl):
-                    return Claimed(release=True)
+                granted = await self._cache.store.claim(key, self._ttl)
             except CacheError as exc:
                 self._cache.failed("claim", exc)
                 return Claimed(release=not isinstance(exc, CacheCircuitOpen))
+            if granted:
+                # The holder before may have written and let go since this process last read: read once more.
+                served = self._fresh(await self._cache.read(key))
+                if served is None:
+                    return Claimed(release=True)
+                await self.release(key)
+                return self._answered(served)
             at_most = min(POLL, max(0.0, deadline - loop.time()))
             await self._follower.changed(key.annotation_id, at_most=at_most)
             served = self._fresh(await self._cache.read(key))
-            if served is not None:  # another replica's fetch: a miss here too, answered by that fetch
-                self._metrics.coalesced_requests.inc()
-                return Claimed(served=Served(served.entry, "miss", collapsed=True))
+            if served is not None:
+                return self._answered(served)
             if loop.time() >= deadline:
                 return Claimed()
+
+    def _answered(self, served: Served) -> Claimed:
+        """Another replica's fetch answered: a miss here too, counted as coalesced."""
+        self._metrics.coalesced_requests.inc()
+        return Claimed(served=Served(served.entry, "miss", collapsed=True))
 
     async def release(self, key: AnnotationKey) -> None:
         """Let the claim go. A load of this process refused beside it (proxy/cache/redis_store.py's ClaimBook)

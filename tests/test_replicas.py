@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -352,6 +353,51 @@ async def test_a_miss_waits_for_the_claim_holder_and_fetches_itself_if_it_never_
         await service.close()
         await holder.close()
         await store.close()
+
+
+class WrittenBehindARead:
+    """A store whose plain reads find nothing cached once, and then let another replica, which holds the claim,
+    store its fetch and give the claim up: the write lands between this process's read and its next claim."""
+
+    def __init__(self, store: RedisStore, holder: RedisStore, entry: CachedAnnotation) -> None:
+        self.store, self.holder, self.entry = store, holder, entry
+        self.written = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def get(self, key: AnnotationKey) -> Any:
+        lookup = await self.store.get(key)
+        if lookup is None and not self.written:
+            self.written = True
+            assert await self.holder.put(key, self.entry, 60.0, release=True)
+        return lookup
+
+
+async def test_a_claim_granted_once_the_holder_has_written_serves_what_it_wrote(redis_url: str) -> None:
+    """A waiting replica reads, finds nothing, and asks for the claim again; if the holder's write and release
+    came in between, the claim is granted, and the cache now holds the answer: it must not fetch a second time.
+    test_a_cold_id_is_fetched_once_across_replicas saw this second fetch in about 1 run of 30."""
+    holder = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    entry = replace(version_of(1, 1_000), stored_at=time.time())
+    store = WrittenBehindARead(open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0), holder, entry)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(1, ok())
+    service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0))
+    try:
+        assert await holder.claim(KEY, 60.0)  # another replica fetches it
+        async with asyncio.timeout(10):
+            served = await service.lookup(1, expand=False, request_id="r")
+        assert store.written
+        assert source.calls == []
+        assert served.entry is not None
+        assert (served.entry.body, served.result, served.collapsed) == (entry.body, "miss", True)
+        assert await holder.claim(KEY, 5.0)  # nobody holds the claim afterwards
+    finally:
+        await service.close()
+        await holder.close()
+        await store.store.close()
 
 
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
