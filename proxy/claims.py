@@ -67,7 +67,11 @@ class Claims:
                 return Claimed(release=not isinstance(exc, CacheCircuitOpen))
             if granted:
                 # The holder before may have written and let go since this process last read: read once more.
-                served = self._fresh(await self._cache.read(key))
+                try:
+                    served = self._fresh(await self._cache.read(key))
+                except BaseException:  # cancelled (at shutdown): the other replicas need not wait out the TTL
+                    await self.release(key)
+                    raise
                 if served is None:
                     return Claimed(release=True)
                 await self.release(key)
