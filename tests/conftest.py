@@ -26,6 +26,8 @@ from tests.support.redis_servers import (
 )
 from tests.support.waiting import wait_until
 
+pytest_plugins = ["tests.support.termination"]  # SIGTERM tears the fixtures down, as Ctrl-C does
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
