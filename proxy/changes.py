@@ -41,7 +41,10 @@ class ChangeFollower:
         self._store = store
         self._hot = hot
         self._sleep = sleep
-        self._announced: dict[int, asyncio.Event] = {}  # annotation ids whose change a claim's waiters await
+        # Annotation ids whose change claims' waiters await (the plain and the expanded variant's loads may both
+        # wait for one id): the event they wait on, and how many wait.
+        self._announced: dict[int, asyncio.Event] = {}
+        self._waiting: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -56,12 +59,16 @@ class ChangeFollower:
     async def changed(self, annotation_id: int, *, at_most: float) -> None:
         """Until the store announces a change of the annotation, at most ``at_most`` seconds."""
         event = self._announced.setdefault(annotation_id, asyncio.Event())
+        self._waiting[annotation_id] = self._waiting.get(annotation_id, 0) + 1
         try:
             with suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), at_most)
         finally:
-            if self._announced.get(annotation_id) is event:
-                del self._announced[annotation_id]
+            left = self._waiting.pop(annotation_id) - 1
+            if left:  # another still waits, on this event or a later one: it stays to be set
+                self._waiting[annotation_id] = left
+            else:
+                self._announced.pop(annotation_id, None)
 
     def wake(self, annotation_id: int) -> None:
         """Wake whoever waits in :meth:`changed` for the annotation now: announced, or its claim let go here."""

@@ -20,8 +20,18 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy import claims
-from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, RedisStore, Variant, open_redis_store
+from proxy.cache import (
+    AnnotationKey,
+    CachedAnnotation,
+    KeyScheme,
+    MemoryStore,
+    RedisStore,
+    Variant,
+    open_redis_store,
+)
+from proxy.cache.hot import HotTier
 from proxy.cache.redis_store import ClaimBook
+from proxy.changes import ChangeFollower
 from proxy.errors import CacheError
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService
@@ -446,6 +456,19 @@ async def test_a_load_closed_while_it_reads_after_its_grant_gives_the_claim_back
         await service.close()
         await other.close()
         await store.store.close()
+
+
+async def test_an_announcement_wakes_every_load_waiting_for_the_id_whichever_stopped_waiting_first() -> None:
+    """The plain and the expanded variant's loads may wait for one id at once. The first to stop waiting (its look
+    at the store is due) took the id's wake-up with it, and the other then slept through the announcement."""
+    follower = ChangeFollower(MemoryStore(max_bytes=0), HotTier(ttl=0, max_bytes=0, clock=time.time))
+    plain = asyncio.create_task(follower.changed(1, at_most=0.05))
+    expanded = asyncio.create_task(follower.changed(1, at_most=60.0))
+    await plain
+    assert not expanded.done()
+    follower.wake(1)
+    async with asyncio.timeout(10):
+        await expanded
 
 
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
