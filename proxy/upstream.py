@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Hashable
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,8 +32,8 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.exchange import Exchange, MemoryWait, UpstreamReply
-from proxy.fair_slots import CALLER, FairSlots
 from proxy.metrics import Metrics
+from proxy.upstream_queue import SlotWait, UpstreamQueue
 
 ANNOTATIONS_PATH = "api/annotations/"  # below LABEL_STUDIO_URL, which may have a path of its own
 # Readiness asks for annotation 0, which never exists: Label Studio checks credentials before the lookup, so a
@@ -67,7 +66,6 @@ class UpstreamPolicy:
 
 
 MAX_FAILING_IDS = 1024
-SLOWEST_DECAY = 0.9  # per answer or refusal: a slow answer's weight in what a waiting request needs left fades
 
 
 class FailingIds:
@@ -134,13 +132,8 @@ class LabelStudioClient:
         self._credentials = credentials
         self._policy = policy
         self._breaker = breaker
-        self._slots = FairSlots(policy.max_connections)  # shared in turn between callers
+        self._queue = UpstreamQueue(policy.max_connections, metrics)  # connections shared in turn between callers
         self._failing_ids = FailingIds()
-        self._answered_at = 0.0  # loop time of Label Studio's last answer to an annotation request
-        # Per caller (a client key's number; one per configured key at most): seconds Label Studio's slowest recent
-        # answer to it took, fading with each faster one and each request refused for it. Per caller, so that one
-        # key's slow ids set no one else's.
-        self._slowest: dict[Hashable, float] = {}
         self._metrics = metrics
         self._exchange = Exchange(session, metrics, max_body_bytes=max_body_bytes, user_agent=user_agent, bodies=bodies)
 
@@ -168,7 +161,7 @@ class LabelStudioClient:
                     raise ProxyBusy() from exc
                 if queued.sent_at is None:  # never sent: the proxy's own queue outlasted the deadline
                     raise UpstreamQueueTimeout() from exc
-                silent = loop.time() - self._answered_at >= self._policy.timeout
+                silent = self._queue.silent_for(self._policy.timeout)
                 if (silent or not queued.waited) and self._failing_ids.first(annotation_id):
                     self._breaker.failed()  # a request with its whole deadline, or nobody answered for as long
                 raise UpstreamTimeout() from exc
@@ -232,47 +225,18 @@ class LabelStudioClient:
         with self._breaker.guard(
             UpstreamCircuitOpen, failures=(UpstreamUnavailable, UpstreamTimeout), answers=(UpstreamError,)
         ) as verdict:
-            loop, caller = asyncio.get_running_loop(), CALLER.get()
-            slowest = self._slowest.get(caller, 0.0)
-            if self._slots.locked():  # only a request that waits for a slot is counted as waiting
-                queued.waited = True
-                with self._metrics.upstream_waiting.track_inprogress():
-                    await self._slots.acquire()
-                if queued.deadline - loop.time() < slowest:
-                    self._slowest[caller] = slowest * SLOWEST_DECAY  # fades with refusals too: never a lockout
-                    self._slots.release()
-                    verdict.abandoned()
-                    raise UpstreamQueueTimeout()
-            else:
-                await self._slots.acquire()  # free: taken at once
-            queued.sent_at = loop.time()
+            sent_at = await self._queue.enter(queued)
+            if sent_at is None:
+                verdict.abandoned()
+                raise UpstreamQueueTimeout()
             try:
                 authorization = await self._credentials.authorization()
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
-                self._answered_at = loop.time()
-                took = self._answered_at - queued.sent_at
-                self._slowest[caller] = max(took, self._slowest.get(caller, 0.0) * SLOWEST_DECAY)
+                self._queue.answered(sent_at)
             finally:
-                self._slots.release()
+                self._queue.leave()
             self._failing_ids.tell(verdict, annotation_id, reply.status)
         return reply, authorization
-
-
-class SlotWait:
-    """Whether an attempt waited for its connection slot, and when it got one (loop time; None until then).
-
-    What its timeout says: one that never waited had its whole deadline at Label Studio. One that waited had
-    only what the proxy's own queue left (a second attempt, a retry or one after renewing rejected credentials,
-    only what the first left), and says nothing of Label Studio while Label Studio answers others (a caller
-    flooding the queue must not open the breaker for everyone), but does once Label Studio has answered nothing
-    for a whole timeout (a hang under load, or with fewer connections than the breaker's threshold)."""
-
-    __slots__ = ("deadline", "sent_at", "waited")
-
-    def __init__(self, deadline: float, *, waited: bool) -> None:
-        self.deadline = deadline
-        self.sent_at: float | None = None
-        self.waited = waited
 
 
 def _status_error(status: int) -> UpstreamBadStatus:
