@@ -7,18 +7,19 @@ The only holder of the token besides :mod:`proxy.upstream`, which asks for an ``
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import aiohttp
 from aiohttp import hdrs
 from pydantic import SecretStr
 from yarl import URL
 
-from proxy.errors import UpstreamAuthRejected, UpstreamBadStatus, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import TokenRefreshFailed, UpstreamAuthRejected, UpstreamError
 from proxy.exchange import read_at_most
 from proxy.metrics import Metrics
 from proxy.tokens import jwt_claims
@@ -28,6 +29,12 @@ log = logging.getLogger("proxy.upstream")
 TOKEN_REFRESH_PATH = "api/token/refresh/"  # noqa: S105 - a path, not a secret
 # The refresh's answer is one access token (a JWT of a few hundred bytes); past this, it is not read further.
 REFRESH_BODY_LIMIT = 64 * 1024
+# After an exchange failed, requests get that failure without another exchange for this many seconds: a Label
+# Studio that cannot refresh tokens (or rejects the personal access token) is asked once a second per replica, not
+# once per miss, one after another.
+REFRESH_RETRY_AFTER = 1.0
+# An access token whose lifetime the refresh's answer does not tell is used for this many seconds.
+DEFAULT_LIFETIME = 60.0
 
 
 class Credentials(Protocol):
@@ -62,8 +69,10 @@ class PersonalAccessToken:
     """A personal access token (a JWT refresh token), exchanged for short-lived access tokens.
 
     The access token is refreshed before it expires (``margin`` seconds early, or half its lifetime when that
-    is shorter) and after Label Studio rejects it. One exchange is in flight at a time: concurrent requests
-    wait for it instead of each starting their own.
+    is shorter) and after Label Studio rejects it. Its lifetime is Label Studio's own (``exp`` less ``iat``, both
+    by Label Studio's clock), so a proxy whose clock is ahead does not refresh on every request. One exchange is
+    in flight at a time: concurrent requests wait for it instead of each starting their own, and for
+    :data:`REFRESH_RETRY_AFTER` after one failed, requests get its failure instead of exchanging again.
     """
 
     def __init__(
@@ -86,6 +95,8 @@ class PersonalAccessToken:
         self._margin = margin
         self._access: str | None = None
         self._refresh_at = 0.0
+        self._failed: UpstreamError | None = None  # the last exchange's failure, until _retry_at
+        self._retry_at = 0.0
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -109,14 +120,16 @@ class PersonalAccessToken:
         return True
 
     async def _refresh(self) -> str:
+        if self._failed is not None and self._clock() < self._retry_at:
+            raise _repeated(self._failed)
         try:
             access = await self._exchange()
-        except UpstreamAuthRejected:
-            self._metrics.token_refreshes.labels(outcome="rejected").inc()
+        except UpstreamError as exc:
+            self._failed, self._retry_at = exc, self._clock() + REFRESH_RETRY_AFTER
+            outcome = "rejected" if isinstance(exc, UpstreamAuthRejected) else "error"
+            self._metrics.token_refreshes.labels(outcome=outcome).inc()
             raise
-        except UpstreamError:
-            self._metrics.token_refreshes.labels(outcome="error").inc()
-            raise
+        self._failed = None
         self._metrics.token_refreshes.labels(outcome="ok").inc()
         return access
 
@@ -137,26 +150,47 @@ class PersonalAccessToken:
                     )
                     raise UpstreamAuthRejected(upstream_status=response.status)
                 if response.status != 200:
-                    raise UpstreamBadStatus(
-                        f"Label Studio answered HTTP {response.status} to the token refresh.",
-                        upstream_status=response.status,
-                    )
+                    # Not the annotation's status: Cache-Status's fwd-status stays for what the GET answered.
+                    raise TokenRefreshFailed(f"Label Studio answered HTTP {response.status} to the token refresh.")
                 body = await read_at_most(response, REFRESH_BODY_LIMIT)  # never more of it in memory
                 payload = json.loads(body) if body is not None else None
         except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
-            raise UpstreamTimeout("Label Studio did not answer the token refresh in time.") from exc
+            raise TokenRefreshFailed("Label Studio did not answer the token refresh in time.") from exc
         except (aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamUnavailable("The token refresh with Label Studio failed.") from exc
+            raise TokenRefreshFailed("The token refresh with Label Studio failed.") from exc
 
         access = payload.get("access") if isinstance(payload, dict) else None
         claims = jwt_claims(access) if isinstance(access, str) else None
         if not isinstance(access, str) or claims is None or not _usable_header_value(access):
-            raise UpstreamBadStatus("Label Studio's token refresh returned no access token.")
-        exp = claims.get("exp")
-        lifetime = float(exp) - now if isinstance(exp, int | float) else 60.0
+            raise TokenRefreshFailed("Label Studio's token refresh returned no access token.")
+        lifetime = _lifetime(claims, now)
         self._access = access
         self._refresh_at = now + max(0.0, lifetime - min(self._margin, lifetime / 2))
         return access
+
+
+def _lifetime(claims: dict[str, object], now: float) -> float:
+    """Seconds an access token is good for: ``exp`` less ``iat`` (both Label Studio's clock); ``exp`` less the
+    proxy's ``now`` without an ``iat``; :data:`DEFAULT_LIFETIME` without an ``exp``."""
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not _seconds(exp):
+        return DEFAULT_LIFETIME
+    if _seconds(iat) and iat < exp:
+        return float(exp) - float(iat)
+    return float(exp) - now
+
+
+def _seconds(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _repeated(failure: UpstreamError) -> UpstreamError:
+    """``failure`` once more, for a request that came while the proxy waits before exchanging again: a copy (one
+    failure answers many requests), which the breaker does not count again."""
+    again = copy.copy(failure)
+    if isinstance(again, TokenRefreshFailed):
+        again.repeated = True
+    return again
 
 
 def _usable_header_value(token: str) -> bool:

@@ -130,6 +130,16 @@ class UpstreamUnavailable(UpstreamError):
     outcome = "connection_error"
 
 
+class TokenRefreshFailed(UpstreamUnavailable):
+    """Label Studio's token refresh gave no access token (no answer, a 5xx, an answer without one): Label Studio as
+    a whole is unwell, not one annotation. Counted by the breaker once per exchange: ``repeated`` marks the copy
+    that requests get while the proxy waits before exchanging again (proxy/credentials.py)."""
+
+    detail = "Label Studio's token refresh failed."
+    outcome = "token_refresh_failed"
+    repeated = False
+
+
 class UpstreamCircuitOpen(UpstreamUnavailable):
     """Label Studio kept failing: the proxy is not calling it for a few seconds (its circuit breaker is open)."""
 

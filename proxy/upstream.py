@@ -23,6 +23,7 @@ from proxy.credentials import Credentials
 from proxy.errors import (
     GATEWAY_STATUSES,
     ProxyBusy,
+    TokenRefreshFailed,
     UpstreamAuthRejected,
     UpstreamBadStatus,
     UpstreamCircuitOpen,
@@ -230,13 +231,23 @@ class LabelStudioClient:
                 verdict.abandoned()
                 raise UpstreamQueueTimeout()
             try:
-                authorization = await self._credentials.authorization()
+                authorization = await self._authorization(verdict)
                 reply = await self._exchange.get(url, authorization, request_id, waiting=waiting)
                 self._queue.answered(sent_at)
             finally:
                 self._queue.leave()
             self._failing_ids.tell(verdict, annotation_id, reply.status)
         return reply, authorization
+
+    async def _authorization(self, verdict: Verdict) -> str:
+        """The ``Authorization`` to send. A failed token exchange is Label Studio failing, counted once: a request
+        answered with the failure of an exchange another request made gives no verdict."""
+        try:
+            return await self._credentials.authorization()
+        except TokenRefreshFailed as exc:
+            if exc.repeated:
+                verdict.abandoned()
+            raise
 
 
 def _status_error(status: int) -> UpstreamBadStatus:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.clock import Clock
-from tests.support.proxies import ProxyFactory, ServerFactory
+from tests.support.proxies import Proxy, ProxyFactory, ServerFactory
 
 
 def authorizations(fake: FakeLabelStudio) -> list[str]:
@@ -87,7 +87,7 @@ async def test_concurrent_requests_share_one_refresh(make_proxy: ProxyFactory, f
 
 
 async def test_revoked_personal_access_token_means_misconfigured(
-    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
 ) -> None:
     pat = fake_ls.issue_personal_access_token()
     fake_ls.revoke_refresh_token(pat)
@@ -100,6 +100,9 @@ async def test_revoked_personal_access_token_means_misconfigured(
     assert b"misconfigured" in body
     assert pat.encode() not in body
     assert fake_ls.annotation_gets() == []
+    assert proxy.metric("token_refreshes_total", outcome="rejected") == 1  # asked again a second later, no sooner
+    clock.now += 1
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 502
     assert proxy.metric("token_refreshes_total", outcome="rejected") == 2
 
 
@@ -145,3 +148,76 @@ async def test_behind_a_path_of_its_own_the_token_is_refreshed_below_it(
     assert response.status == 200
     assert fake_ls.refresh_calls == 1
     assert authorizations(fake_ls)[0].startswith("Bearer ")
+
+
+async def due_for_a_refresh(make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, count: int) -> Proxy:
+    """A proxy on a personal access token whose access token has expired, and ``count`` annotations."""
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
+    for _ in range(count):
+        fake_ls.add_annotation()
+    clock.now += 300  # the access token exchanged at start-up has expired
+    return proxy
+
+
+async def test_a_failed_refresh_answers_the_requests_meanwhile_without_exchanging_again(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    """Every miss behind the lock exchanged again, one after another, once the exchange before had failed: while
+    Label Studio is down, ten misses made ten refreshes, each waiting for the one before."""
+    proxy = await due_for_a_refresh(make_proxy, fake_ls, clock, 10)
+    fake_ls.fail_next_refreshes(1, status=503)  # the next exchange would succeed
+    responses = await asyncio.gather(
+        *(proxy.client.get(f"/api/annotations/{i}/", headers=proxy.auth()) for i in range(1, 11))
+    )
+    assert {r.status for r in responses} == {502}
+    # Not the annotation's status: no fwd-status, and the detail says what failed.
+    assert {r.headers["Cache-Status"] for r in responses} == {"annotation-proxy; fwd=miss; detail=token_refresh_failed"}
+    assert fake_ls.refresh_calls == 2  # at start-up, and the one that failed
+    assert fake_ls.annotation_gets() == []
+    assert proxy.metric("token_refreshes_total", outcome="error") == 1
+    clock.now += 1
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
+    assert fake_ls.refresh_calls == 3
+
+
+async def test_failed_refreshes_open_the_circuit_as_failed_requests_do(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    """A refresh answered 503 counted as Label Studio answering: a Label Studio down behind its gateway was asked
+    on every miss, and never rested."""
+    proxy = await due_for_a_refresh(make_proxy, fake_ls, clock, 6)
+    fake_ls.fail_next_refreshes(5, status=503)
+    statuses = []
+    for annotation_id in range(1, 7):
+        response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+        statuses.append((response.status, response.headers["Cache-Status"].rsplit("=", 1)[-1]))
+        clock.now += 1  # the next miss exchanges again
+    # The fifth failed exchange opens the circuit: that miss's retry, and the next miss, are refused.
+    assert statuses == [(502, "token_refresh_failed")] * 4 + [(503, "circuit_open")] * 2
+    assert fake_ls.refresh_calls == 6  # at start-up, and one per miss: the retries within a miss did not ask again
+
+
+async def test_a_failed_refresh_is_not_remembered_as_the_annotation_failing(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    """A refresh's 500 was taken for the annotation's own 500, and the id answered 502 for seconds after."""
+    proxy = await due_for_a_refresh(make_proxy, fake_ls, clock, 1)
+    fake_ls.fail_next_refreshes(1, status=500)
+    assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 502
+    clock.now += 1
+    response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    assert response.status == 200
+    assert len(fake_ls.annotation_gets(1)) == 1
+
+
+async def test_a_proxy_clock_ahead_of_label_studio_does_not_refresh_on_every_request(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio
+) -> None:
+    """The token's lifetime is Label Studio's exp less its iat; taken as exp less the proxy's now, a clock 400 s
+    ahead made every access token due at once."""
+    fake_ls.clock_offset = -400.0
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
+    for annotation_id in range(1, 6):
+        fake_ls.add_annotation()
+        assert (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status == 200
+    assert fake_ls.refresh_calls == 1

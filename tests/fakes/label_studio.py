@@ -199,6 +199,8 @@ class FakeLabelStudio:
         self.checks: list[RecordedRequest] = []  # the proxy's dependency checks (GET /api/annotations/0/)
         self.refresh_calls = 0
         self.refresh_padding = 0  # characters of an extra field in each refresh answer (a misbehaving endpoint)
+        self.clock_offset = 0.0  # seconds this Label Studio's clock is ahead of the test's (behind when negative)
+        self._refresh_failures: deque[int] = deque()
 
         self._annotations: dict[int, dict[str, Any]] = {}
         self._next_id = 1
@@ -308,7 +310,7 @@ class FakeLabelStudio:
         self._revoked_jtis.add(claims["jti"])
 
     def _sign(self, token_type: str, lifetime: float) -> str:
-        now = self._clock()
+        now = self._time()
         jti = uuid.uuid4().hex
         if token_type == "access":
             self._access_jtis.add(jti)
@@ -322,7 +324,11 @@ class FakeLabelStudio:
         }
         return jwt_encode(claims, self._secret)
 
-    # --- Faults (annotation GETs only) -----------------------------------------------------------
+    # --- Faults (annotation GETs, but for the one of token refreshes) --------------------------------
+
+    def fail_next_refreshes(self, count: int = 1, *, status: int = 503) -> None:
+        """The next `count` token refreshes get `status` (Label Studio down behind its gateway, say)."""
+        self._refresh_failures.extend([status] * count)
 
     def fail_next(
         self,
@@ -468,7 +474,7 @@ class FakeLabelStudio:
             claims is not None
             and claims.get("token_type") == "access"
             and isinstance(claims.get("exp"), int)
-            and claims["exp"] > self._clock()
+            and claims["exp"] > self._time()
             and claims.get("jti") not in self._revoked_jtis
         )
 
@@ -478,6 +484,8 @@ class FakeLabelStudio:
         if request.method != hdrs.METH_POST:
             return self._error(405, f'Method "{request.method}" not allowed.', headers=headers)
         self.refresh_calls += 1
+        if self._refresh_failures:
+            return self._error(self._refresh_failures.popleft(), "Label Studio failed.")
         data = await self._read_object(request)
         if isinstance(data, web.Response):
             return data
@@ -497,7 +505,7 @@ class FakeLabelStudio:
         claims = jwt_claims(token, self._secret)
         if claims is None or not isinstance(claims.get("exp"), int):
             return "Token is invalid"
-        if claims["exp"] <= self._clock():
+        if claims["exp"] <= self._time():
             return "Token is expired"
         if claims.get("jti") in self._revoked_jtis:
             return "Token is blacklisted"
@@ -522,7 +530,7 @@ class FakeLabelStudio:
         cookie: SimpleCookie = SimpleCookie()
         cookie["sessionid"] = "".join(secrets.choice(alphabet) for _ in range(32))
         morsel = cookie["sessionid"]
-        morsel["expires"] = formatdate(self._clock() + _SESSION_COOKIE_AGE, usegmt=True)
+        morsel["expires"] = formatdate(self._time() + _SESSION_COOKIE_AGE, usegmt=True)
         morsel["max-age"] = _SESSION_COOKIE_AGE
         morsel["path"] = "/"
         morsel["httponly"] = True
@@ -594,7 +602,10 @@ class FakeLabelStudio:
         return data
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), tz=UTC)
+        return datetime.fromtimestamp(self._time(), tz=UTC)
+
+    def _time(self) -> float:
+        return self._clock() + self.clock_offset
 
 
 def _refresh_field_error(data: dict[str, Any]) -> str | None:
