@@ -300,6 +300,18 @@ class TestStoreContract:
         assert await store.put(PLAIN, entry(version=2**62), TTL) is False
         assert isinstance(await store.get(PLAIN), Missing)
 
+    async def test_a_change_announced_after_a_deletion_changes_nothing(self, store: AnnotationStore) -> None:
+        """Label Studio's webhooks may arrive out of order (an edit just before the delete), or be replayed: an
+        ANNOTATION_UPDATED after ANNOTATIONS_DELETED pointed back at the deleted version's bodies, still in the
+        store, and served them as fresh hits."""
+        await store.put(PLAIN, entry(version=1_000), TTL)
+        await store.put_missing(7, TTL, since=FENCE)
+        await store.invalidate(7, 1_000, TTL)
+        assert isinstance(await store.get(PLAIN), Missing)
+        await store.invalidate(7, 2_000, TTL)
+        assert isinstance(await store.get(PLAIN), Missing)
+        assert await store.put(PLAIN, entry(version=2_000), TTL) is False
+
     async def test_drop_forgets_versions_and_404s(self, store: AnnotationStore) -> None:
         await store.put(PLAIN, entry(version=2_000), TTL)
         await store.drop(7)

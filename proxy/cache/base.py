@@ -101,7 +101,8 @@ class AnnotationStore(Protocol):
 
         The pointer moves to ``version`` (unless a newer one is known), so an older version that a slow
         fetch brings back later is refused, and the cached body of ``version`` (if any) is dropped so the next
-        request fetches it again. Drops a remembered 404.
+        request fetches it again. Drops a remembered 404, but for a deletion's (:data:`proxy.cache.keyspace.FENCE`),
+        which changes nothing: a deleted annotation is not changed again, so such a change arrived out of order.
         """
         ...
 

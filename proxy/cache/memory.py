@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from proxy.cache.base import AnnotationKey, CachedAnnotation, Lookup, Missing, Variant
 from proxy.cache.bounded import ByteBoundedMap
+from proxy.cache.keyspace import FENCE
 
 # Per-record overhead (dict slot, tuple key, record, the entry object), so the byte bound holds for small bodies
 # and tombstones too.
@@ -82,6 +83,8 @@ class MemoryStore:
         return True
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        if self._live(("missing", annotation_id)) == FENCE:  # a deletion stands (AnnotationStore.invalidate)
+            return
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > version:
             return

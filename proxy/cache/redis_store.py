@@ -29,7 +29,7 @@ from proxy.cache.base import (
     encode_entry,
 )
 from proxy.cache.batching import SharedFailure, batched
-from proxy.cache.keyspace import KeyScheme, version_token
+from proxy.cache.keyspace import FENCE, KeyScheme, version_token
 from proxy.cache.topology import Closer, RedisMode, connect, drop_idle_connections
 from proxy.errors import CacheBusy, CacheError
 
@@ -99,9 +99,12 @@ if current or missing_since or waited or ARGV[8] == '1' then redis.call('PUBLISH
 return 1
 """
 
-# KEYS: pointer, missing marker, the version's plain key, its expand key. ARGV: version token, ttl in ms.
-# Moves the pointer up to the version (never down) and drops that version's bodies if they are cached.
+# KEYS: pointer, missing marker, the version's plain key, its expand key. ARGV: version token, ttl in ms, the
+# changes channel, the id, the token of FENCE. Moves the pointer up to the version (never down) and drops that
+# version's bodies if they are cached; changes nothing while a deletion's marker (FENCE) stands: a change announced
+# after the deletion (webhooks out of order, or replayed) would point back at the deleted version's bodies.
 INVALIDATE_SCRIPT = """
+if redis.call('GET', KEYS[2]) == ARGV[5] then return 0 end
 local current = redis.call('GET', KEYS[1])
 if current and current > ARGV[1] then return 0 end
 if current == ARGV[1] then redis.call('DEL', KEYS[3], KEYS[4]) end
@@ -164,6 +167,7 @@ return 1
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
+FENCE_TOKEN = version_token(FENCE)  # a deletion's marker, as the store holds it
 
 
 def _ms(seconds: float) -> int:
@@ -417,17 +421,16 @@ class RedisStore:
         return bool(stored)
 
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+        keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
+        keys += [self._keys.version(annotation_id, version, variant) for variant in Variant]
+        args: list[str | int] = [version_token(version), _ms(ttl), *self._announce(annotation_id), FENCE_TOKEN]
         with _translated("write"):
-            keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
-            keys += [self._keys.version(annotation_id, version, variant) for variant in Variant]
-            await self._invalidate(keys=keys, args=[version_token(version), _ms(ttl), *self._announce(annotation_id)])
+            await self._invalidate(keys=keys, args=args)
 
     async def drop(self, annotation_id: int) -> None:
+        keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
         with _translated("write"):
-            await self._drop(
-                keys=[self._keys.pointer(annotation_id), self._keys.missing(annotation_id)],
-                args=[*self._announce(annotation_id)],
-            )
+            await self._drop(keys=keys, args=[*self._announce(annotation_id)])
 
     async def annotations_of_task(self, task_id: int) -> set[int]:
         return await self._tasks.annotations(task_id)
