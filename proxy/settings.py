@@ -11,6 +11,7 @@ import ipaddress
 import time
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -23,7 +24,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from yarl import URL
 
 from proxy.auth import ClientKey, parse_entry, read_entries
 from proxy.budget import BODY_FACTOR, MemoryBudget, memory_budget
@@ -287,11 +287,16 @@ def describe_redis_url(url: str) -> str:
             return parse_sentinel_url(url).describe()
         except ValueError:
             return "redis+sentinel://<unparsable>"
-    parsed = URL(url)
-    if parsed.scheme == "unix":
-        return f"unix://{parsed.path}"
-    port = f":{parsed.explicit_port}" if parsed.explicit_port else ""
-    return f"{parsed.scheme}://{parsed.host or ''}{port}{parsed.path}"
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "unix":
+            return f"unix://{parts.path}"
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme.lower()}://{host}{port}{parts.path}"
+    except ValueError:  # only shown for a URL that passed check_url, which urlsplit parses: never more than this
+        return "<unparsable>"
 
 
 def _describe(error: dict[str, object]) -> str:

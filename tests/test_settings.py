@@ -215,6 +215,8 @@ class TestRedisTopologies:
             ("sentinel", SENTINEL_URL),
             ("sentinel", "redis+sentinel://sentinel/annotations"),
             ("sentinel", "redis+sentinel://:Xy[hunter2]z@sentinel/annotations"),  # brackets in a password are fine
+            ("standalone", "redis://:a%2Fb%23c@redis:6379/0?socket_timeout=1.5"),  # percent-encoded, and options
+            ("standalone", "redis://[::1]:6379"),
         ],
     )
     def test_each_mode_takes_its_urls(self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str) -> None:
@@ -240,6 +242,21 @@ class TestRedisTopologies:
             ("sentinel", "redis+sentinel://::1/annotations", "must be in brackets"),
             ("standalone", "redis://:Xy[hunter2]z@redis:6379/0", "is not a valid URL"),
             ("cluster", "redis://:hunter2@node-1:99999", "is not a valid URL"),
+            # A password's '/', '?', '#' or '@' left unencoded: redis-py would connect elsewhere (localhost, a host
+            # named after the user), and the start-up line showed the rest of the URL as a path.
+            ("standalone", "redis://:/hunter2+Pw@redis.internal:6380/0", "names no host (percent-encode"),
+            ("standalone", "redis://:?hunter2@redis:6380/0", "names no host (percent-encode"),
+            ("standalone", "redis://default:42/hunter2@redis", "may only end with /<database number>"),
+            ("cluster", "redis://user:12#hunter2@node-1", "may only end with /<database number>"),
+            ("standalone", "redis://redis/zero", "may only end with /<database number>"),  # redis-py: db 0
+            ("standalone", "redis://:hunter2@redis\\x/0", "has an invalid host name"),
+            # What redis-py would refuse only when connecting, with a traceback.
+            (
+                "standalone",
+                "redis://:hunter2@redis:6379/0?socket_timeout=abc",
+                "has an invalid 'socket_timeout' option",
+            ),
+            ("cluster", "redis://:hunter2@node-1:6379?health_check_interval=x", "invalid 'health_check_interval'"),
             ("replicated", "redis://redis:6379/0", "PROXY_REDIS_MODE"),
         ],
     )
@@ -255,6 +272,11 @@ class TestRedisTopologies:
         assert expected in message
         assert "\n" not in message
         assert "hunter2" not in message
+
+    def test_the_url_is_logged_without_its_password(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        required(monkeypatch)
+        monkeypatch.setenv("REDIS_URL", "rediss://user:a%2Fhunter2@[::1]:6380/3?password=hunter3")
+        assert load_settings().redacted()["redis_url"] == "rediss://[::1]:6380/3"
 
     def test_the_sentinel_url_is_logged_without_its_passwords(self, monkeypatch: pytest.MonkeyPatch) -> None:
         required(monkeypatch)

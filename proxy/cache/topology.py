@@ -21,6 +21,7 @@ once, and its per-node pools fail at once when full (redis-py offers no waiting 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -36,6 +37,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 
+ENCODING_HINT = "percent-encode special characters in the password"
+DB_PATH = re.compile(r"(/[0-9]*)?")
+HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # a name or IPv4 address, or an IPv6 one (urlsplit lowercases)
+INVALID_OPTION = re.compile(r"Invalid value for '(\w+)'")
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 CLUSTER_SCHEMES = frozenset({"redis", "rediss"})
 SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
@@ -153,9 +158,24 @@ def check_url(url: str, mode: RedisMode) -> None:
     if scheme not in allowed:
         raise ValueError(f"must start with one of {', '.join(sorted(allowed))}:// when PROXY_REDIS_MODE={mode}")
     try:
-        _ = urlsplit(url).port  # what redis-py's from_url will parse; its errors may quote the URL
+        parts = urlsplit(url)
+        _ = parts.port  # what redis-py's from_url will parse; its errors may quote the URL
     except ValueError:
-        raise ValueError("is not a valid URL (percent-encode special characters in the password)") from None
+        raise ValueError(f"is not a valid URL ({ENCODING_HINT})") from None
+    if scheme != "unix":
+        # A password with a '/', '?', '#' or '@' left as it is splits the URL elsewhere: redis-py would quietly
+        # take no host (localhost), or a host named after the user, and the rest, password included, for a path.
+        if not parts.hostname:
+            raise ValueError(f"names no host ({ENCODING_HINT})")
+        if not HOST.fullmatch(parts.hostname):
+            raise ValueError(f"has an invalid host name ({ENCODING_HINT})")
+        if parts.fragment or not DB_PATH.fullmatch(parts.path):
+            raise ValueError(f"may only end with /<database number> and ?options ({ENCODING_HINT})")
+    try:
+        parse_url(url)  # the query's options, as redis-py will read them
+    except ValueError as exc:
+        option = INVALID_OPTION.search(str(exc))  # redis-py names the option; any other text might quote the URL
+        raise ValueError(f"has an invalid {option[1]!r} option" if option else "is not a valid Redis URL") from None
 
 
 class WaitingConnectionPool(ConnectionPool):
