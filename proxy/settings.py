@@ -32,6 +32,7 @@ from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
 
 MiB = 1024 * 1024
+MAX_TTL = 365 * 24 * 3600  # seconds: the longest any cache TTL may be
 
 
 def is_loopback_host(host: str) -> bool:
@@ -153,10 +154,11 @@ class Settings(BaseSettings):
     proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
     proxy_render_max_bytes: int = Field(default=16 * MiB, ge=0)
     proxy_inflight_max_bytes: int = Field(default=128 * MiB, ge=MiB)
-    proxy_cache_ttl: float = Field(default=300.0, gt=0)
-    proxy_stale_ttl: float = Field(default=3600.0, ge=0)
-    proxy_negative_ttl: float = Field(default=30.0, ge=0)
-    proxy_stale_if_error_ttl: float = Field(default=86400.0, ge=0)
+    # At most a year: an unbounded TTL (inf, 1e17) made every lookup a 500, or every Redis write an error.
+    proxy_cache_ttl: float = Field(default=300.0, gt=0, le=MAX_TTL)
+    proxy_stale_ttl: float = Field(default=3600.0, ge=0, le=MAX_TTL)
+    proxy_negative_ttl: float = Field(default=30.0, ge=0, le=MAX_TTL)
+    proxy_stale_if_error_ttl: float = Field(default=86400.0, ge=0, le=MAX_TTL)
     proxy_key_prefix: KeyPrefix = "annotation-proxy:"
     # Callers' Cache-Control (no-cache, max-age, ...) may make the proxy ask Label Studio (docs/freshness.md).
     proxy_client_revalidation: bool = True

@@ -91,6 +91,11 @@ def test_missing_settings_are_named_in_one_line() -> None:
         ("LABEL_STUDIO_API_KEY", "tok\x01en", "LABEL_STUDIO_API_KEY"),
         ("LABEL_STUDIO_API_KEY", "t\u00f6ken", "LABEL_STUDIO_API_KEY"),
         ("PROXY_STALE_TTL", "-5", "PROXY_STALE_TTL"),
+        # Unbounded, these made every lookup a 500 (inf), or every Redis write an error (1e17).
+        ("PROXY_CACHE_TTL", "inf", "PROXY_CACHE_TTL"),
+        ("PROXY_STALE_IF_ERROR_TTL", "inf", "PROXY_STALE_IF_ERROR_TTL"),
+        ("PROXY_NEGATIVE_TTL", "1e17", "PROXY_NEGATIVE_TTL"),
+        ("PROXY_STALE_TTL", str(366 * 24 * 3600), "PROXY_STALE_TTL"),
         ("PROXY_WEBHOOK_SECRET", "short", "PROXY_WEBHOOK_SECRET"),
         ("PROXY_ADMIN_KEYS", "short", "PROXY_ADMIN_KEYS"),
         ("PROXY_METRICS_PORT", "0", "PROXY_METRICS_PORT"),
