@@ -32,7 +32,7 @@ from proxy.errors import ConfigError
 from proxy.tokens import is_personal_access_token, jwt_expiry
 
 MiB = 1024 * 1024
-MAX_TTL = 365 * 24 * 3600  # seconds: the longest any cache TTL may be
+MAX_TTL = 10 * 365 * 24 * 3600  # seconds: the longest any cache TTL may be (ten years)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     proxy_hot_max_bytes: int = Field(default=16 * MiB, ge=0)
     proxy_render_max_bytes: int = Field(default=16 * MiB, ge=0)
     proxy_inflight_max_bytes: int = Field(default=128 * MiB, ge=MiB)
-    # At most a year: an unbounded TTL (inf, 1e17) made every lookup a 500, or every Redis write an error.
+    # At most ten years: an unbounded TTL (inf, 1e17) made every lookup a 500, or every Redis write an error.
     proxy_cache_ttl: float = Field(default=300.0, gt=0, le=MAX_TTL)
     proxy_stale_ttl: float = Field(default=3600.0, ge=0, le=MAX_TTL)
     proxy_negative_ttl: float = Field(default=30.0, ge=0, le=MAX_TTL)

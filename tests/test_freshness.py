@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.settings import MAX_TTL
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.cache_status import status_of
 from tests.support.clock import Clock
@@ -317,7 +318,7 @@ class TestLiveCreatedAgo:
     async def test_cached_copy_says_what_label_studio_says_at_that_moment(
         self, make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, elapsed: int
     ) -> None:
-        proxy = await make_proxy(proxy_cache_ttl=10**9)
+        proxy = await make_proxy(proxy_cache_ttl=MAX_TTL)
         fake_ls.add_annotation(result=[{"value": {"created_ago": "decoy"}}])
         await get(proxy)
         clock.now += elapsed
