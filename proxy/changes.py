@@ -40,6 +40,8 @@ class ChangeFollower:
     ) -> None:
         self._store = store
         self._hot = hot
+        # Told of each id announced: the loads in flight for it (proxy/loads.py), which the owner sets.
+        self.on_change: Callable[[int], None] = lambda annotation_id: None
         self._sleep = sleep
         # Annotation ids whose change claims' waiters await (the plain and the expanded variant's loads may both
         # wait for one id): the event they wait on, and how many wait.
@@ -88,6 +90,7 @@ class ChangeFollower:
                         log.info("hot tier on: following the store's changes")
                     else:
                         self._hot.drop(change)
+                        self.on_change(change)
                         self.wake(change)
             except CacheError as exc:
                 if self._hot.enabled:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.cache import AnnotationKey, CachedAnnotation, Lookup
+from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.claims import Claims
 from proxy.fetcher import Fetcher
@@ -39,6 +39,9 @@ class Loads:
         # Fetches that a request's Cache-Control forced (proxy/directives.py): at most one per key in flight,
         # apart from the others, which may answer from the cache without fetching.
         self._forced: SingleFlight[AnnotationKey, Served] = SingleFlight()
+        # Reloads this process started after a change it applied, each until the announcement of that change
+        # comes back to it (:meth:`detach`): started after the change, they need not make way for it.
+        self._reloads: dict[AnnotationKey, asyncio.Task[Served]] = {}
 
     def running(self, key: AnnotationKey) -> bool:
         """Whether a load that requests for ``key`` would join is in flight."""
@@ -87,8 +90,21 @@ class Loads:
             self._start_load(key, request_id, previous=stale)
 
     def reload(self, key: AnnotationKey, previous: CachedAnnotation | None, request_id: str) -> None:
-        """A change was announced: a new load that later requests join (even if one is in flight)."""
-        self._start_load(key, request_id, previous=previous)
+        """A change was applied here: a new load that later requests join (even if one is in flight)."""
+        task = self._start_load(key, request_id, previous=previous)
+        self._reloads[key] = task
+        task.add_done_callback(lambda done: self._reloads.pop(key) if self._reloads.get(key) is done else None)
+
+    def detach(self, annotation_id: int) -> None:
+        """Another process (or this one) announced a change of the annotation: requests from now on join no load
+        of it in flight, which may have left before the change, but start one. Not a reload this process started
+        after applying that change itself, the first time its announcement comes back."""
+        for variant in Variant:
+            key = AnnotationKey(annotation_id, variant)
+            reload = self._reloads.pop(key, None)
+            if reload is None or self._flights.joinable(key) is not reload:
+                self._flights.detach(key)
+            self._forced.detach(key)
 
     def _start_load(
         self,

@@ -50,6 +50,10 @@ class SingleFlight(Generic[K, V]):
         task.add_done_callback(done)
         return task
 
+    def detach(self, key: K) -> asyncio.Task[V] | None:
+        """Let no request join ``key``'s load from now on (it runs to its end for those that did): the one detached."""
+        return self._joinable.pop(key, None)
+
     async def close(self) -> None:
         """Cancel every load still running and wait for them (at shutdown)."""
         tasks = list(self._running)

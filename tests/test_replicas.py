@@ -34,18 +34,21 @@ from proxy.cache.redis_store import ClaimBook
 from proxy.changes import ChangeFollower
 from proxy.errors import CacheError
 from proxy.metrics import Metrics
+from proxy.served import Served
 from proxy.service import AnnotationService
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.fakes.source import ScriptedSource
 from tests.support.clock import Clock
-from tests.support.lookup import POLICY, ok
+from tests.support.lookup import POLICY, V1, V2, ok
 from tests.support.processes import ProxyProcess, proxy_process
 from tests.support.redis_servers import SentinelTopology, running_redis
-from tests.support.waiting import poll_until
+from tests.support.waiting import poll_until, wait_until
 
 pytestmark = pytest.mark.redis
 
 REQUESTS = 500
+V2_MICROS = 1_795_867_200_000_002  # V2's updated_at
+COALESCED = "annotation_proxy_coalesced_requests_total"
 
 
 async def coalesced(proxy: ProxyProcess, session: aiohttp.ClientSession) -> float:
@@ -469,6 +472,81 @@ async def test_an_announcement_wakes_every_load_waiting_for_the_id_whichever_sto
     follower.wake(1)
     async with asyncio.timeout(10):
         await expanded
+
+
+async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_left_before_it(redis_url: str) -> None:
+    """Replica B's fetch of an id was on its way when replica A applied ANNOTATION_UPDATED for it. A's requests
+    stop joining its own loads of the id at once; B's went on joining that fetch after hearing the change, and
+    were answered the version from before it."""
+    services, stores = [], []
+    sources = ScriptedSource(), ScriptedSource()
+    for source in sources:
+        store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+        stores.append(store)
+        metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+        hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
+        services.append(AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot))
+    a, b = services
+    sources[1].script(1, ok(updated_at=V1), ok(updated_at=V2))
+    gate = sources[1].close_gate(1)
+    try:
+        for service in services:
+            service.start()
+        async with asyncio.timeout(10):
+            await wait_until(lambda: a.hot.enabled and b.hot.enabled)  # both hear the announcements
+            before = asyncio.create_task(b.lookup(1, expand=False, request_id="before"))
+            await sources[1].arrived.wait()  # B's fetch left: Label Studio answers V1
+            await a.annotation_changed(1, V2_MICROS, request_id="webhook")
+            await wait_until(lambda: not b._loads.running(KEY))  # B heard it
+            after = asyncio.create_task(b.lookup(1, expand=False, request_id="after"))
+            gate.set()
+            answers = await asyncio.gather(before, after)
+        assert [json.loads(served.entry.body)["updated_at"] for served in answers if served.entry] == [V1, V2]
+    finally:
+        for service, store in zip(services, stores, strict=True):
+            await service.close()
+            await store.close()
+
+
+async def test_the_reload_of_a_change_applied_here_still_takes_requests_when_its_announcement_comes_back(
+    redis_url: str,
+) -> None:
+    """The replica that applied the change started its reload after it: hearing its own announcement, it must not
+    send the requests meanwhile to Label Studio again."""
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    registry = CollectorRegistry()
+    metrics = Metrics.create(registry, version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(1, ok(updated_at=V1), ok(updated_at=V2), ok(updated_at=V2))
+    hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
+    service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot)
+    heard = asyncio.Event()
+    told = service._follower.on_change
+
+    def changed(annotation_id: int) -> None:
+        told(annotation_id)
+        heard.set()
+
+    service._follower.on_change = changed
+    try:
+        service.start()
+        async with asyncio.timeout(10):
+            await wait_until(lambda: hot.enabled)
+            await service.lookup(1, expand=False, request_id="first")  # V1, cached
+            gate = source.close_gate(1)
+            await service.annotation_changed(1, V2_MICROS, request_id="webhook")  # the reload leaves
+            await heard.wait()
+            during = asyncio.create_task(service.lookup(1, expand=False, request_id="during"))
+            # It joins a load (counted as coalesced), or asks Label Studio itself.
+            await wait_until(lambda: bool(registry.get_sample_value(COALESCED)) or len(source.calls) > 2)
+            gate.set()
+            served = await during
+        assert source.calls == [(1, False), (1, False)]
+        assert served.entry is not None
+        assert json.loads(served.entry.body)["updated_at"] == V2
+    finally:
+        await service.close()
+        await store.close()
 
 
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
