@@ -3,18 +3,20 @@ get is what the application's router would have given them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import create_app
 from proxy.ops_listener import ops_runner
-from proxy.server import is_annotation_path
+from proxy.server import ProxyRunner, is_annotation_path
 from proxy.settings import Settings
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support import raw_http
@@ -189,3 +191,43 @@ async def test_the_operations_listener_closes_idle_connections_and_answers_any_t
             assert all(connection.keepalive_timeout == 75.0 for connection in runner.server.connections)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("drain", [0.4, 10.0, 12.0, 30.0])
+async def test_requests_in_flight_at_shutdown_get_the_drain_and_no_more(
+    monkeypatch: pytest.MonkeyPatch, drain: float
+) -> None:
+    """aiohttp waits for requests in flight twice (before and after cancelling what they read), each wait over
+    5 s ending at the next whole second: given PROXY_SHUTDOWN_TIMEOUT itself, shutting down took up to twice as
+    long, past the orchestrator's grace period. The waits are recorded, not waited out."""
+    waits: list[float] = []
+    real = web_protocol.ceil_timeout
+
+    def recorded(delay: float | None, ceil_threshold: float = 5) -> Any:
+        assert delay is not None
+        waits.append(delay)
+        return real(0.001)
+
+    monkeypatch.setattr(web_protocol, "ceil_timeout", recorded)
+    entered = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    app.router.add_get("/{tail:.*}", held, name="unmatched")  # what the runner's door asks every app for
+    runner = ProxyRunner(app, annotations=False, drain=drain, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.create_task(session.get(f"http://{host}:{port}/held"))
+        await entered.wait()
+        await runner.cleanup()
+        with pytest.raises(aiohttp.ClientError):
+            await request
+    assert len(waits) == 2
+    assert sum(wait + (1 if wait > 5 else 0) for wait in waits) <= drain  # a wait over 5 s may end 1 s late
