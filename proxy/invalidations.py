@@ -116,12 +116,11 @@ class Invalidations:
         self._forget_in_process(annotation_id)
 
     async def task_deleted(self, task_id: int) -> int:
-        """Label Studio deleted the task and, silently, its annotations. Returns how many were cached."""
+        """Label Studio deleted the task and, silently, its annotations. Returns how many were cached. A fetch of
+        one of them in flight (not in the task's index yet) is refused its write, as long as a fetch may take."""
         with self._cache.counting("invalidate"):
-            annotation_ids = await self._store.annotations_of_task(task_id)
+            annotation_ids = await self._store.task_deleted(task_id, self._fence_ttl)
         await for_each(sorted(annotation_ids), self.annotation_deleted)
-        with self._cache.counting("invalidate"):
-            await self._store.forget_task(task_id)
         return len(annotation_ids)
 
     async def purge(self, annotation_id: int) -> None:

@@ -255,7 +255,7 @@ class ExplodingStore:
     async def _explode(self, *args: object, **kwargs: object) -> Any:
         raise RuntimeError("the store has a bug")
 
-    get = put = put_missing = invalidate = drop = annotations_of_task = forget_task = ping = _explode
+    get = put = put_missing = invalidate = drop = task_deleted = ping = _explode
 
     async def close(self) -> None:
         return None

@@ -326,11 +326,21 @@ class TestStoreContract:
         await store.put(AnnotationKey(8, Variant.PLAIN), entry(annotation_id=8), TTL)  # task 11
         other = CachedAnnotation(annotation_id=9, version=1, stored_at=0.0, body=b"{}", task=12)
         await store.put(AnnotationKey(9, Variant.PLAIN), other, TTL)
-        assert await store.annotations_of_task(11) == {7, 8}
-        assert await store.annotations_of_task(12) == {9}
-        await store.forget_task(11)
-        assert await store.annotations_of_task(11) == set()
-        assert await store.annotations_of_task(404) == set()
+        assert await store.task_deleted(11, TTL) == {7, 8}
+        assert await store.task_deleted(12, TTL) == {9}
+        assert await store.task_deleted(11, TTL) == set()  # forgotten with the deletion
+        assert await store.task_deleted(404, TTL) == set()
+
+    async def test_a_fetch_stored_after_its_task_was_deleted_is_remembered_deleted(
+        self, store: AnnotationStore
+    ) -> None:
+        """A fetch in flight when TASKS_DELETED came: the task's index did not list the annotation yet, and its
+        write stored it, served as a hit for PROXY_CACHE_TTL after the deletion."""
+        assert await store.task_deleted(11, TTL) == set()
+        assert await store.put(PLAIN, entry(annotation_id=7), TTL) is False  # of task 11
+        assert isinstance(await store.get(PLAIN), Missing)
+        other = CachedAnnotation(annotation_id=9, version=1, stored_at=0.0, body=b"{}", task=12)
+        assert await store.put(AnnotationKey(9, Variant.PLAIN), other, TTL) is True  # another task's
 
     async def test_entry_metadata_survives(self, store: AnnotationStore) -> None:
         rich = CachedAnnotation(
@@ -492,10 +502,10 @@ class TestMemoryStore:
         store = MemoryStore(16 * 1024 * 1024)
         for annotation_id in range(1, 5_001):  # every entry() is of task 11
             await store.put(AnnotationKey(annotation_id, Variant.PLAIN), entry(annotation_id), TTL)
-        assert await store.annotations_of_task(11) == set(range(1, 5_001))
         bodies = sum(len(entry(i).body) for i in range(1, 5_001))
         records = 2 * 5_000 + 1  # a version and a pointer each, one index
         assert store.size_bytes == bodies + records * RECORD_OVERHEAD + 5_000 * TASK_MEMBER_SIZE
+        assert await store.task_deleted(11, TTL) == set(range(1, 5_001))
 
     async def test_an_entry_larger_than_the_whole_cache_is_not_stored(self) -> None:
         store = MemoryStore(64 * 1024)

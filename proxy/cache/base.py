@@ -78,7 +78,8 @@ class AnnotationStore(Protocol):
         Atomic: of two racing writes the newer version wins, whatever their order. An entry with the same
         version replaces the cached one (Label Studio changes some fields without touching ``updated_at``).
         Refused when a 404 is remembered that was fetched after this entry's fetch began (``stored_at``): the
-        entry may predate a deletion. Otherwise clears a remembered 404. Returns whether the entry was stored.
+        entry may predate a deletion; and for an annotation of a task deleted lately (:meth:`task_deleted`), which
+        is then remembered as deleted. Otherwise clears a remembered 404. Returns whether the entry was stored.
         """
         ...
 
@@ -110,12 +111,10 @@ class AnnotationStore(Protocol):
         """Forget the annotation entirely: its versions and any remembered 404."""
         ...
 
-    async def annotations_of_task(self, task_id: int) -> set[int]:
-        """The ids of cached annotations that belong to ``task_id`` (an index kept by :meth:`put`)."""
-        ...
-
-    async def forget_task(self, task_id: int) -> None:
-        """Drop the task's index."""
+    async def task_deleted(self, task_id: int, ttl: float) -> set[int]:
+        """Label Studio deleted the task: the ids of its cached annotations (an index :meth:`put` keeps), the index
+        forgotten. For ``ttl`` seconds, :meth:`put` of an annotation of the task is refused and remembered as a
+        deletion instead: a fetch that began before the deletion may bring one in that the index did not list."""
         ...
 
     async def ping(self) -> None:

@@ -66,11 +66,8 @@ class CircuitBreakingStore:
     async def drop(self, annotation_id: int) -> None:
         await self._guarded(lambda: self._store.drop(annotation_id))
 
-    async def annotations_of_task(self, task_id: int) -> set[int]:
-        return await self._guarded(lambda: self._store.annotations_of_task(task_id))
-
-    async def forget_task(self, task_id: int) -> None:
-        await self._guarded(lambda: self._store.forget_task(task_id))
+    async def task_deleted(self, task_id: int, ttl: float) -> set[int]:
+        return await self._guarded(lambda: self._store.task_deleted(task_id, ttl))
 
     async def ping(self) -> None:
         await self._guarded(self._store.ping)

@@ -10,6 +10,7 @@ scripts that touch several of them stay valid on a cluster::
     <prefix>{a:42}:claim:plain            held by the one replica fetching that variant (claims)
     <prefix>{a:42}:claim:plain:waiting    set while another replica waits for that fetch's result
     <prefix>{t:7}:annotations             set of cached annotation ids of task 7 (for TASKS_DELETED)
+    <prefix>{t:7}:deleted                 task 7 was deleted: a late write of one of its annotations is refused
 
 A deleted annotation's 404 marker holds :data:`FENCE`, a time no fetch reaches, so no write succeeds for it
 until the marker expires.
@@ -66,3 +67,6 @@ class KeyScheme:
 
     def task(self, task_id: int) -> str:
         return f"{self.prefix}{{t:{task_id}}}:annotations"
+
+    def task_deleted(self, task_id: int) -> str:
+        return f"{self.prefix}{{t:{task_id}}}:deleted"

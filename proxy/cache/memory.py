@@ -58,6 +58,9 @@ class MemoryStore:
 
     async def put(self, key: AnnotationKey, entry: CachedAnnotation, ttl: float, *, release: bool = False) -> bool:
         annotation_id, variant = key
+        if entry.task is not None and self._live(("task_deleted", entry.task)) is not None:
+            await self.put_missing(annotation_id, ttl, since=FENCE)  # fetched before the task's deletion
+            return False
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > entry.version:
             return False
@@ -98,12 +101,11 @@ class MemoryStore:
         self._delete(("latest", annotation_id))
         self._delete(("missing", annotation_id))
 
-    async def annotations_of_task(self, task_id: int) -> set[int]:
+    async def task_deleted(self, task_id: int, ttl: float) -> set[int]:
+        self._set(("task_deleted", task_id), True, 0, ttl)
         members = self._live(("task", task_id))
-        return set(members) if isinstance(members, set) else set()
-
-    async def forget_task(self, task_id: int) -> None:
         self._delete(("task", task_id))
+        return set(members) if isinstance(members, set) else set()
 
     async def ping(self) -> None:
         return None

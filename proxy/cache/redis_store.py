@@ -74,15 +74,23 @@ LARGE_READ_FACTOR = 3
 # served for up to PROXY_HOT_TTL more: docs/redis.md). The last ARGV, '1', announces it whatever: a load of this
 # very process waits for it.
 
-# KEYS: pointer, version key, missing marker, the claim, its waiters' flag, and (outside a cluster, where it is in
-# another slot) the task's index. ARGV: version token, entry bytes, ttl in ms, fetch start token, the changes
-# channel, the id, the claim holder's token ("" to keep any claim), '1' to announce whatever. Versions and times
-# are fixed-width digit strings, so string comparison is numeric order. The claim is released (if that token
-# still holds it) whatever the outcome, so a miss costs two round trips in all: the read that claimed, and this.
-# Returns 1 when stored, 0 when a newer version is known or a 404 seen by a later fetch is remembered.
+# KEYS: pointer, version key, missing marker, the claim, its waiters' flag, and (outside a cluster, where they are
+# in another slot) the task's index and its deletion marker. ARGV: version token, entry bytes, ttl in ms, fetch
+# start token, the changes channel, the id, the claim holder's token ("" to keep any claim), '1' to announce
+# whatever, the token of FENCE. Versions and times are fixed-width digit strings, so string comparison is numeric
+# order. The claim is released (if that token still holds it) whatever the outcome, so a miss costs two round
+# trips in all: the read that claimed, and this. Returns 1 when stored, 0 when a newer version is known or a 404
+# seen by a later fetch is remembered, or the task was deleted (then the annotation is remembered as deleted).
 WRITE_SCRIPT = """
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
 local current = redis.call('GET', KEYS[1])
+if KEYS[7] and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[3], ARGV[9], 'PX', ARGV[3])
+  local waited = redis.call('DEL', KEYS[5]) == 1
+  if current or waited or ARGV[8] == '1' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+  return 0
+end
 if current and current > ARGV[1] then return 0 end
 local missing_since = redis.call('GET', KEYS[3])
 if missing_since and missing_since > ARGV[4] then return 0 end
@@ -157,6 +165,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: a task's index, its deletion marker. ARGV: the marker's ttl in ms. Marks the task deleted, and forgets and
+# returns its index.
+TASK_DELETED_SCRIPT = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+"""
+
 # KEYS: pointer, missing marker. ARGV: the changes channel, the id.
 DROP_SCRIPT = """
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -215,23 +232,26 @@ class TaskIndex:
     def __init__(self, client: Redis | RedisCluster, keys: KeyScheme) -> None:
         self._client = client
         self._keys = keys
+        self._deleted = client.register_script(TASK_DELETED_SCRIPT)
 
-    async def add(self, task_id: int, annotation_id: int, ttl_ms: int) -> None:
+    async def add(self, task_id: int, annotation_id: int, ttl_ms: int) -> bool:
+        """Index the annotation under its task; False when the task was deleted meanwhile (the caller then
+        remembers the annotation as deleted: the deletion read the index before this)."""
         key = self._keys.task(task_id)
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.sadd(key, str(annotation_id))
             pipe.pexpire(key, ttl_ms, gt=True)
             pipe.pexpire(key, ttl_ms, nx=True)
-            await pipe.execute()
+            pipe.exists(self._keys.task_deleted(task_id))
+            answers = await pipe.execute()
+        return not answers[-1]
 
-    async def annotations(self, task_id: int) -> set[int]:
-        with _translated("read"):
-            members = await self._client.smembers(self._keys.task(task_id))
-        return {int(m) for m in members if m.isdigit()}
-
-    async def forget(self, task_id: int) -> None:
+    async def deleted(self, task_id: int, ttl_ms: int) -> set[int]:
         with _translated("write"):
-            await self._client.delete(self._keys.task(task_id))
+            members = await self._deleted(
+                keys=[self._keys.task(task_id), self._keys.task_deleted(task_id)], args=[ttl_ms]
+            )
+        return {int(m) for m in members if m.isdigit()}
 
 
 class ClaimBook:
@@ -385,7 +405,7 @@ class RedisStore:
             self._keys.claim_waiters(annotation_id, variant),
         ]
         if entry.task is not None and self._index_in_write:
-            keys.append(self._keys.task(entry.task))
+            keys += [self._keys.task(entry.task), self._keys.task_deleted(entry.task)]
         with _translated("write"):
             stored = await self._write(
                 keys=keys,
@@ -396,10 +416,13 @@ class RedisStore:
                     _micros_token(entry.stored_at),
                     *self._announce(annotation_id),
                     *self._claims.given_up(key, release),
+                    FENCE_TOKEN,
                 ],
             )
-            if stored and entry.task is not None and not self._index_in_write:
-                await self._tasks.add(entry.task, annotation_id, ttl_ms)
+            if stored and entry.task is not None and not self._index_in_write:  # a cluster: the index apart
+                stored = await self._tasks.add(entry.task, annotation_id, ttl_ms)
+                if not stored:  # its task was deleted meanwhile
+                    await self.put_missing(annotation_id, ttl, since=FENCE)
         return bool(stored)
 
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
@@ -432,11 +455,8 @@ class RedisStore:
         with _translated("write"):
             await self._drop(keys=keys, args=[*self._announce(annotation_id)])
 
-    async def annotations_of_task(self, task_id: int) -> set[int]:
-        return await self._tasks.annotations(task_id)
-
-    async def forget_task(self, task_id: int) -> None:
-        await self._tasks.forget(task_id)
+    async def task_deleted(self, task_id: int, ttl: float) -> set[int]:
+        return await self._tasks.deleted(task_id, _ms(ttl))
 
     async def ping(self) -> None:
         with _translated("ping"):
