@@ -222,6 +222,9 @@ class TestRedisTopologies:
             ("sentinel", "redis+sentinel://:Xy[hunter2]z@sentinel/annotations"),  # brackets in a password are fine
             ("standalone", "redis://:a%2Fb%23c@redis:6379/0?socket_timeout=1.5"),  # percent-encoded, and options
             ("standalone", "redis://[::1]:6379"),
+            ("standalone", "redis://[fe80::1%25eth0]:6379"),  # an IPv6 address with its zone
+            ("standalone", "redis://rédis.example:6379/0/"),  # a host name beyond ASCII, a trailing slash
+            ("standalone", "unix://user:a%2Fb@/run/redis.sock?db=2"),
         ],
     )
     def test_each_mode_takes_its_urls(self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str) -> None:
@@ -252,7 +255,10 @@ class TestRedisTopologies:
             ("standalone", "redis://:/hunter2+Pw@redis.internal:6380/0", "names no host (percent-encode"),
             ("standalone", "redis://:?hunter2@redis:6380/0", "names no host (percent-encode"),
             ("standalone", "redis://default:42/hunter2@redis", "may only end with /<database number>"),
-            ("cluster", "redis://user:12#hunter2@node-1", "may only end with /<database number>"),
+            ("cluster", "redis://user:12#hunter2@node-1", "may not contain '#' (percent-encode"),
+            ("standalone", "unix://:/hunter2@/run/redis.sock", "must be unix://[user:password@]/path/to/socket"),
+            ("standalone", "unix://user:12/hunter2@/run/redis.sock?db=1", "must be unix://[user:password@]/path"),
+            ("standalone", "unix://:#hunter2@/sock", "may not contain '#'"),
             ("standalone", "redis://redis/zero", "may only end with /<database number>"),  # redis-py: db 0
             ("standalone", "redis://:hunter2@redis\\x/0", "has an invalid host name"),
             # What redis-py would refuse only when connecting, with a traceback.

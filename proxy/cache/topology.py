@@ -38,8 +38,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 
 ENCODING_HINT = "percent-encode special characters in the password"
-DB_PATH = re.compile(r"(/[0-9]*)?")
-HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # a name or IPv4 address, or an IPv6 one (urlsplit lowercases)
+DB_PATH = re.compile(r"(/[0-9]*/?)?")
+HOST_BREAKERS = frozenset("@/?#\\[] \t")  # in a host name, the sign of a password that split the URL elsewhere
 INVALID_OPTION = re.compile(r"Invalid value for '(\w+)'")
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 CLUSTER_SCHEMES = frozenset({"redis", "rediss"})
@@ -162,15 +162,19 @@ def check_url(url: str, mode: RedisMode) -> None:
         _ = parts.port  # what redis-py's from_url will parse; its errors may quote the URL
     except ValueError:
         raise ValueError(f"is not a valid URL ({ENCODING_HINT})") from None
-    if scheme != "unix":
-        # A password with a '/', '?', '#' or '@' left as it is splits the URL elsewhere: redis-py would quietly
-        # take no host (localhost), or a host named after the user, and the rest, password included, for a path.
-        if not parts.hostname:
-            raise ValueError(f"names no host ({ENCODING_HINT})")
-        if not HOST.fullmatch(parts.hostname):
-            raise ValueError(f"has an invalid host name ({ENCODING_HINT})")
-        if parts.fragment or not DB_PATH.fullmatch(parts.path):
-            raise ValueError(f"may only end with /<database number> and ?options ({ENCODING_HINT})")
+    # A password with a '/', '?', '#' or '@' left as it is splits the URL elsewhere: redis-py would quietly take no
+    # host (localhost), or a host named after the user, and the rest, password included, for a path (or a socket's).
+    if parts.fragment:
+        raise ValueError(f"may not contain '#' ({ENCODING_HINT})")
+    if scheme == "unix":
+        if parts.netloc and not parts.netloc.endswith("@"):  # unix://[user[:password]@]/path/to.sock
+            raise ValueError(f"must be unix://[user:password@]/path/to/socket ({ENCODING_HINT})")
+    elif not parts.hostname:
+        raise ValueError(f"names no host ({ENCODING_HINT})")
+    elif any(character in HOST_BREAKERS for character in parts.hostname):
+        raise ValueError(f"has an invalid host name ({ENCODING_HINT})")
+    elif not DB_PATH.fullmatch(parts.path):
+        raise ValueError(f"may only end with /<database number> and ?options ({ENCODING_HINT})")
     try:
         parse_url(url)  # the query's options, as redis-py will read them
     except ValueError as exc:
