@@ -35,10 +35,15 @@ def create_ops_app(app: web.Application) -> web.Application:
     return ops
 
 
+# Seconds a scrape or a probe in flight at shutdown gets to finish: each answers in milliseconds, and this listener
+# stops only after the main one has drained, within the orchestrator's grace period (PROXY_SHUTDOWN_TIMEOUT).
+OPS_DRAIN = 1.0
+
+
 def ops_runner(app: web.Application) -> web.AppRunner:
     """The listener's runner: the main listener's (:class:`proxy.server.ProxyRunner`), so that idle connections
     close after the same 75 s and a request-target no route can match gets the edge's 404."""
-    return ProxyRunner(create_ops_app(app), annotations=False, access_log=None, handle_signals=False)
+    return ProxyRunner(create_ops_app(app), annotations=False, access_log=None, handle_signals=False, drain=OPS_DRAIN)
 
 
 async def ops_listener_ctx(app: web.Application) -> AsyncIterator[None]:
