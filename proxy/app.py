@@ -163,6 +163,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 timeout=settings.proxy_upstream_timeout,
                 metrics=app[METRICS],
                 clock=app[CLOCK],
+                monotonic=app[MONOTONIC],
             )
         else:
             credentials = LegacyToken(settings.label_studio_api_key)

@@ -70,9 +70,12 @@ class PersonalAccessToken:
 
     The access token is refreshed before it expires (``margin`` seconds early, or half its lifetime when that
     is shorter) and after Label Studio rejects it. Its lifetime is Label Studio's own (``exp`` less ``iat``, both
-    by Label Studio's clock), so a proxy whose clock is ahead does not refresh on every request. One exchange is
-    in flight at a time: concurrent requests wait for it instead of each starting their own, and for
-    :data:`REFRESH_RETRY_AFTER` after one failed, requests get its failure instead of exchanging again.
+    by Label Studio's clock), so a proxy whose clock is ahead does not refresh on every request.
+
+    One exchange is in flight at a time, a task of its own: concurrent requests wait for it instead of each
+    starting their own, and a request that stops waiting (its deadline) does not stop it. For
+    :data:`REFRESH_RETRY_AFTER` after one failed, requests get its failure instead of exchanging again, or, while
+    the access token it was to replace has not expired, that token.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class PersonalAccessToken:
         timeout: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         margin: float = 30.0,
     ) -> None:
         self._refresh_token = refresh_token
@@ -91,13 +95,15 @@ class PersonalAccessToken:
         self._refresh_url = refresh_url
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._metrics = metrics
-        self._clock = clock
+        self._clock = clock  # wall-clock seconds, as the tokens' exp
+        self._monotonic = monotonic
         self._margin = margin
         self._access: str | None = None
         self._refresh_at = 0.0
-        self._failed: UpstreamError | None = None  # the last exchange's failure, until _retry_at
+        self._expires_at = 0.0
+        self._exchange_task: asyncio.Task[str] | None = None
+        self._failed: UpstreamError | None = None  # the last exchange's failure, until _retry_at (monotonic)
         self._retry_at = 0.0
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return "PersonalAccessToken(<secret>)"
@@ -110,9 +116,31 @@ class PersonalAccessToken:
     async def authorization(self) -> str:
         access = self._current()
         if access is None:
-            async with self._lock:
-                access = self._current() or await self._refresh()
+            try:
+                access = await self._exchanged()
+            except TokenRefreshFailed:
+                if self._access is None or self._clock() >= self._expires_at:
+                    raise
+                access = self._access  # not renewed, but good for a while yet
         return f"Bearer {access}"
+
+    async def _exchanged(self) -> str:
+        """The access token of the exchange in flight, or of a new one; within REFRESH_RETRY_AFTER of a failed
+        exchange, that failure. Only the request that started an exchange gets its failure itself: the others
+        get a copy, which the breaker does not count again."""
+        task = self._exchange_task
+        joined = task is not None and not task.done()
+        if task is None or not joined:
+            if self._failed is not None and self._monotonic() < self._retry_at:
+                raise _repeated(self._failed)
+            task = self._exchange_task = asyncio.create_task(self._refresh(), name="token-refresh")
+            task.add_done_callback(_retrieved)
+        try:
+            return await asyncio.shield(task)
+        except TokenRefreshFailed as exc:
+            if joined:
+                raise _repeated(exc) from exc
+            raise
 
     def invalidate(self, used: str) -> bool:
         if self._access is not None and used == f"Bearer {self._access}":
@@ -120,12 +148,10 @@ class PersonalAccessToken:
         return True
 
     async def _refresh(self) -> str:
-        if self._failed is not None and self._clock() < self._retry_at:
-            raise _repeated(self._failed)
         try:
             access = await self._exchange()
         except UpstreamError as exc:
-            self._failed, self._retry_at = exc, self._clock() + REFRESH_RETRY_AFTER
+            self._failed, self._retry_at = exc, self._monotonic() + REFRESH_RETRY_AFTER
             outcome = "rejected" if isinstance(exc, UpstreamAuthRejected) else "error"
             self._metrics.token_refreshes.labels(outcome=outcome).inc()
             raise
@@ -166,6 +192,7 @@ class PersonalAccessToken:
         lifetime = _lifetime(claims, now)
         self._access = access
         self._refresh_at = now + max(0.0, lifetime - min(self._margin, lifetime / 2))
+        self._expires_at = now + lifetime
         return access
 
 
@@ -191,6 +218,12 @@ def _repeated(failure: UpstreamError) -> UpstreamError:
     if isinstance(again, TokenRefreshFailed):
         again.repeated = True
     return again
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """Retrieve an exchange's failure, so that one whose requests all stopped waiting logs no warning."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _usable_header_value(token: str) -> bool:

@@ -11,6 +11,7 @@ from aiohttp import web
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.clock import Clock
 from tests.support.proxies import Proxy, ProxyFactory, ServerFactory
+from tests.support.waiting import wait_until
 
 
 def authorizations(fake: FakeLabelStudio) -> list[str]:
@@ -87,7 +88,7 @@ async def test_concurrent_requests_share_one_refresh(make_proxy: ProxyFactory, f
 
 
 async def test_revoked_personal_access_token_means_misconfigured(
-    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
 ) -> None:
     pat = fake_ls.issue_personal_access_token()
     fake_ls.revoke_refresh_token(pat)
@@ -101,7 +102,7 @@ async def test_revoked_personal_access_token_means_misconfigured(
     assert pat.encode() not in body
     assert fake_ls.annotation_gets() == []
     assert proxy.metric("token_refreshes_total", outcome="rejected") == 1  # asked again a second later, no sooner
-    clock.now += 1
+    steady.now += 1  # past the second in which a failed exchange is not tried again
     assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 502
     assert proxy.metric("token_refreshes_total", outcome="rejected") == 2
 
@@ -150,9 +151,11 @@ async def test_behind_a_path_of_its_own_the_token_is_refreshed_below_it(
     assert authorizations(fake_ls)[0].startswith("Bearer ")
 
 
-async def due_for_a_refresh(make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, count: int) -> Proxy:
+async def due_for_a_refresh(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, count: int, **settings: object
+) -> Proxy:
     """A proxy on a personal access token whose access token has expired, and ``count`` annotations."""
-    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token(), **settings)
     for _ in range(count):
         fake_ls.add_annotation()
     clock.now += 300  # the access token exchanged at start-up has expired
@@ -160,7 +163,7 @@ async def due_for_a_refresh(make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, 
 
 
 async def test_a_failed_refresh_answers_the_requests_meanwhile_without_exchanging_again(
-    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
 ) -> None:
     """Every miss behind the lock exchanged again, one after another, once the exchange before had failed: while
     Label Studio is down, ten misses made ten refreshes, each waiting for the one before."""
@@ -175,13 +178,13 @@ async def test_a_failed_refresh_answers_the_requests_meanwhile_without_exchangin
     assert fake_ls.refresh_calls == 2  # at start-up, and the one that failed
     assert fake_ls.annotation_gets() == []
     assert proxy.metric("token_refreshes_total", outcome="error") == 1
-    clock.now += 1
+    steady.now += 1  # past the second in which a failed exchange is not tried again
     assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 200
     assert fake_ls.refresh_calls == 3
 
 
 async def test_failed_refreshes_open_the_circuit_as_failed_requests_do(
-    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
 ) -> None:
     """A refresh answered 503 counted as Label Studio answering: a Label Studio down behind its gateway was asked
     on every miss, and never rested."""
@@ -191,20 +194,20 @@ async def test_failed_refreshes_open_the_circuit_as_failed_requests_do(
     for annotation_id in range(1, 7):
         response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
         statuses.append((response.status, response.headers["Cache-Status"].rsplit("=", 1)[-1]))
-        clock.now += 1  # the next miss exchanges again
+        steady.now += 1  # the next miss exchanges again
     # The fifth failed exchange opens the circuit: that miss's retry, and the next miss, are refused.
     assert statuses == [(502, "token_refresh_failed")] * 4 + [(503, "circuit_open")] * 2
     assert fake_ls.refresh_calls == 6  # at start-up, and one per miss: the retries within a miss did not ask again
 
 
 async def test_a_failed_refresh_is_not_remembered_as_the_annotation_failing(
-    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock, steady: Clock
 ) -> None:
     """A refresh's 500 was taken for the annotation's own 500, and the id answered 502 for seconds after."""
     proxy = await due_for_a_refresh(make_proxy, fake_ls, clock, 1)
     fake_ls.fail_next_refreshes(1, status=500)
     assert (await proxy.client.get("/api/annotations/1/", headers=proxy.auth())).status == 502
-    clock.now += 1
+    steady.now += 1  # past the second in which a failed exchange is not tried again
     response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
     assert response.status == 200
     assert len(fake_ls.annotation_gets(1)) == 1
@@ -221,3 +224,31 @@ async def test_a_proxy_clock_ahead_of_label_studio_does_not_refresh_on_every_req
         fake_ls.add_annotation()
         assert (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status == 200
     assert fake_ls.refresh_calls == 1
+
+
+async def test_an_exchange_outlives_the_request_that_started_it(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    """An exchange slower than the request's deadline was cancelled with the request: its failure was never
+    remembered or counted, and the next request started another one."""
+    proxy = await due_for_a_refresh(make_proxy, fake_ls, clock, 2, proxy_upstream_timeout=0.5)
+    fake_ls.refresh_delay = 30.0  # longer than the exchange's own timeout
+    first = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    assert first.status == 504  # the request's deadline
+    await wait_until(lambda: proxy.metric("token_refreshes_total", outcome="error") == 1)  # the exchange's own
+    second = await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
+    assert second.status == 502
+    assert "detail=token_refresh_failed" in second.headers["Cache-Status"]
+    assert fake_ls.refresh_calls == 2  # at start-up, and the one that timed out
+
+
+async def test_a_failed_refresh_keeps_the_access_token_it_was_to_replace_while_that_is_good(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
+    fake_ls.add_annotation()
+    clock.now += 280  # due for a refresh 30 s before the 300 s access token expires
+    fake_ls.fail_next_refreshes(1, status=503)
+    response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
+    assert response.status == 200
+    assert fake_ls.refresh_calls == 2

@@ -200,6 +200,7 @@ class FakeLabelStudio:
         self.refresh_calls = 0
         self.refresh_padding = 0  # characters of an extra field in each refresh answer (a misbehaving endpoint)
         self.clock_offset = 0.0  # seconds this Label Studio's clock is ahead of the test's (behind when negative)
+        self.refresh_delay = 0.0  # seconds each token refresh takes to answer
         self._refresh_failures: deque[int] = deque()
 
         self._annotations: dict[int, dict[str, Any]] = {}
@@ -484,6 +485,8 @@ class FakeLabelStudio:
         if request.method != hdrs.METH_POST:
             return self._error(405, f'Method "{request.method}" not allowed.', headers=headers)
         self.refresh_calls += 1
+        if self.refresh_delay:
+            await asyncio.sleep(self.refresh_delay)
         if self._refresh_failures:
             return self._error(self._refresh_failures.popleft(), "Label Studio failed.")
         data = await self._read_object(request)
