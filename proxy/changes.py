@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from proxy.cache import AnnotationStore
+from proxy.cache import AnnotationStore, Superseded
 from proxy.cache.hot import HotTier
 from proxy.errors import CacheError
 from proxy.served import Served
@@ -40,8 +40,8 @@ class ChangeFollower:
     ) -> None:
         self._store = store
         self._hot = hot
-        # Told of each id announced: the loads in flight for it (proxy/loads.py), which the owner sets.
-        self.on_change: Callable[[int], None] = lambda annotation_id: None
+        # Told of each Superseded announcement: the loads in flight for its id (proxy/loads.py), set by the owner.
+        self.on_superseded: Callable[[Superseded], None] = lambda superseded: None
         self._sleep = sleep
         # Annotation ids whose change claims' waiters await (the plain and the expanded variant's loads may both
         # wait for one id): the event they wait on, and how many wait.
@@ -88,9 +88,10 @@ class ChangeFollower:
                         self._hot.resume()
                         retry_in = RETRY_MIN
                         log.info("hot tier on: following the store's changes")
+                    elif isinstance(change, Superseded):
+                        self.on_superseded(change)
                     else:
                         self._hot.drop(change)
-                        self.on_change(change)
                         self.wake(change)
             except CacheError as exc:
                 if self._hot.enabled:

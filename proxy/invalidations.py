@@ -31,7 +31,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Starts a background re-fetch of ``key`` (``previous``: the version cached before the change, or None).
-Reload = Callable[[AnnotationKey, CachedAnnotation | None, str], None]
+Reload = Callable[[AnnotationKey, CachedAnnotation | None, str, str], None]  # key, previous, request id, token
 
 
 async def for_each(items: Sequence[T], operation: Callable[[T], Awaitable[R]]) -> list[R]:
@@ -99,7 +99,7 @@ class Invalidations:
             version = latest_plausible
         with self._cache.counting("invalidate"):
             cached = {variant: await self._store.get(AnnotationKey(annotation_id, variant)) for variant in Variant}
-            await self._store.invalidate(annotation_id, version, self._fence_ttl)
+            token = await self._store.invalidate(annotation_id, version, self._fence_ttl)
         self._forget_in_process(annotation_id)
         for variant, entry in cached.items():
             key = AnnotationKey(annotation_id, variant)
@@ -107,7 +107,7 @@ class Invalidations:
             if previous is not None or self._reloading(key):
                 # A new load even if one is in flight: that one may have left before the change, and requests
                 # from now on must not join it.
-                self._reload(key, previous, request_id)
+                self._reload(key, previous, request_id, token)
 
     async def annotation_deleted(self, annotation_id: int) -> None:
         """Answer 404 from now on, and let no fetch that started earlier store the annotation again."""

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Variant
+from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Superseded, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.claims import Claims
 from proxy.fetcher import Fetcher
@@ -39,9 +39,9 @@ class Loads:
         # Fetches that a request's Cache-Control forced (proxy/directives.py): at most one per key in flight,
         # apart from the others, which may answer from the cache without fetching.
         self._forced: SingleFlight[AnnotationKey, Served] = SingleFlight()
-        # Reloads this process started after a change it applied, each until the announcement of that change
-        # comes back to it (:meth:`detach`): started after the change, they need not make way for it.
-        self._reloads: dict[AnnotationKey, asyncio.Task[Served]] = {}
+        # Reloads this process started after a change it applied, each with the token of that change's
+        # announcement (:meth:`superseded`), while they run.
+        self._reloads: dict[AnnotationKey, tuple[asyncio.Task[Served], str]] = {}
 
     def running(self, key: AnnotationKey) -> bool:
         """Whether a load that requests for ``key`` would join is in flight."""
@@ -89,20 +89,23 @@ class Loads:
         if key not in self._flights:
             self._start_load(key, request_id, previous=stale)
 
-    def reload(self, key: AnnotationKey, previous: CachedAnnotation | None, request_id: str) -> None:
-        """A change was applied here: a new load that later requests join (even if one is in flight)."""
+    def reload(self, key: AnnotationKey, previous: CachedAnnotation | None, request_id: str, token: str = "") -> None:
+        """A change was applied here (``token``: its announcement's, AnnotationStore.invalidate): a new load that
+        later requests join, even if one is in flight."""
         task = self._start_load(key, request_id, previous=previous)
-        self._reloads[key] = task
-        task.add_done_callback(lambda done: self._reloads.pop(key) if self._reloads.get(key) is done else None)
+        self._reloads[key] = task, token
+        task.add_done_callback(
+            lambda done: self._reloads.pop(key) if self._reloads.get(key, (None,))[0] is done else None
+        )
 
-    def detach(self, annotation_id: int) -> None:
-        """Another process (or this one) announced a change of the annotation: requests from now on join no load
+    def superseded(self, change: Superseded) -> None:
+        """A process announced that the annotation moved past what was cached: requests from now on join no load
         of it in flight, which may have left before the change, but start one. Not a reload this process started
-        after applying that change itself, the first time its announcement comes back."""
+        after it had applied that change, or a later one, itself: its announcement's token is no earlier."""
         for variant in Variant:
-            key = AnnotationKey(annotation_id, variant)
-            reload = self._reloads.pop(key, None)
-            if reload is None or self._flights.joinable(key) is not reload:
+            key = AnnotationKey(change.annotation_id, variant)
+            task, token = self._reloads.get(key, (None, ""))
+            if task is None or self._flights.joinable(key) is not task or not _no_earlier(token, change.token):
                 self._flights.detach(key)
             self._forced.detach(key)
 
@@ -174,6 +177,14 @@ class Loads:
             if release:
                 await self._claims.release(key)
             raise
+
+
+def _no_earlier(token: str, than: str) -> bool:
+    """Whether announcement ``token`` is this process's, made no earlier than ``than``: tokens are a process's
+    prefix (up to its colon), then a fixed-width count."""
+    prefix, _, count = token.partition(":")
+    other_prefix, _, other_count = than.partition(":")
+    return bool(count) and prefix == other_prefix and count >= other_count
 
 
 def _retrieve(task: asyncio.Task[Served]) -> None:

@@ -79,7 +79,7 @@ class AnnotationService:
         self._judge = Judge(policy, clock)
         claims = Claims(self._cache, self._follower, metrics, ttl=policy.claim_ttl, fresh=self._judge.fresh)
         self._loads = Loads(self._cache, claims, self._fetcher, metrics, fresh=self._judge.fresh)
-        self._follower.on_change = self._loads.detach  # a change announced: its loads in flight take no more requests
+        self._follower.on_superseded = self._loads.superseded  # its loads in flight take no more requests
         self.invalidations = Invalidations(
             self._cache,
             self.hot,

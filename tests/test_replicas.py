@@ -26,6 +26,7 @@ from proxy.cache import (
     KeyScheme,
     MemoryStore,
     RedisStore,
+    Superseded,
     Variant,
     open_redis_store,
 )
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.redis
 
 REQUESTS = 500
 V2_MICROS = 1_795_867_200_000_002  # V2's updated_at
+V3_MICROS = V2_MICROS + 1
 COALESCED = "annotation_proxy_coalesced_requests_total"
 
 
@@ -508,45 +510,87 @@ async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_l
             await store.close()
 
 
+@pytest.mark.parametrize("changes", [[V2_MICROS], [V2_MICROS, V3_MICROS]])
 async def test_the_reload_of_a_change_applied_here_still_takes_requests_when_its_announcement_comes_back(
-    redis_url: str,
+    redis_url: str, changes: list[int]
 ) -> None:
-    """The replica that applied the change started its reload after it: hearing its own announcement, it must not
-    send the requests meanwhile to Label Studio again."""
+    """The replica that applied a change started its reload after it: hearing its own announcement (or that of
+    an earlier change of its own), it must not send the requests meanwhile to Label Studio again."""
     store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
     registry = CollectorRegistry()
     metrics = Metrics.create(registry, version="test", process_metrics=False)
     source = ScriptedSource()
-    source.script(1, ok(updated_at=V1), ok(updated_at=V2), ok(updated_at=V2))
+    source.script(1, ok(updated_at=V1), *[ok(updated_at=V2)] * (len(changes) + 1))
     hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
     service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot)
-    heard = asyncio.Event()
-    told = service._follower.on_change
+    heard: list[Superseded] = []
+    told = service._follower.on_superseded
 
-    def changed(annotation_id: int) -> None:
-        told(annotation_id)
-        heard.set()
+    def superseded(change: Superseded) -> None:
+        told(change)
+        heard.append(change)
 
-    service._follower.on_change = changed
+    service._follower.on_superseded = superseded
     try:
         service.start()
         async with asyncio.timeout(10):
             await wait_until(lambda: hot.enabled)
             await service.lookup(1, expand=False, request_id="first")  # V1, cached
             gate = source.close_gate(1)
-            await service.annotation_changed(1, V2_MICROS, request_id="webhook")  # the reload leaves
-            await heard.wait()
+            for version in changes:
+                await service.annotation_changed(1, version, request_id="webhook")  # a reload leaves
+            await wait_until(lambda: len(heard) == len(changes))
             during = asyncio.create_task(service.lookup(1, expand=False, request_id="during"))
             # It joins a load (counted as coalesced), or asks Label Studio itself.
-            await wait_until(lambda: bool(registry.get_sample_value(COALESCED)) or len(source.calls) > 2)
+            await wait_until(lambda: bool(registry.get_sample_value(COALESCED)) or len(source.calls) > len(changes) + 1)
             gate.set()
             served = await during
-        assert source.calls == [(1, False), (1, False)]
+        assert len(source.calls) == len(changes) + 1
         assert served.entry is not None
         assert json.loads(served.entry.body)["updated_at"] == V2
     finally:
         await service.close()
         await store.close()
+
+
+async def test_a_version_stored_again_lets_requests_go_on_joining_a_load_in_flight(redis_url: str) -> None:
+    """Only a change (a Superseded announcement) stops requests joining a load: a write that stores a version
+    again (a forced fetch, a revalidation, on any replica) announces its id too, and with steady no-cache traffic
+    each replica would have started fetch after fetch."""
+    other = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+    metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+    source = ScriptedSource()
+    source.script(2, ok(2))
+    gate = source.close_gate(2)
+    hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
+    service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot)
+    woken = asyncio.Event()
+    wake = service._follower.wake
+
+    def woke(annotation_id: int) -> None:
+        wake(annotation_id)
+        woken.set()
+
+    service._follower.wake = woke  # type: ignore[method-assign]
+    key = AnnotationKey(2, Variant.PLAIN)
+    try:
+        service.start()
+        async with asyncio.timeout(10):
+            await wait_until(lambda: hot.enabled)
+            load = asyncio.create_task(service.lookup(2, expand=False, request_id="in flight"))
+            await source.arrived.wait()
+            entry = replace(version_of(2, 1_000), stored_at=time.time())
+            await other.put(key, entry, 60.0)
+            await other.put(key, entry, 60.0)  # stored again: announced
+            await woken.wait()
+            assert service._loads.running(key)
+            gate.set()
+            await load
+    finally:
+        await service.close()
+        await store.close()
+        await other.close()
 
 
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
@@ -593,7 +637,11 @@ async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_
         await one.invalidate(6, 1_000, 60)
         await one.drop(7)
         # Pub/sub keeps the order: had a silent write been announced, its id would be among these.
-        assert [await asyncio.wait_for(anext(heard), 5.0) for _ in range(9)] == [1, 3, 1, 8, 4, 10, 5, 6, 7]
+        announced = [await asyncio.wait_for(anext(heard), 5.0) for _ in range(10)]
+        assert announced[:7] == [1, 3, 1, 8, 4, 10, 5]
+        superseded = announced[7]  # an invalidation's own, just before its id
+        assert isinstance(superseded, Superseded)
+        assert (superseded.annotation_id, announced[8:]) == (6, [6, 7])
     finally:
         await heard.aclose()
         await one.close()

@@ -6,6 +6,7 @@ from proxy.cache.base import (
     CachedAnnotation,
     Lookup,
     Missing,
+    Superseded,
     Variant,
 )
 from proxy.cache.keyspace import KeyScheme
@@ -21,6 +22,7 @@ __all__ = [
     "MemoryStore",
     "Missing",
     "RedisStore",
+    "Superseded",
     "Variant",
     "open_redis_store",
 ]

@@ -57,6 +57,16 @@ class CachedAnnotation:
 Lookup = CachedAnnotation | Missing | None
 
 
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """An announcement (:meth:`AnnotationStore.changes`) that an annotation's newest version moved past what was
+    cached (:meth:`AnnotationStore.invalidate`): a fetch of it in flight may have left before, and bring back an
+    older version. ``token``: the one :meth:`AnnotationStore.invalidate` returned to the process that made it."""
+
+    annotation_id: int
+    token: str
+
+
 class AnnotationStore(Protocol):
     """A cache of annotation versions. Every method raises :class:`CacheError` on a store failure."""
 
@@ -97,14 +107,17 @@ class AnnotationStore(Protocol):
         """
         ...
 
-    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> str:
         """Label Studio says ``version`` is now current: stop serving anything older, or that version itself.
 
         The pointer moves to ``version`` (unless a newer one is known), so an older version that a slow
         fetch brings back later is refused, and the cached body of ``version`` (if any) is dropped so the next
         request fetches it again. Drops a remembered 404, but for a deletion's (:data:`proxy.cache.keyspace.FENCE`),
         which changes nothing: a deleted annotation is not changed again, so such a change arrived out of order.
-        """
+
+        Returns the token of the :class:`Superseded` announcement made (tokens of one process sort in the order it
+        made them), or "" when nothing was announced (nothing changed; or a store of one process, which announces
+        nothing)."""
         ...
 
     async def drop(self, annotation_id: int) -> None:
@@ -140,12 +153,13 @@ class AnnotationStore(Protocol):
         the old ones may be dead). Never raises."""
         ...
 
-    def changes(self) -> AsyncIterator[int | None]:
+    def changes(self) -> AsyncIterator[int | Superseded | None]:
         """Announcements of change, from every process sharing the store, for in-process copies (the hot tier).
 
         Yields an annotation id each time a write changed what :meth:`get` answered for it (:meth:`put`,
-        :meth:`put_missing`, :meth:`invalidate`, :meth:`drop` that took effect), and ``None`` once listening
-        starts: only from then on is nothing missed. An id's first version or first 404, which no process can have
+        :meth:`put_missing`, :meth:`invalidate`, :meth:`drop` that took effect), just before it a
+        :class:`Superseded` for an :meth:`invalidate`, and ``None`` once listening starts: only from then on is
+        nothing missed. An id's first version or first 404, which no process can have
         read, is announced only when a process waits for it (its :meth:`claim` was refused). Ends with
         :class:`CacheError` when the announcements can no longer be heard; changes made meanwhile are lost, so a
         caller must drop its copies and listen again.

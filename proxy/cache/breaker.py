@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from proxy.breaker import CircuitBreaker, State
-from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
+from proxy.cache.base import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Superseded, Variant
 from proxy.errors import CacheBusy, CacheCircuitOpen, CacheError
 
 T = TypeVar("T")
@@ -60,8 +60,8 @@ class CircuitBreakingStore:
     async def put_missing(self, annotation_id: int, ttl: float, *, since: int, release: Variant | None = None) -> bool:
         return await self._guarded(lambda: self._store.put_missing(annotation_id, ttl, since=since, release=release))
 
-    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
-        await self._guarded(lambda: self._store.invalidate(annotation_id, version, ttl))
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> str:
+        return await self._guarded(lambda: self._store.invalidate(annotation_id, version, ttl))
 
     async def drop(self, annotation_id: int) -> None:
         await self._guarded(lambda: self._store.drop(annotation_id))
@@ -81,7 +81,7 @@ class CircuitBreakingStore:
     async def reconnect(self) -> None:
         await self._store.reconnect()
 
-    def changes(self) -> AsyncIterator[int | None]:
+    def changes(self) -> AsyncIterator[int | Superseded | None]:
         return self._store.changes()  # not guarded: it fails on its own, and its caller retries
 
     async def close(self) -> None:

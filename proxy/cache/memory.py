@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
-from proxy.cache.base import AnnotationKey, CachedAnnotation, Lookup, Missing, Variant
+from proxy.cache.base import AnnotationKey, CachedAnnotation, Lookup, Missing, Superseded, Variant
 from proxy.cache.bounded import ByteBoundedMap
 from proxy.cache.keyspace import FENCE
 
@@ -85,17 +85,19 @@ class MemoryStore:
             self._set(("missing", annotation_id), since, 0, ttl)
         return True
 
-    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> str:
+        """Nothing to announce: one process, whose reload supersedes its loads in flight (proxy/loads.py)."""
         if self._live(("missing", annotation_id)) == FENCE:  # a deletion stands (AnnotationStore.invalidate)
-            return
+            return ""
         current = self._live(("latest", annotation_id))
         if isinstance(current, int) and current > version:
-            return
+            return ""
         if current == version:
             for variant in Variant:
                 self._delete(("v", annotation_id, version, variant))
         self._set(("latest", annotation_id), version, 0, ttl)
         self._delete(("missing", annotation_id))
+        return ""
 
     async def drop(self, annotation_id: int) -> None:
         self._delete(("latest", annotation_id))
@@ -119,7 +121,7 @@ class MemoryStore:
     async def reconnect(self) -> None:
         return None  # no connections
 
-    async def changes(self) -> AsyncIterator[int | None]:
+    async def changes(self) -> AsyncIterator[int | Superseded | None]:
         """Nothing to hear: one process writes this store, and its own writes reach its hot tier directly."""
         yield None
         await asyncio.Event().wait()

@@ -24,6 +24,7 @@ from proxy.cache.base import (
     CachedAnnotation,
     Lookup,
     Missing,
+    Superseded,
     Variant,
     decode_entry,
     encode_entry,
@@ -108,9 +109,11 @@ return 1
 """
 
 # KEYS: pointer, missing marker, the version's plain key, its expand key. ARGV: version token, ttl in ms, the
-# changes channel, the id, the token of FENCE. Moves the pointer up to the version (never down) and drops that
-# version's bodies if they are cached; changes nothing while a deletion's marker (FENCE) stands: a change announced
-# after the deletion (webhooks out of order, or replayed) would point back at the deleted version's bodies.
+# changes channel, the id, the token of FENCE, the Superseded announcement ("~<id> <token>"). Moves the pointer up
+# to the version (never down) and drops that version's bodies if they are cached; changes nothing while a deletion's
+# marker (FENCE) stands: a change announced after the deletion (webhooks out of order, or replayed) would point back
+# at the deleted version's bodies. Announces the Superseded first, then the id (which is all a process of an
+# earlier release reads). Returns 1 when it changed (and announced) anything.
 INVALIDATE_SCRIPT = """
 if redis.call('GET', KEYS[2]) == ARGV[5] then return 0 end
 local current = redis.call('GET', KEYS[1])
@@ -118,6 +121,7 @@ if current and current > ARGV[1] then return 0 end
 if current == ARGV[1] then redis.call('DEL', KEYS[3], KEYS[4]) end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[6])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
@@ -184,6 +188,7 @@ return 1
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 CHANGES_POLL_SECONDS = 1.0
+SUPERSEDED = "~"  # the head of a Superseded announcement: no id starts with it
 FENCE_TOKEN = version_token(FENCE)  # a deletion's marker, as the store holds it
 
 
@@ -286,12 +291,16 @@ class ClaimBook:
         self.released(key)  # lapsed, as in Redis
         return False
 
+    def token(self) -> str:
+        """A token of this process's, later than every one before it."""
+        return f"{self.prefix}{next(self._grants):016x}"
+
     @contextmanager
     def asking(self, key: AnnotationKey) -> Iterator[str]:
         """Around a round trip that claims ``key``: the token to ask with. Meanwhile this process asks no other."""
         self._asking.add(key)
         try:
-            yield f"{self.prefix}{next(self._grants):016x}"
+            yield self.token()
         finally:
             self._asking.discard(key)
 
@@ -429,8 +438,7 @@ class RedisStore:
         variant = release or Variant.PLAIN
         key = AnnotationKey(annotation_id, variant)
         with _translated("write"):
-            keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
-            keys.append(self._keys.claim(annotation_id, variant))
+            keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id), self._keys.claim(*key)]
             keys += [self._keys.claim_waiters(annotation_id, each) for each in Variant]
             stored = await self._missing(
                 keys=keys,
@@ -443,12 +451,14 @@ class RedisStore:
             )
         return bool(stored)
 
-    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> None:
+    async def invalidate(self, annotation_id: int, version: int, ttl: float) -> str:
         keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
         keys += [self._keys.version(annotation_id, version, variant) for variant in Variant]
+        token = self._claims.token()  # this process's, in order: it tells its own Superseded announcements apart
         args: list[str | int] = [version_token(version), _ms(ttl), *self._announce(annotation_id), FENCE_TOKEN]
         with _translated("write"):
-            await self._invalidate(keys=keys, args=args)
+            changed = await self._invalidate(keys=keys, args=[*args, f"{SUPERSEDED}{annotation_id} {token}"])
+        return token if changed else ""
 
     async def drop(self, annotation_id: int) -> None:
         keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
@@ -489,7 +499,7 @@ class RedisStore:
     async def reconnect(self) -> None:
         await drop_idle_connections(self._client)
 
-    def changes(self) -> AsyncIterator[int | None]:
+    def changes(self) -> AsyncIterator[int | Superseded | None]:
         return follow_changes(self._client, self._keys.changes)
 
     def _announce(self, annotation_id: int) -> tuple[str, str]:
@@ -576,7 +586,7 @@ def decoded(annotation_id: int, raw: bytes | str) -> CachedAnnotation:
     return entry
 
 
-async def follow_changes(client: Redis | RedisCluster, channel: str) -> AsyncIterator[int | None]:
+async def follow_changes(client: Redis | RedisCluster, channel: str) -> AsyncIterator[int | Superseded | None]:
     """The store's announcements (see AnnotationStore.changes): None once subscribed, then changed ids."""
     if isinstance(client, RedisCluster):
         with _translated("subscribe"):
@@ -592,8 +602,21 @@ async def follow_changes(client: Redis | RedisCluster, channel: str) -> AsyncIte
                     continue
                 if message["type"] == "subscribe":  # also after redis-py reconnected by itself
                     yield None
-                elif message["type"] == "message" and message["data"].isdigit():
-                    yield int(message["data"])
+                elif message["type"] == "message":
+                    change = _change(message["data"])
+                    if change is not None:
+                        yield change
     finally:
         with suppress(Exception):  # closing what already failed
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _change(message: bytes | str) -> int | Superseded | None:
+    """An announcement as :meth:`RedisStore.changes` yields it; None for one it cannot read."""
+    data = message.decode("ascii", "replace") if isinstance(message, bytes) else message
+    if data.isdigit():
+        return int(data)
+    annotation_id, _, token = data.removeprefix(SUPERSEDED).partition(" ")
+    if data.startswith(SUPERSEDED) and annotation_id.isdigit() and token:
+        return Superseded(int(annotation_id), token)
+    return None
