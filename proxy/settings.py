@@ -117,7 +117,16 @@ def _strong_secret(secret: SecretStr | None) -> SecretStr | None:
 
 
 # Field types with their checks (pydantic reports a check's ValueError under the variable's name).
+def _bindable_host(host: str) -> str:
+    """An address to listen on: an IPv6 one without the brackets a URL puts around it (``[::1]`` is ``::1``),
+    which the socket would take for a host name it cannot resolve."""
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
 LabelStudioUrl = Annotated[HttpUrl, AfterValidator(_plain_base_url)]
+ListenHost = Annotated[str, AfterValidator(_bindable_host)]
 ApiKey = Annotated[SecretStr, AfterValidator(_usable_api_key)]
 KeyPrefix = Annotated[str, Field(max_length=64), AfterValidator(_no_hash_tag_braces)]
 ClientKeyEntries = Annotated[
@@ -164,7 +173,7 @@ class Settings(BaseSettings):
     proxy_client_revalidation: bool = True
 
     # Server
-    proxy_host: str = "127.0.0.1"
+    proxy_host: ListenHost = "127.0.0.1"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
     proxy_client_keys: ClientKeyEntries = ()
     proxy_client_keys_file: KeyFile = None
@@ -178,7 +187,7 @@ class Settings(BaseSettings):
     proxy_compression: bool = True  # gzip for callers that accept it (docs/api.md)
 
     # Operations: a second listener with /metrics, /healthz and /readyz only; the dependency checks.
-    proxy_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod; serves no annotation
+    proxy_metrics_host: ListenHost = "0.0.0.0"  # noqa: S104 - scraped from outside the pod; serves no annotation
     proxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     proxy_check_interval: float = Field(default=10.0, ge=0.05, le=300)
 

@@ -138,6 +138,15 @@ class TestAnonymousAccess:
         monkeypatch.setenv("PROXY_HOST", "::1")
         assert load_settings().anonymous_access
 
+    def test_an_ipv6_host_in_brackets_is_the_address_to_listen_on(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """[::1] passed the loopback check, then could not be listened on (a host name nobody resolves)."""
+        required(monkeypatch)
+        monkeypatch.setenv("PROXY_HOST", "[::1]")
+        monkeypatch.setenv("PROXY_METRICS_HOST", "[::]")
+        settings = load_settings()
+        assert (settings.proxy_host, settings.proxy_metrics_host) == ("::1", "::")
+        assert settings.anonymous_access
+
     def test_refused_on_other_addresses(self, monkeypatch: pytest.MonkeyPatch) -> None:
         required(monkeypatch)
         monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - the case under test
