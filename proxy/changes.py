@@ -96,6 +96,8 @@ class ChangeFollower:
             except CacheError as exc:
                 if self._hot.enabled:
                     log.warning("hot tier off: cannot follow the store's changes", extra={"error": str(exc)})
+            except Exception:  # a bug must not end the following: the tier would stay as it is, on or off, for good
+                log.exception("hot tier off: following the store's changes failed")
             self._hot.suspend()
             await self._sleep(retry_in)
             retry_in = min(retry_in * 2, RETRY_MAX)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, MemoryStore, Variant, open_redis_store
+from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, MemoryStore, Superseded, Variant, open_redis_store
 from proxy.cache.hot import RECORD_OVERHEAD, HotTier
+from proxy.changes import RETRY_MIN, ChangeFollower
 from proxy.exchange import UpstreamReply
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
@@ -231,3 +232,37 @@ async def test_on_a_cluster_or_sentinel_topology_the_tier_hears_changes_and_hits
     await wait_until(lambda: len(fake.annotation_gets(1)) == 2)
     status, _, body = await get(other)
     assert (status, body["ground_truth"]) == (200, True)
+
+
+class BrokenThenFollowed(MemoryStore):
+    """A store whose announcements fail once with a bug (not a CacheError), then are heard."""
+
+    def __init__(self) -> None:
+        super().__init__(max_bytes=1024)
+        self.attempts = 0
+
+    async def changes(self) -> AsyncIterator[int | Superseded | None]:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise RuntimeError("a bug in following")
+        yield None
+        await asyncio.Event().wait()
+
+
+async def test_a_bug_in_following_the_changes_does_not_end_the_following(clock: Clock) -> None:
+    """The follower caught only CacheError: anything else ended its task, and the tier stayed as it was for good
+    (off, or on without hearing changes)."""
+    hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
+    hot.suspend()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    follower = ChangeFollower(BrokenThenFollowed(), hot, sleep=sleep)
+    follower.start()
+    try:
+        await wait_until(lambda: hot.enabled)
+        assert slept == [RETRY_MIN]
+    finally:
+        await follower.close()
