@@ -49,9 +49,10 @@ class ChangeFollower:
         self._waiting: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Follow the announcements in the background (the hot tier needs them to be on)."""
-        if self._hot.ttl > 0 and self._task is None:
+    def start(self, *, shared: bool = False) -> None:
+        """Follow the announcements in the background: the hot tier needs them to be on, and a store ``shared``
+        with other processes (claims, changes applied elsewhere) needs them even with the tier off."""
+        if (self._hot.ttl > 0 or shared) and self._task is None:
             self._task = asyncio.create_task(self._follow(), name="hot-tier-listener")
 
     async def close(self) -> None:
@@ -87,7 +88,11 @@ class ChangeFollower:
                     if change is None:
                         self._hot.resume()
                         retry_in = RETRY_MIN
-                        log.info("hot tier on: following the store's changes")
+                        log.info(
+                            "hot tier on: following the store's changes"
+                            if self._hot.ttl > 0
+                            else "following the store's changes"
+                        )
                     elif isinstance(change, Superseded):
                         self.on_superseded(change)
                     else:

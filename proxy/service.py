@@ -97,8 +97,9 @@ class AnnotationService:
         self.purge = self.invalidations.purge
 
     def start(self) -> None:
-        """Start following the store's announcements of change, which the hot tier needs to be on."""
-        self._follower.start()
+        """Start following the store's announcements of change: for the hot tier, and where claims say the store
+        is shared, for the loads in flight and the requests waiting for another replica's fetch."""
+        self._follower.start(shared=self._policy.claim_ttl > 0)
 
     async def close(self) -> None:
         """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""

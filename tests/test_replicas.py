@@ -476,7 +476,10 @@ async def test_an_announcement_wakes_every_load_waiting_for_the_id_whichever_sto
         await expanded
 
 
-async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_left_before_it(redis_url: str) -> None:
+@pytest.mark.parametrize("hot_ttl", [5.0, 0.0])  # the announcements are followed with the hot tier off too
+async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_left_before_it(
+    redis_url: str, hot_ttl: float
+) -> None:
     """Replica B's fetch of an id was on its way when replica A applied ANNOTATION_UPDATED for it. A's requests
     stop joining its own loads of the id at once; B's went on joining that fetch after hearing the change, and
     were answered the version from before it."""
@@ -486,7 +489,7 @@ async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_l
         store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
         stores.append(store)
         metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
-        hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
+        hot: HotTier[Served] = HotTier(ttl=hot_ttl, max_bytes=100_000, clock=time.time)
         services.append(AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot))
     a, b = services
     sources[1].script(1, ok(updated_at=V1), ok(updated_at=V2))
