@@ -72,10 +72,11 @@ class PersonalAccessToken:
     is shorter) and after Label Studio rejects it. Its lifetime is Label Studio's own (``exp`` less ``iat``, both
     by Label Studio's clock), so a proxy whose clock is ahead does not refresh on every request.
 
-    One exchange is in flight at a time, a task of its own: concurrent requests wait for it instead of each
-    starting their own, and a request that stops waiting (its deadline) does not stop it. For
-    :data:`REFRESH_RETRY_AFTER` after one failed, requests get its failure instead of exchanging again, or, while
-    the access token it was to replace has not expired, that token.
+    One exchange is in flight at a time, a task of its own. While the access token it is to replace has not
+    expired, requests go on sending that one and do not wait for it (a refresh endpoint that hangs or fails costs
+    them nothing); past that, they wait for it, and a request that stops waiting (its deadline) does not stop it.
+    For :data:`REFRESH_RETRY_AFTER` after one failed, no other starts: requests that need a new token get its
+    failure.
     """
 
     def __init__(
@@ -115,32 +116,37 @@ class PersonalAccessToken:
 
     async def authorization(self) -> str:
         access = self._current()
-        if access is None:
-            try:
-                access = await self._exchanged()
-            except TokenRefreshFailed:
-                if self._access is None or self._clock() >= self._expires_at:
-                    raise
-                access = self._access  # not renewed, but good for a while yet
-        return f"Bearer {access}"
+        if access is None and self._access is not None and self._clock() < self._expires_at:
+            access = self._access  # due, not expired: renewed in the background meanwhile
+            if not self._exchanging() and not self._failed_lately():
+                self._start_exchange()
+        return f"Bearer {access or await self._exchanged()}"
 
     async def _exchanged(self) -> str:
         """The access token of the exchange in flight, or of a new one; within REFRESH_RETRY_AFTER of a failed
         exchange, that failure. Only the request that started an exchange gets its failure itself: the others
         get a copy, which the breaker does not count again."""
-        task = self._exchange_task
-        joined = task is not None and not task.done()
-        if task is None or not joined:
-            if self._failed is not None and self._monotonic() < self._retry_at:
-                raise _repeated(self._failed)
-            task = self._exchange_task = asyncio.create_task(self._refresh(), name="token-refresh")
-            task.add_done_callback(_retrieved)
+        joined = self._exchanging()
+        if not joined and self._failed is not None and self._failed_lately():
+            raise _repeated(self._failed)
+        task = self._exchange_task if joined and self._exchange_task is not None else self._start_exchange()
         try:
             return await asyncio.shield(task)
         except TokenRefreshFailed as exc:
             if joined:
                 raise _repeated(exc) from exc
             raise
+
+    def _exchanging(self) -> bool:
+        return self._exchange_task is not None and not self._exchange_task.done()
+
+    def _failed_lately(self) -> bool:
+        return self._failed is not None and self._monotonic() < self._retry_at
+
+    def _start_exchange(self) -> asyncio.Task[str]:
+        task = self._exchange_task = asyncio.create_task(self._refresh(), name="token-refresh")
+        task.add_done_callback(_retrieved)
+        return task
 
     def invalidate(self, used: str) -> bool:
         if self._access is not None and used == f"Bearer {self._access}":

@@ -48,15 +48,17 @@ async def test_access_token_is_refreshed_before_it_expires(
     make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
 ) -> None:
     proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token())
-    fake_ls.add_annotation()
-    fake_ls.add_annotation()
+    for _ in range(3):
+        fake_ls.add_annotation()
     await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
     clock.now += 280  # inside the last 30 s of the 300 s access token: still valid, but due
     response = await proxy.client.get("/api/annotations/2/", headers=proxy.auth())
-    assert response.status == 200
-    assert fake_ls.refresh_calls == 2
-    # Refreshed before use: Label Studio never had to reject a request.
-    assert len(fake_ls.annotation_gets()) == 2
+    assert response.status == 200  # sent with that token, which is renewed meanwhile
+    await wait_until(lambda: fake_ls.refresh_calls == 2)
+    await wait_until(lambda: proxy.metric("token_refreshes_total", outcome="ok") == 2)
+    assert (await proxy.client.get("/api/annotations/3/", headers=proxy.auth())).status == 200
+    # Refreshed before it expired: Label Studio never had to reject a request.
+    assert len(fake_ls.annotation_gets()) == 3
     assert len(set(authorizations(fake_ls))) == 2
 
 
@@ -252,3 +254,21 @@ async def test_a_failed_refresh_keeps_the_access_token_it_was_to_replace_while_t
     response = await proxy.client.get("/api/annotations/1/", headers=proxy.auth())
     assert response.status == 200
     assert fake_ls.refresh_calls == 2
+
+
+async def test_a_refresh_that_hangs_before_the_access_token_expires_holds_no_request(
+    make_proxy: ProxyFactory, fake_ls: FakeLabelStudio, clock: Clock
+) -> None:
+    """Requests waited for the exchange of a token still good for 30 s: a refresh endpoint that hangs made every
+    miss a 504 at its deadline, and five of them opened the circuit."""
+    proxy = await make_proxy(label_studio_api_key=fake_ls.issue_personal_access_token(), proxy_upstream_timeout=0.5)
+    for _ in range(6):
+        fake_ls.add_annotation()
+    clock.now += 280  # due, not expired
+    fake_ls.refresh_delay = 30.0
+    statuses = [
+        (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status
+        for annotation_id in range(1, 7)
+    ]
+    assert statuses == [200] * 6
+    assert fake_ls.refresh_calls == 2  # at start-up, and the one still hanging
