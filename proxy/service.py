@@ -97,8 +97,7 @@ class AnnotationService:
         self.purge = self.invalidations.purge
 
     def start(self) -> None:
-        """Start following the store's announcements of change: for the hot tier, and where claims say the store
-        is shared, for the loads in flight and the requests waiting for another replica's fetch."""
+        """Follow the store's announcements: for the hot tier; and for loads and claims, where the store is shared."""
         self._follower.start(shared=self._policy.claim_ttl > 0)
 
     async def close(self) -> None:

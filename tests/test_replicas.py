@@ -19,7 +19,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from proxy import claims
+from proxy import claims, directives
 from proxy.cache import (
     AnnotationKey,
     CachedAnnotation,
@@ -34,6 +34,7 @@ from proxy.cache.hot import HotTier
 from proxy.cache.redis_store import ClaimBook
 from proxy.changes import ChangeFollower
 from proxy.errors import CacheError
+from proxy.exchange import UpstreamReply
 from proxy.metrics import Metrics
 from proxy.served import Served
 from proxy.service import AnnotationService
@@ -596,6 +597,53 @@ async def test_a_version_stored_again_lets_requests_go_on_joining_a_load_in_flig
         await other.close()
 
 
+async def test_a_deletion_another_replica_applied_is_not_answered_by_a_forced_fetch_that_left_before_it(
+    redis_url: str,
+) -> None:
+    """A no-cache request joins the forced fetch of its id in flight (docs/freshness.md): that fetch left before
+    ANNOTATIONS_DELETED reached another replica, and answered the deleted annotation to requests made after it."""
+    services, stores = [], []
+    sources = ScriptedSource(), ScriptedSource()
+    for source in sources:
+        store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
+        stores.append(store)
+        metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+        hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
+        services.append(AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot))
+    a, b = services
+    sources[1].script(1, ok(), UpstreamReply(404, b'{"detail": "Not found."}'))
+    gate = sources[1].close_gate(1)
+    no_cache = directives.parse("no-cache", "")
+    superseded: list[Superseded] = []
+    told = b._follower.on_superseded
+
+    def heard(change: Superseded) -> None:
+        told(change)
+        superseded.append(change)
+
+    b._follower.on_superseded = heard
+    try:
+        for service in services:
+            service.start()
+        async with asyncio.timeout(10):
+            await wait_until(lambda: a.hot.enabled and b.hot.enabled)
+            before = asyncio.create_task(b.lookup(1, expand=False, request_id="before", directives=no_cache))
+            await sources[1].arrived.wait()  # B's forced fetch left: Label Studio answers 200
+            await a.annotation_deleted(1)
+            await wait_until(lambda: bool(superseded))  # B heard of it
+            after = asyncio.create_task(b.lookup(1, expand=False, request_id="after", directives=no_cache))
+            # It joins the fetch in flight (and waits with it), or asks Label Studio itself.
+            await wait_until(lambda: len(sources[1].calls) == 2 or after.done())
+            gate.set()
+            answers = await asyncio.gather(before, after, return_exceptions=True)
+        assert len(sources[1].calls) == 2  # the request after the deletion asked Label Studio itself
+        assert not isinstance(answers[1], Served) or answers[1].entry is None
+    finally:
+        for service, store in zip(services, stores, strict=True):
+            await service.close()
+            await store.close()
+
+
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
     body = b'{"id":%d,"v":%d}' % (annotation_id, version)
     return CachedAnnotation(annotation_id=annotation_id, version=version, stored_at=1_700_000_000.5, body=body)
@@ -640,11 +688,10 @@ async def test_a_write_is_announced_only_to_whoever_may_hold_its_id_or_wait_for_
         await one.invalidate(6, 1_000, 60)
         await one.drop(7)
         # Pub/sub keeps the order: had a silent write been announced, its id would be among these.
-        announced = [await asyncio.wait_for(anext(heard), 5.0) for _ in range(10)]
-        assert announced[:7] == [1, 3, 1, 8, 4, 10, 5]
-        superseded = announced[7]  # an invalidation's own, just before its id
-        assert isinstance(superseded, Superseded)
-        assert (superseded.annotation_id, announced[8:]) == (6, [6, 7])
+        announced = [await asyncio.wait_for(anext(heard), 5.0) for _ in range(11)]
+        # A webhook's invalidation and an operator's drop also say the id was superseded, just before it.
+        shown = [f"~{each.annotation_id}" if isinstance(each, Superseded) else each for each in announced]
+        assert shown == [1, 3, 1, 8, 4, 10, 5, "~6", 6, "~7", 7]
     finally:
         await heard.aclose()
         await one.close()

@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AskError, ClusterError, MovedError, RedisError, TryAgainError
@@ -128,7 +129,8 @@ return 1
 
 # KEYS: pointer, missing marker, the claim, both variants' waiters' flags (a 404 answers both). ARGV: fetch start
 # token, ttl in ms (0: remember nothing), the changes channel, the id, the claim holder's token ("" to keep any
-# claim; released whatever the outcome), '1' to announce whatever.
+# claim; released whatever the outcome), '1' to announce whatever, and for a deletion (FENCE) its Superseded
+# announcement ("" for a fetch's 404), published before the id.
 # Returns 0, changing nothing, when the known version is later than the fetch that saw the 404 began.
 MISSING_SCRIPT = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
@@ -138,6 +140,7 @@ local marked = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
 local waited = redis.call('DEL', KEYS[4], KEYS[5]) > 0
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[7]) end
 if current or marked or waited or ARGV[6] == '1' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
@@ -178,9 +181,10 @@ redis.call('DEL', KEYS[1])
 return members
 """
 
-# KEYS: pointer, missing marker. ARGV: the changes channel, the id.
+# KEYS: pointer, missing marker. ARGV: the changes channel, the id, the Superseded announcement.
 DROP_SCRIPT = """
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
@@ -347,6 +351,22 @@ class ClaimBook:
         return "" if held is None else held[1]
 
 
+@dataclass(frozen=True, slots=True)
+class Announcer:
+    """What a script announces on the changes channel: its ARGV for the id, and the Superseded line of a change
+    that moves an annotation past what was cached, with a token of this process's (proxy/loads.py tells its own
+    apart by it)."""
+
+    channel: str
+    claims: ClaimBook
+
+    def of(self, annotation_id: int) -> tuple[str, str]:
+        return self.channel, str(annotation_id)
+
+    def superseded(self, annotation_id: int) -> str:
+        return f"{SUPERSEDED}{annotation_id} {self.claims.token()}"
+
+
 class RedisStore:
     name = "redis"
 
@@ -376,6 +396,7 @@ class RedisStore:
         self._drop = client.register_script(DROP_SCRIPT)
         self._tasks = TaskIndex(client, keys)
         self._claims = ClaimBook(monotonic=monotonic)
+        self._announcer = Announcer(keys.changes, self._claims)
 
     async def get(self, key: AnnotationKey) -> Lookup:
         return (await self._read_key(key, claim_ttl=None))[0]
@@ -423,7 +444,7 @@ class RedisStore:
                     encode_entry(entry),
                     ttl_ms,
                     _micros_token(entry.stored_at),
-                    *self._announce(annotation_id),
+                    *self._announcer.of(annotation_id),
                     *self._claims.given_up(key, release),
                     FENCE_TOKEN,
                 ],
@@ -445,8 +466,9 @@ class RedisStore:
                 args=[
                     version_token(since),
                     _ms(ttl) if ttl > 0 else 0,
-                    *self._announce(annotation_id),
+                    *self._announcer.of(annotation_id),
                     *self._claims.given_up(key, release is not None),
+                    self._announcer.superseded(annotation_id) if since == FENCE else "",
                 ],
             )
         return bool(stored)
@@ -454,16 +476,17 @@ class RedisStore:
     async def invalidate(self, annotation_id: int, version: int, ttl: float) -> str:
         keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
         keys += [self._keys.version(annotation_id, version, variant) for variant in Variant]
-        token = self._claims.token()  # this process's, in order: it tells its own Superseded announcements apart
-        args: list[str | int] = [version_token(version), _ms(ttl), *self._announce(annotation_id), FENCE_TOKEN]
+        args: list[str | int] = [version_token(version), _ms(ttl), *self._announcer.of(annotation_id), FENCE_TOKEN]
+        superseded = self._announcer.superseded(annotation_id)
         with _translated("write"):
-            changed = await self._invalidate(keys=keys, args=[*args, f"{SUPERSEDED}{annotation_id} {token}"])
-        return token if changed else ""
+            changed = await self._invalidate(keys=keys, args=[*args, superseded])
+        return superseded.partition(" ")[2] if changed else ""
 
     async def drop(self, annotation_id: int) -> None:
         keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
+        args = [*self._announcer.of(annotation_id), self._announcer.superseded(annotation_id)]
         with _translated("write"):
-            await self._drop(keys=keys, args=[*self._announce(annotation_id)])
+            await self._drop(keys=keys, args=args)
 
     async def task_deleted(self, task_id: int, ttl: float) -> set[int]:
         return await self._tasks.deleted(task_id, _ms(ttl))
@@ -501,9 +524,6 @@ class RedisStore:
 
     def changes(self) -> AsyncIterator[int | Superseded | None]:
         return follow_changes(self._client, self._keys.changes)
-
-    def _announce(self, annotation_id: int) -> tuple[str, str]:
-        return self._keys.changes, str(annotation_id)
 
     async def close(self) -> None:
         await self._close()
