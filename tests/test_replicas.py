@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -477,13 +478,12 @@ async def test_an_announcement_wakes_every_load_waiting_for_the_id_whichever_sto
         await expanded
 
 
-@pytest.mark.parametrize("hot_ttl", [5.0, 0.0])  # the announcements are followed with the hot tier off too
-async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_left_before_it(
-    redis_url: str, hot_ttl: float
-) -> None:
-    """Replica B's fetch of an id was on its way when replica A applied ANNOTATION_UPDATED for it. A's requests
-    stop joining its own loads of the id at once; B's went on joining that fetch after hearing the change, and
-    were answered the version from before it."""
+Replicas = tuple[AnnotationService, AnnotationService, ScriptedSource]
+
+
+@asynccontextmanager
+async def two_replicas(redis_url: str, *, hot_ttl: float = 5.0) -> AsyncIterator[Replicas]:
+    """Replicas A and B sharing the session's Redis, both following its announcements, and B's Label Studio."""
     services, stores = [], []
     sources = ScriptedSource(), ScriptedSource()
     for source in sources:
@@ -493,25 +493,49 @@ async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_l
         hot: HotTier[Served] = HotTier(ttl=hot_ttl, max_bytes=100_000, clock=time.time)
         services.append(AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot))
     a, b = services
-    sources[1].script(1, ok(updated_at=V1), ok(updated_at=V2))
-    gate = sources[1].close_gate(1)
     try:
         for service in services:
             service.start()
-        async with asyncio.timeout(10):
-            await wait_until(lambda: a.hot.enabled and b.hot.enabled)  # both hear the announcements
-            before = asyncio.create_task(b.lookup(1, expand=False, request_id="before"))
-            await sources[1].arrived.wait()  # B's fetch left: Label Studio answers V1
-            await a.annotation_changed(1, V2_MICROS, request_id="webhook")
-            await wait_until(lambda: not b._loads.running(KEY))  # B heard it
-            after = asyncio.create_task(b.lookup(1, expand=False, request_id="after"))
-            gate.set()
-            answers = await asyncio.gather(before, after)
-        assert [json.loads(served.entry.body)["updated_at"] for served in answers if served.entry] == [V1, V2]
+        await wait_until(lambda: a.hot.enabled and b.hot.enabled)  # both hear the announcements
+        yield a, b, sources[1]
     finally:
         for service, store in zip(services, stores, strict=True):
             await service.close()
             await store.close()
+
+
+def superseded_heard(service: AnnotationService) -> list[Superseded]:
+    """The Superseded announcements ``service`` hears from now on, each as soon as it has acted on it."""
+    heard: list[Superseded] = []
+    told = service._follower.on_superseded
+
+    def superseded(change: Superseded) -> None:
+        told(change)
+        heard.append(change)
+
+    service._follower.on_superseded = superseded
+    return heard
+
+
+@pytest.mark.parametrize("hot_ttl", [5.0, 0.0])  # the announcements are followed with the hot tier off too
+async def test_a_change_another_replica_applied_is_not_answered_by_a_load_that_left_before_it(
+    redis_url: str, hot_ttl: float
+) -> None:
+    """Replica B's fetch of an id was on its way when replica A applied ANNOTATION_UPDATED for it. A's requests
+    stop joining its own loads of the id at once; B's went on joining that fetch after hearing the change, and
+    were answered the version from before it."""
+    async with two_replicas(redis_url, hot_ttl=hot_ttl) as (a, b, source), asyncio.timeout(10):
+        source.script(1, ok(updated_at=V1), ok(updated_at=V2))
+        gate = source.close_gate(1)
+        heard = superseded_heard(b)
+        before = asyncio.create_task(b.lookup(1, expand=False, request_id="before"))
+        await source.arrived.wait()  # B's fetch left: Label Studio answers V1
+        await a.annotation_changed(1, V2_MICROS, request_id="webhook")
+        await wait_until(lambda: bool(heard))
+        after = asyncio.create_task(b.lookup(1, expand=False, request_id="after"))
+        gate.set()
+        answers = await asyncio.gather(before, after)
+    assert [json.loads(served.entry.body)["updated_at"] for served in answers if served.entry] == [V1, V2]
 
 
 @pytest.mark.parametrize("changes", [[V2_MICROS], [V2_MICROS, V3_MICROS]])
@@ -527,14 +551,7 @@ async def test_the_reload_of_a_change_applied_here_still_takes_requests_when_its
     source.script(1, ok(updated_at=V1), *[ok(updated_at=V2)] * (len(changes) + 1))
     hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
     service = AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot)
-    heard: list[Superseded] = []
-    told = service._follower.on_superseded
-
-    def superseded(change: Superseded) -> None:
-        told(change)
-        heard.append(change)
-
-    service._follower.on_superseded = superseded
+    heard = superseded_heard(service)
     try:
         service.start()
         async with asyncio.timeout(10):
@@ -602,46 +619,22 @@ async def test_a_deletion_another_replica_applied_is_not_answered_by_a_forced_fe
 ) -> None:
     """A no-cache request joins the forced fetch of its id in flight (docs/freshness.md): that fetch left before
     ANNOTATIONS_DELETED reached another replica, and answered the deleted annotation to requests made after it."""
-    services, stores = [], []
-    sources = ScriptedSource(), ScriptedSource()
-    for source in sources:
-        store = open_redis_store(redis_url, KeyScheme("test:"), timeout=1.0)
-        stores.append(store)
-        metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
-        hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=100_000, clock=time.time)
-        services.append(AnnotationService(store, source, metrics, replace(POLICY, claim_ttl=60.0), hot=hot))
-    a, b = services
-    sources[1].script(1, ok(), UpstreamReply(404, b'{"detail": "Not found."}'))
-    gate = sources[1].close_gate(1)
     no_cache = directives.parse("no-cache", "")
-    superseded: list[Superseded] = []
-    told = b._follower.on_superseded
-
-    def heard(change: Superseded) -> None:
-        told(change)
-        superseded.append(change)
-
-    b._follower.on_superseded = heard
-    try:
-        for service in services:
-            service.start()
-        async with asyncio.timeout(10):
-            await wait_until(lambda: a.hot.enabled and b.hot.enabled)
-            before = asyncio.create_task(b.lookup(1, expand=False, request_id="before", directives=no_cache))
-            await sources[1].arrived.wait()  # B's forced fetch left: Label Studio answers 200
-            await a.annotation_deleted(1)
-            await wait_until(lambda: bool(superseded))  # B heard of it
-            after = asyncio.create_task(b.lookup(1, expand=False, request_id="after", directives=no_cache))
-            # It joins the fetch in flight (and waits with it), or asks Label Studio itself.
-            await wait_until(lambda: len(sources[1].calls) == 2 or after.done())
-            gate.set()
-            answers = await asyncio.gather(before, after, return_exceptions=True)
-        assert len(sources[1].calls) == 2  # the request after the deletion asked Label Studio itself
-        assert not isinstance(answers[1], Served) or answers[1].entry is None
-    finally:
-        for service, store in zip(services, stores, strict=True):
-            await service.close()
-            await store.close()
+    async with two_replicas(redis_url) as (a, b, source), asyncio.timeout(10):
+        source.script(1, ok(), UpstreamReply(404, b'{"detail": "Not found."}'))
+        gate = source.close_gate(1)
+        heard = superseded_heard(b)
+        before = asyncio.create_task(b.lookup(1, expand=False, request_id="before", directives=no_cache))
+        await source.arrived.wait()  # B's forced fetch left: Label Studio answers 200
+        await a.annotation_deleted(1)
+        await wait_until(lambda: bool(heard))
+        after = asyncio.create_task(b.lookup(1, expand=False, request_id="after", directives=no_cache))
+        # It joins the fetch in flight (and waits with it), or asks Label Studio itself.
+        await wait_until(lambda: len(source.calls) == 2 or after.done())
+        gate.set()
+        answers = await asyncio.gather(before, after, return_exceptions=True)
+    assert len(source.calls) == 2  # the request after the deletion asked Label Studio itself
+    assert not isinstance(answers[1], Served) or answers[1].entry is None
 
 
 def version_of(annotation_id: int, version: int) -> CachedAnnotation:
