@@ -268,6 +268,8 @@ class TestRedisTopologies:
             ("standalone", "unix://:/hunter2@/run/redis.sock", "must be unix://[user:password@]/path/to/socket"),
             ("standalone", "unix://user:12/hunter2@/run/redis.sock?db=1", "must be unix://[user:password@]/path"),
             ("standalone", "unix://:#hunter2@/sock", "may not contain '#'"),
+            ("standalone", "unix://:ab@/hunter2@/run/redis.sock", "has an '@' after its host"),
+            ("standalone", "redis://user:1?hunter2@redis", "has an '@' after its host"),
             ("standalone", "redis://redis/zero", "may only end with /<database number>"),  # redis-py: db 0
             ("standalone", "redis://:hunter2@redis\\x/0", "has an invalid host name"),
             # What redis-py would refuse only when connecting, with a traceback.

@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import fakeredis
@@ -339,6 +340,8 @@ class TestStoreContract:
         assert await store.task_deleted(11, TTL) == set()
         assert await store.put(PLAIN, entry(annotation_id=7), TTL) is False  # of task 11
         assert isinstance(await store.get(PLAIN), Missing)
+        later = replace(entry(annotation_id=7), stored_at=entry().stored_at + 3600)
+        assert await store.put(PLAIN, later, TTL) is False  # remembered as deleted, not as a fetch's 404
         other = CachedAnnotation(annotation_id=9, version=1, stored_at=0.0, body=b"{}", task=12)
         assert await store.put(AnnotationKey(9, Variant.PLAIN), other, TTL) is True  # another task's
 

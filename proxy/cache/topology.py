@@ -175,6 +175,8 @@ def check_url(url: str, mode: RedisMode) -> None:
         raise ValueError(f"has an invalid host name ({ENCODING_HINT})")
     elif not DB_PATH.fullmatch(parts.path):
         raise ValueError(f"may only end with /<database number> and ?options ({ENCODING_HINT})")
+    if "@" in parts.path or "@" in parts.query:  # the end of a password whose '/' or '?' ended the user part
+        raise ValueError(f"has an '@' after its host ({ENCODING_HINT})")
     try:
         parse_url(url)  # the query's options, as redis-py will read them
     except ValueError as exc:
