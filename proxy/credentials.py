@@ -126,10 +126,12 @@ class PersonalAccessToken:
         """The access token of the exchange in flight, or of a new one; within REFRESH_RETRY_AFTER of a failed
         exchange, that failure. Only the request that started an exchange gets its failure itself: the others
         get a copy, which the breaker does not count again."""
-        joined = self._exchanging()
-        if not joined and self._failed is not None and self._failed_lately():
-            raise _repeated(self._failed)
-        task = self._exchange_task if joined and self._exchange_task is not None else self._start_exchange()
+        task = self._exchange_task
+        joined = task is not None and not task.done()
+        if task is None or task.done():
+            if self._failed is not None and self._failed_lately():
+                raise _repeated(self._failed)
+            task = self._start_exchange()
         try:
             return await asyncio.shield(task)
         except TokenRefreshFailed as exc:

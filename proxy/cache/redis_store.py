@@ -363,8 +363,8 @@ class Announcer:
     def of(self, annotation_id: int) -> tuple[str, str]:
         return self.channel, str(annotation_id)
 
-    def superseded(self, annotation_id: int) -> str:
-        return f"{SUPERSEDED}{annotation_id} {self.claims.token()}"
+    def superseded(self, annotation_id: int) -> Superseded:
+        return Superseded(annotation_id, self.claims.token())
 
 
 class RedisStore:
@@ -468,7 +468,7 @@ class RedisStore:
                     _ms(ttl) if ttl > 0 else 0,
                     *self._announcer.of(annotation_id),
                     *self._claims.given_up(key, release is not None),
-                    self._announcer.superseded(annotation_id) if since == FENCE else "",
+                    superseded_line(self._announcer.superseded(annotation_id)) if since == FENCE else "",
                 ],
             )
         return bool(stored)
@@ -479,12 +479,12 @@ class RedisStore:
         args: list[str | int] = [version_token(version), _ms(ttl), *self._announcer.of(annotation_id), FENCE_TOKEN]
         superseded = self._announcer.superseded(annotation_id)
         with _translated("write"):
-            changed = await self._invalidate(keys=keys, args=[*args, superseded])
-        return superseded.partition(" ")[2] if changed else ""
+            changed = await self._invalidate(keys=keys, args=[*args, superseded_line(superseded)])
+        return superseded.token if changed else ""
 
     async def drop(self, annotation_id: int) -> None:
         keys = [self._keys.pointer(annotation_id), self._keys.missing(annotation_id)]
-        args = [*self._announcer.of(annotation_id), self._announcer.superseded(annotation_id)]
+        args = [*self._announcer.of(annotation_id), superseded_line(self._announcer.superseded(annotation_id))]
         with _translated("write"):
             await self._drop(keys=keys, args=args)
 
@@ -629,6 +629,11 @@ async def follow_changes(client: Redis | RedisCluster, channel: str) -> AsyncIte
     finally:
         with suppress(Exception):  # closing what already failed
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def superseded_line(change: Superseded) -> str:
+    """A Superseded announcement as a script publishes it (:func:`_change` reads it back)."""
+    return f"{SUPERSEDED}{change.annotation_id} {change.token}"
 
 
 def _change(message: bytes | str) -> int | Superseded | None:
