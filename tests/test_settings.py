@@ -234,6 +234,8 @@ class TestRedisTopologies:
             ("standalone", "redis://[fe80::1%25eth0]:6379"),  # an IPv6 address with its zone
             ("standalone", "redis://rédis.example:6379/0/"),  # a host name beyond ASCII, a trailing slash
             ("standalone", "unix://user:a%2Fb@/run/redis.sock?db=2"),
+            ("standalone", "rediss://redis:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false&protocol=3"),
+            ("cluster", "rediss://node-1:6379/0?ssl_cert_reqs=optional"),
         ],
     )
     def test_each_mode_takes_its_urls(self, monkeypatch: pytest.MonkeyPatch, mode: str, url: str) -> None:
@@ -279,6 +281,14 @@ class TestRedisTopologies:
                 "has an invalid 'socket_timeout' option",
             ),
             ("cluster", "redis://:hunter2@node-1:6379?health_check_interval=x", "invalid 'health_check_interval'"),
+            # What parse_url lets through and a connection's constructor refuses: every command would fail (a
+            # TypeError, never a connection error), or start-up would end in a traceback (a cluster's database).
+            ("standalone", "rediss://:hunter2@redis:6380/0?ssl_cert_reqs=hunter2", "invalid 'ssl_cert_reqs' option"),
+            ("standalone", "redis://:hunter2@redis/0?ssl_cert_reqs=none", "TLS option 'ssl_cert_reqs', which needs"),
+            ("standalone", "redis://:hunter2@redis/0?socket_keepalive=1&timeout=3", "'timeout', which redis-py does"),
+            ("standalone", "unix://:hunter2@/run/redis.sock?protocol=7", "has an invalid 'protocol' option"),
+            ("cluster", "redis://:hunter2@node-1:6379/3?socket_timeout=1", "names a database other than 0"),
+            ("cluster", "rediss://:hunter2@node-1:6379?socket_timeout=1&bogus=1", "'bogus', which"),
             ("replicated", "redis://redis:6379/0", "PROXY_REDIS_MODE"),
         ],
     )

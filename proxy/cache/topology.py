@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection, parse_url
@@ -182,6 +182,52 @@ def check_url(url: str, mode: RedisMode) -> None:
     except ValueError as exc:
         option = INVALID_OPTION.search(str(exc))  # redis-py names the option; any other text might quote the URL
         raise ValueError(f"has an invalid {option[1]!r} option" if option else "is not a valid Redis URL") from None
+    _check_connection(url, mode)
+
+
+def _check_connection(url: str, mode: RedisMode) -> None:
+    """Build, without connecting, the connection :func:`connect` would open for ``url``: its constructor refuses what
+    ``parse_url`` lets through (an option no connection takes, ``ssl_cert_reqs=bogus``, a TLS option on ``redis://``,
+    a database other than 0 in a cluster), which would otherwise fail every command, or start-up with a traceback.
+    The error names the option, found by trying each alone: a constructor's message may quote a value."""
+    try:
+        _connection_for(url, mode)
+    except Exception:  # noqa: BLE001 - whatever a constructor raises; no connection is tried
+        parts = urlsplit(url)
+        bare = parts._replace(query="").geturl()
+        try:
+            _connection_for(bare, mode)
+        except Exception:  # noqa: BLE001
+            if mode == "cluster" and parts.path.strip("/") not in ("", "0"):
+                raise ValueError("names a database other than 0, which a Redis Cluster does not have") from None
+            raise ValueError(f"is not a Redis URL redis-py can connect with in PROXY_REDIS_MODE={mode}") from None
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            try:
+                _connection_for(f"{bare}?{urlencode({name: value})}", mode)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(_refused(name, exc, parts.scheme.lower())) from None
+        raise ValueError("has query options redis-py cannot use together") from None
+
+
+def _refused(name: str, error: Exception, scheme: str) -> str:
+    """What is wrong with the query option ``name``, which alone made a connection's constructor raise ``error``."""
+    if not (name.isidentifier() and len(name) <= 40):  # not an option's name: never quote URL text that may be secret
+        return "has a query option redis-py cannot use"
+    if not isinstance(error, TypeError):  # the constructor took the option and refused its value
+        return f"has an invalid {name!r} option"
+    if name.startswith("ssl") and scheme != "rediss":
+        return f"has the TLS option {name!r}, which needs rediss://"
+    return f"has the option {name!r}, which redis-py does not take"
+
+
+def _connection_for(url: str, mode: RedisMode) -> None:
+    """Construct (never connect) the connection :func:`connect` would make for ``url``."""
+    if mode == "cluster":
+        cluster = RedisCluster.from_url(url)  # not initialized: nothing to close
+        node = next(iter(cluster.nodes_manager.startup_nodes.values()))
+        node.connection_class(**node.connection_kwargs)
+    else:
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
 
 
 class WaitingConnectionPool(ConnectionPool):
