@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from proxy.auth import ClientKey, parse_entry, read_entries
+from proxy.auth import ClientKey, Scope, parse_entry, read_entries
 from proxy.budget import BODY_FACTOR, MemoryBudget, memory_budget
 from proxy.cache.topology import SENTINEL_SCHEMES, RedisMode, check_url, parse_sentinel_url
 from proxy.errors import ConfigError
@@ -226,6 +226,20 @@ class Settings(BaseSettings):
         wildcards = {"0.0.0.0", "::", ""}  # noqa: S104
         if self.proxy_metrics_host == self.proxy_host or {self.proxy_metrics_host, self.proxy_host} & wildcards:
             raise ValueError("PROXY_METRICS_PORT must differ from PROXY_PORT (or listen on another address)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_scope_per_key(self) -> Settings:
+        """A key given twice with two scopes would be read with whichever came last: the operator's intent is
+        unknown, and the wider scope may be the stale one. Refused, naming the entries (never the key)."""
+        first: dict[str, tuple[Scope, int]] = {}
+        for number, key in enumerate(self.client_keys(), 1):
+            scope, earlier = first.setdefault(key.key, (key.scope, number))
+            if scope != key.scope:
+                raise ValueError(
+                    f"client key entries {earlier} and {number} (counting PROXY_CLIENT_KEYS, then "
+                    "PROXY_CLIENT_KEYS_FILE) hold the same key with different project scopes: keep one of them"
+                )
         return self
 
     @model_validator(mode="after")

@@ -94,6 +94,23 @@ class TestKeyFile:
             load_settings()
         assert SCOPED_KEY not in str(caught.value)
 
+    def test_one_key_with_two_scopes_is_refused(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        # Left as it was, the later entry's scope won: here the whole instance for a key meant for project 1.
+        path = tmp_path / "keys"
+        path.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}\n")
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        monkeypatch.setenv("PROXY_CLIENT_KEYS", f"{SCOPED_KEY}:1,{CLIENT_KEY}")
+        with pytest.raises(ConfigError, match=r"entries 1 and 4 .* different project scopes") as caught:
+            load_settings()
+        assert SCOPED_KEY not in str(caught.value)
+
+    def test_one_key_twice_with_one_scope_is_one_key(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        path = tmp_path / "keys"
+        path.write_text(f"{SCOPED_KEY}:2+1\n")
+        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        monkeypatch.setenv("PROXY_CLIENT_KEYS", f"{SCOPED_KEY}:1+2")  # as a rotation may leave it for a while
+        assert {key.scope for key in load_settings().client_keys()} == {frozenset({1, 2})}
+
 
 class TestProjectScope:
     async def test_a_scoped_key_sees_only_its_projects_even_on_cache_hits(
