@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
@@ -21,7 +22,9 @@ from proxy.served import Served
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
 
-# Reconnecting to the store's announcements after a failure: backing off from the first to the second.
+# Reconnecting to the store's announcements after a failure: backing off from the first to the second, and back to
+# the first only after a subscription that lasted the second (one that fails at once, on every message say, would
+# otherwise be retried, and logged, every RETRY_MIN for good).
 RETRY_MIN = 0.5
 RETRY_MAX = 10.0
 
@@ -36,9 +39,15 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 class ChangeFollower:
     def __init__(
-        self, store: AnnotationStore, hot: HotTier[Served], *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self,
+        store: AnnotationStore,
+        hot: HotTier[Served],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._monotonic = monotonic
         self._hot = hot
         # Told of each Superseded announcement: the loads in flight for its id (proxy/loads.py), set by the owner.
         self.on_superseded: Callable[[Superseded], None] = lambda superseded: None
@@ -83,11 +92,12 @@ class ChangeFollower:
         """For as long as the service runs; the hot tier is on while the announcements are heard."""
         retry_in = RETRY_MIN
         while True:
+            subscribed_at: float | None = None
             try:
                 async for change in self._store.changes():
                     if change is None:
                         self._hot.resume()
-                        retry_in = RETRY_MIN
+                        subscribed_at = self._monotonic()
                         log.info(
                             "hot tier on: following the store's changes"
                             if self._hot.ttl > 0
@@ -104,5 +114,7 @@ class ChangeFollower:
             except Exception:  # a bug must not end the following: the tier would stay as it is, on or off, for good
                 log.exception("hot tier off: following the store's changes failed")
             self._hot.suspend()
+            if subscribed_at is not None and self._monotonic() - subscribed_at >= RETRY_MAX:
+                retry_in = RETRY_MIN  # it had been working: a new failure, not the same one again
             await self._sleep(retry_in)
             retry_in = min(retry_in * 2, RETRY_MAX)

@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 
 from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, MemoryStore, Superseded, Variant, open_redis_store
 from proxy.cache.hot import RECORD_OVERHEAD, HotTier
-from proxy.changes import RETRY_MIN, ChangeFollower
+from proxy.changes import RETRY_MAX, RETRY_MIN, ChangeFollower
 from proxy.exchange import UpstreamReply
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
@@ -264,5 +264,51 @@ async def test_a_bug_in_following_the_changes_does_not_end_the_following(clock: 
     try:
         await wait_until(lambda: hot.enabled)
         assert slept == [RETRY_MIN]
+    finally:
+        await follower.close()
+
+
+class FailingOnEveryMessage(MemoryStore):
+    """A store whose announcements are subscribed to, then fail at the first message, every time; how long each
+    subscription lasts is the test's ``lasts`` seconds on ``steady``."""
+
+    def __init__(self, steady: Clock, lasts: float) -> None:
+        super().__init__(max_bytes=1024)
+        self.steady = steady
+        self.lasts = lasts
+
+    async def changes(self) -> AsyncIterator[int | Superseded | None]:
+        yield None
+        self.steady.now += self.lasts
+        raise RuntimeError("a bug in handling a message")
+
+
+@pytest.mark.parametrize(
+    ("lasts", "expected"),
+    [
+        # Retried, and logged with a traceback, every RETRY_MIN for good: backoff was reset at each subscription.
+        (0.0, [RETRY_MIN, 2 * RETRY_MIN, 4 * RETRY_MIN, 8 * RETRY_MIN, 16 * RETRY_MIN, RETRY_MAX, RETRY_MAX]),
+        # Subscriptions that had worked for a while: each failure is a new one, retried soon.
+        (RETRY_MAX, [RETRY_MIN] * 7),
+    ],
+)
+async def test_a_subscription_that_fails_at_once_is_retried_ever_later(
+    steady: Clock, lasts: float, expected: list[float]
+) -> None:
+    slept: list[float] = []
+    enough = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == len(expected):
+            enough.set()
+            await asyncio.Event().wait()
+
+    hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=steady)
+    follower = ChangeFollower(FailingOnEveryMessage(steady, lasts), hot, sleep=sleep, monotonic=steady)
+    follower.start()
+    try:
+        await asyncio.wait_for(enough.wait(), 5)
+        assert slept == expected
     finally:
         await follower.close()
