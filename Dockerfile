@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# annotation-proxy: build with `docker build -t annotation-proxy .` (or `docker compose up`, see README).
+# annotation-proxy: build with `docker build -t annotation-proxy .` (or `docker compose up`, see docs/image.md).
 # Dependencies come from deploy/requirements.lock (pinned; regenerate with deploy/lock.sh), as wheels only:
 # nothing is compiled, so neither stage needs a compiler.
 
