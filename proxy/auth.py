@@ -50,6 +50,19 @@ def parse_entry(entry: str) -> ClientKey:
     return ClientKey(key, frozenset(int(i) for i in ids))
 
 
+def one_scope_per_key(keys: Iterable[ClientKey]) -> None:
+    """Raise ValueError when one key comes with two scopes: it would be read with whichever came last, and the
+    operator's intent is unknown (the wider scope may be the stale one). Names the entries, never the key."""
+    first: dict[str, tuple[Scope, int]] = {}
+    for number, key in enumerate(keys, 1):
+        scope, earlier = first.setdefault(key.key, (key.scope, number))
+        if scope != key.scope:
+            raise ValueError(
+                f"client key entries {earlier} and {number} (counting PROXY_CLIENT_KEYS, then "
+                "PROXY_CLIENT_KEYS_FILE) hold the same key with different project scopes: keep one of them"
+            )
+
+
 def read_entries(path: Path) -> list[str]:
     """Entries from a file (a mounted secret): one per line; blank lines and ``#`` comments are skipped."""
     lines = path.read_text(encoding="utf-8").splitlines()

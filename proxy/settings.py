@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from proxy.auth import ClientKey, Scope, parse_entry, read_entries
+from proxy.auth import ClientKey, one_scope_per_key, parse_entry, read_entries
 from proxy.budget import BODY_FACTOR, MemoryBudget, memory_budget
 from proxy.cache.topology import SENTINEL_SCHEMES, RedisMode, check_url, parse_sentinel_url
 from proxy.errors import ConfigError
@@ -230,16 +230,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_scope_per_key(self) -> Settings:
-        """A key given twice with two scopes would be read with whichever came last: the operator's intent is
-        unknown, and the wider scope may be the stale one. Refused, naming the entries (never the key)."""
-        first: dict[str, tuple[Scope, int]] = {}
-        for number, key in enumerate(self.client_keys(), 1):
-            scope, earlier = first.setdefault(key.key, (key.scope, number))
-            if scope != key.scope:
-                raise ValueError(
-                    f"client key entries {earlier} and {number} (counting PROXY_CLIENT_KEYS, then "
-                    "PROXY_CLIENT_KEYS_FILE) hold the same key with different project scopes: keep one of them"
-                )
+        one_scope_per_key(self.client_keys())
         return self
 
     @model_validator(mode="after")
