@@ -8,8 +8,10 @@ Requests that a client library would normalise or refuse to send are written byt
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -295,3 +297,39 @@ async def test_a_caller_gone_in_the_middle_of_a_large_body_is_a_499(
     assert (line.route, line.status) == ("annotation", 499)  # type: ignore[attr-defined]
     assert served.requests(route="annotation", method="GET", status="499") == 1
     assert served.requests(route="annotation", method="GET", status="200") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "key"),
+    [
+        ("/api/annotations/1/", "Accept", False),  # read before the key is checked
+        ("/metrics", "Accept-Encoding", False),  # no key at all
+        ("/api/annotations/1/", "Cache-Control", True),
+    ],
+)
+async def test_header_values_by_the_megabyte_are_not_kept(
+    make_proxy: ProxyFactory, path: str, header: str, key: bool
+) -> None:
+    """Content negotiation and Cache-Control were memoized by header value: aiohttp accepts 128 lines of 8 KiB,
+    one value of a megabyte, and 256 such values made 236 MiB that no budget counted, without a client key."""
+    proxy = await make_proxy()
+    authorization = f"Authorization: Token {CLIENT_KEY}\r\n" if key else ""
+
+    async def send(number: int) -> None:  # raw: the test client keeps every request it made until it closes
+        lines = "".join(f"{header}: x-{number}-{line}-{'a' * 8000}\r\n" for line in range(100))  # 800 KB in all
+        raw = f"GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n{authorization}{lines}\r\n"
+        answer = await raw_http.exchange(proxy.client.host, proxy.client.port, raw.encode())
+        assert answer.startswith(b"HTTP/1.1 ")
+
+    await send(-1)  # whatever the first request sets up, before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(24):
+            await send(number)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2**20  # without the bound: about 19 MiB, 0.8 MB a request
