@@ -29,6 +29,7 @@ from proxy.errors import (
     AnnotationNotFound,
     CacheError,
     NotAcceptable,
+    NotCached,
     ProxyError,
     PurgeDisabled,
     ServiceUnavailable,
@@ -162,6 +163,8 @@ class AnnotationRoute:
                 )
             except AnnotationNotFound:
                 request[CACHE_RESULT] = "hit"  # of another project, known to the cache: nothing was fetched
+                if directives.only_if_cached:
+                    raise NotCached() from None  # see below
                 raise
             except ProxyError:
                 request[CACHE_RESULT] = "miss"  # the cache missed, and Label Studio failed: counted as a miss
@@ -171,7 +174,11 @@ class AnnotationRoute:
         request[CACHE_RESULT] = served.result
         if scope is not None and (served.entry is None or served.entry.project not in scope):
             # One answer, to the byte, for "does not exist" and "not yours": no Cache-Status on either (it would
-            # tell a cached annotation of another project from a remembered 404), no ETag.
+            # tell a cached annotation of another project from a remembered 404), no ETag. Asked only-if-cached,
+            # a 504 for both: a 404 there would tell another project's version, kept for hours, from a 404
+            # remembered for seconds (and from nothing at all, a 504).
+            if directives.only_if_cached:
+                raise NotCached()
             raise AnnotationNotFound()
         response = self.respond(request, served, from_hot=from_hot)
         if isinstance(response, PartsResponse):  # written here, so the edge times and counts its transfer

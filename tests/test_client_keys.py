@@ -168,6 +168,42 @@ async def test_another_projects_annotation_is_answered_exactly_like_one_that_doe
     assert answers[1][0][0] == 404
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_only_if_cached_tells_a_scoped_key_nothing_of_other_projects(
+    make_proxy: ProxyFactory, request: pytest.FixtureRequest, clock: Clock, steady: Clock, backend: str
+) -> None:
+    """Asked only-if-cached, another project's cached annotation answered 404 (for as long as the store kept it),
+    an id that does not exist 504 once its remembered 404 lapsed: which ids exist elsewhere, and which other
+    callers read, without a fetch. Now both are a 504, as if nothing were cached for this key."""
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    proxy = await make_proxy(redis_url=redis_url, proxy_client_keys=(CLIENT_KEY, f"{SCOPED_KEY}:1"))
+    proxy.fake.add_annotation(project=2)  # id 1, another project's
+    proxy.fake.add_annotation(project=1)  # id 2, the scoped key's own
+    for annotation_id in (1, 2):  # read by the unscoped key in its normal work
+        assert (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())).status == 200
+    scoped = proxy.auth(SCOPED_KEY)
+    assert (await proxy.client.get("/api/annotations/99/", headers=scoped)).status == 404  # remembered
+    only = scoped | {"Cache-Control": "only-if-cached"}
+
+    async def answers() -> list[tuple[int, object]]:
+        found = []
+        for annotation_id in (1, 99):
+            response = await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=only)
+            found.append((response.status, comparable(response.headers, await response.read())))
+        return found
+
+    while_remembered = await answers()  # the hot tier's copies, then the store's
+    assert while_remembered[0] == while_remembered[1]
+    assert while_remembered[0][0] == 504
+    clock.now += proxy.settings.proxy_negative_ttl + 1  # the 404 lapses; the other project's version stays
+    steady.now += proxy.settings.proxy_negative_ttl + 1
+    lapsed = await answers()
+    assert lapsed[0] == lapsed[1] == while_remembered[0]
+    own = await proxy.client.get("/api/annotations/2/", headers=only)
+    assert own.status == 200
+    assert len(proxy.fake.annotation_gets()) == 3  # 1, 2 and 99 once each: only-if-cached asked nothing
+
+
 async def test_a_scoped_key_makes_no_fetch_for_another_projects_cached_annotation(
     make_proxy: ProxyFactory, clock: Clock
 ) -> None:
