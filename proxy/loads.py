@@ -8,10 +8,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Superseded, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.claims import Claims
+from proxy.fair_slots import Parties
 from proxy.fetcher import Fetcher
 from proxy.metrics import Metrics, RevalidationOutcome
 from proxy.served import Served
@@ -36,12 +38,11 @@ class Loads:
         self._metrics = metrics
         self._fresh = fresh
         self._flights: SingleFlight[AnnotationKey, Served] = SingleFlight()
-        # Fetches that a request's Cache-Control forced (proxy/directives.py): at most one per key in flight,
-        # apart from the others, which may answer from the cache without fetching.
+        # Fetches a request's Cache-Control forced (proxy/directives.py): one per key in flight, apart from loads.
         self._forced: SingleFlight[AnnotationKey, Served] = SingleFlight()
-        # Reloads this process started after a change it applied, each with the token of that change's
-        # announcement (:meth:`superseded`), while they run.
+        # Reloads started here after a change applied here, with its announcement's token (:meth:`superseded`).
         self._reloads: dict[AnnotationKey, tuple[asyncio.Task[Served], str]] = {}
+        self._parties = Parties()  # whose turns at Label Studio each load takes: its joiners' too (fair_slots.py)
 
     def running(self, key: AnnotationKey) -> bool:
         """Whether a load that requests for ``key`` would join is in flight."""
@@ -73,12 +74,15 @@ class Loads:
         joined = task is not None
         if task is None:
             fetch = self._fetcher.fetch(key, request_id, store=store)
-            task = self._forced.start(key, fetch, name=f"refresh-{key}", finished=_retrieve)
+            task = self._parties.start(
+                partial(self._forced.start, key, fetch, name=f"refresh-{key}", finished=_retrieve)
+            )
         return replace(await self._wait(task, joined), forced=True)
 
     async def _wait(self, task: asyncio.Task[Served], joined: bool) -> Served:
         if joined:
             self._metrics.coalesced_requests.inc()
+            self._parties.join(task)
         # Shielded: a caller that goes away does not cancel the load others are waiting for.
         served = await asyncio.shield(task)
         # A request that waited for another's fetch says so; the fetch's own request stored it.
@@ -124,15 +128,13 @@ class Loads:
         ``previous`` marks a background revalidation of that cached version: its outcome is counted and a
         failure logged when it ends, since no caller may be waiting to see it.
         """
-        return self._flights.start(
-            key,
-            self._load(key, request_id, check_cache=check_cache, store=store, claimed=claimed),
-            name=f"load-{key.annotation_id}",  # not the key's repr: a few us a miss
-            finished=lambda task: self._load_finished(key, task, previous, request_id),
-        )
+        load = self._load(key, request_id, check_cache=check_cache, store=store, claimed=claimed)
+        finished = partial(self._load_finished, key, previous=previous, request_id=request_id)
+        name = f"load-{key.annotation_id}"  # not the key's repr: a few us a miss
+        return self._parties.start(partial(self._flights.start, key, load, name=name, finished=finished))
 
     def _load_finished(
-        self, key: AnnotationKey, task: asyncio.Task[Served], previous: CachedAnnotation | None, request_id: str
+        self, key: AnnotationKey, task: asyncio.Task[Served], *, previous: CachedAnnotation | None, request_id: str
     ) -> None:
         if task.cancelled():
             return

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from proxy.fair_slots import CALLER, FairSlots
+from proxy.fair_slots import CALLER, PARTY, FairSlots, Party
 from tests.fakes.label_studio import FakeLabelStudio
 from tests.support.proxies import CLIENT_KEY, Proxy, ProxyFactory, ServerFactory
 from tests.support.waiting import wait_until
@@ -68,6 +68,75 @@ async def test_a_waiter_that_leaves_gives_its_turn_and_a_granted_one_its_slot() 
     slots.release()
     slots.release()
     assert not slots.locked()
+
+
+async def test_a_shared_wait_goes_out_at_the_first_turn_of_any_of_its_callers() -> None:
+    slots, served = FairSlots(1), []
+    await slots.acquire()
+    flood = [start(slots, "flood", f"flood-{n}", served) for n in range(1, 4)]
+    party = Party("flood")
+
+    async def shared() -> None:
+        PARTY.set(party)
+        await slots.acquire()
+        served.append("shared")
+
+    load = asyncio.create_task(shared(), context=contextvars.Context())
+    await asyncio.sleep(0)
+    party.join("other")  # another caller's request joined the load while it waits
+    party.join("other")  # and another of the same caller's: still one place in its line
+    others = start(slots, "other", "other-own", served)
+    await asyncio.sleep(0)
+    for _ in range(5):
+        slots.release()
+        await asyncio.sleep(0)
+    # The other caller's turn (after flood-1) takes the shared load, not its own later request; the flood's line
+    # passes over the load once granted.
+    assert served == ["flood-1", "shared", "flood-2", "other-own", "flood-3"]
+    await asyncio.gather(*flood, load, others)
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_a_shared_wait_that_leaves_leaves_every_line() -> None:
+    slots = FairSlots(1)
+    await slots.acquire()
+    party = Party("a")
+
+    async def shared() -> None:
+        PARTY.set(party)
+        await slots.acquire()
+
+    load = asyncio.create_task(shared(), context=contextvars.Context())
+    await asyncio.sleep(0)
+    party.join("b")
+    load.cancel()
+    await asyncio.sleep(0)
+    slots.release()
+    assert not slots.locked()  # no line holds the wait that left
+
+
+async def test_a_request_joining_another_keys_load_waits_for_its_own_turn(make_proxy: ProxyFactory) -> None:
+    """One key queued many ids, then one it expected another key to ask for next: that key's request joined the
+    load, which waited at the back of the first key's line (a helper's review: a 504 after the whole timeout)."""
+    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, OTHER_KEY), proxy_upstream_max_connections=1)
+    for _ in range(5):
+        proxy.fake.add_annotation()
+    proxy.fake.hold()
+
+    async def get(annotation_id: int, key: str) -> int:
+        url = f"/api/annotations/{annotation_id}/"
+        return (await proxy.client.get(url, headers=proxy.auth(key))).status
+
+    flood = [asyncio.create_task(get(annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
+    await wait_until(lambda: proxy.metric("upstream_waiting") == 4)
+    other = asyncio.create_task(get(5, OTHER_KEY))  # the flood's last id: it joins that load
+    await wait_until(lambda: proxy.metric("coalesced_requests_total") == 1)
+    proxy.fake.release()
+    assert await asyncio.gather(*flood, other) == [200] * 6
+    assert [request.path for request in proxy.fake.annotation_gets()] == [
+        f"/api/annotations/{annotation_id}/" for annotation_id in (1, 2, 5, 3, 4)
+    ]
 
 
 async def test_another_key_gets_the_next_connection_not_the_last(make_proxy: ProxyFactory) -> None:
