@@ -12,7 +12,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from proxy.cache.base import CachedAnnotation, Lookup, Missing
 from proxy.directives import RequestDirectives
@@ -130,10 +130,9 @@ def encoded_tag(etag: str, coding: str | None) -> str:
     return etag if coding is None else f'{etag[:-1]}-{coding}"'
 
 
-def if_none_match(lines: Iterable[str], etag: str) -> bool:
-    """True when ``If-None-Match`` (every line of it: together they are one list) names ``etag`` by weak
+def if_none_match(header: str, etag: str) -> bool:
+    """True when ``If-None-Match`` (every line of it joined: together they are one list) names ``etag`` by weak
     comparison (RFC 9110 13.1.2) or is ``*``. A malformed member is skipped; the rest still count."""
-    header = ",".join(lines)
     if not header:
         return False
     if header.strip() == "*":

@@ -8,6 +8,9 @@
   answers in that version. :func:`unsupported_version` tells the edge (proxy/edge.py) to refuse them.
 - :func:`read_body` reads a request body within a deadline, and tells a caller that went away mid-body apart
   from a failure of the proxy's.
+- :func:`field_value` reads a list header the proxy parses in Python (content negotiation, Cache-Control,
+  If-None-Match) within a bound: aiohttp accepts 128 lines of 8 KiB, and a megabyte of commas took 0.3 to 0.6 s of
+  the event loop to parse, every other caller's time, without a client key for ``Accept``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,32 @@ from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDictProxy
 
 from proxy.errors import ProxyError
 
 SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+
+
+# List headers parsed in Python
+
+MAX_LIST_FIELD = 2048  # characters of Accept, Accept-Encoding, Cache-Control or Pragma, lines joined: ~10x real ones
+MAX_IF_NONE_MATCH = 8192  # a client cache may send a tag per variant it holds: some dozens
+
+
+class HeaderFieldTooLarge(ProxyError):
+    """A header the proxy parses is past its bound (RFC 6585 431)."""
+
+    status = 431
+
+
+def field_value(headers: CIMultiDictProxy[str], name: str, limit: int = MAX_LIST_FIELD) -> str:
+    """The lines of header ``name`` joined with commas (one list, RFC 9110 5.3): "" when absent; 431 past
+    ``limit`` characters."""
+    value = ",".join(headers.getall(name, ()))
+    if len(value) > limit:
+        raise HeaderFieldTooLarge(f"The request's {name} header is too large (over {limit} characters).")
+    return value
 
 
 # Request bodies

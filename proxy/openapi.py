@@ -154,6 +154,10 @@ def _responses() -> dict[str, Schema]:
             "`Could not satisfy the request Accept header.`: `Accept` names nothing matching `application/json`, "
             "decided as Label Studio decides it (before the key and the lookup).",
         ),
+        "HeaderTooLarge": _error(
+            "`The request's <name> header is too large (over <n> characters).`: `Accept`, `Accept-Encoding`, "
+            "`Cache-Control` or `Pragma` past 2048 characters, or `If-None-Match` past 8192 (lines joined).",
+        ),
     }
 
 
@@ -188,6 +192,7 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
         "401": _response_ref("Unauthenticated"),
         "406": _response_ref("NotAcceptable"),
         "404": _response_ref("NotFound"),
+        "431": _response_ref("HeaderTooLarge"),
         "502": _response_ref("BadGateway"),
         "503": _response_ref("CircuitOpen"),
         "504": _response_ref("GatewayTimeout"),
@@ -304,7 +309,10 @@ def _plain(operation_id: str, summary: str, description: str, responses: Schema,
             **get,
             "operationId": f"{operation_id}Head",
             "summary": f"{summary} (headers only)",
-            "responses": {status: {"description": r["description"]} for status, r in responses.items()},
+            "responses": {
+                status: {"description": r.get("description", f"As for GET ({status}).")}
+                for status, r in responses.items()
+            },
         }
     return path
 
@@ -392,7 +400,8 @@ def _paths() -> dict[str, Schema]:
             {
                 "200": _with_request_id(
                     {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}
-                )
+                ),
+                "431": _response_ref("HeaderTooLarge"),
             },
         ),
         "/openapi.json": _plain(

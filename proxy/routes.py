@@ -16,7 +16,8 @@ from proxy.answers import Answer, holds_until
 from proxy.cache import CachedAnnotation
 from proxy.cache_status import FROM_CACHE, served_status
 from proxy.direct import REQUEST_ID_HEADER, answers_directly, header_lines, small_response, trailer
-from proxy.directives import ORDINARY, RequestDirectives, from_headers
+from proxy.directives import ORDINARY, RequestDirectives
+from proxy.directives import parse as parse_directives
 from proxy.edge import (
     JSON,
     add_fallbacks,
@@ -36,7 +37,7 @@ from proxy.errors import (
 )
 from proxy.fair_slots import CALLER
 from proxy.freshness import age_in_seconds, encoded_tag, if_none_match
-from proxy.http_guard import ClientClosedRequest
+from proxy.http_guard import MAX_IF_NONE_MATCH, ClientClosedRequest, field_value
 from proxy.keys import (
     ADMIN_KEYS,
     ANSWERS,
@@ -123,7 +124,7 @@ def request_directives(headers: CIMultiDictProxy[str]) -> RequestDirectives:
     """The request's Cache-Control and Pragma (proxy/directives.py); most requests send neither."""
     if hdrs.CACHE_CONTROL not in headers and hdrs.PRAGMA not in headers:
         return ORDINARY
-    return from_headers(headers.getall(hdrs.CACHE_CONTROL, ()), headers.getall(hdrs.PRAGMA, ()))
+    return parse_directives(field_value(headers, hdrs.CACHE_CONTROL), field_value(headers, hdrs.PRAGMA))
 
 
 class AnnotationRoute:
@@ -142,7 +143,7 @@ class AnnotationRoute:
         query = "?" in request.raw_path  # most requests have none: no query to parse
         if query:
             negotiate_format(request)
-        if hdrs.ACCEPT in headers and not accepts_json(",".join(headers.getall(hdrs.ACCEPT))):
+        if hdrs.ACCEPT in headers and not accepts_json(field_value(headers, hdrs.ACCEPT)):
             raise NotAcceptable()
         scope = self._keys.check(headers.get(hdrs.AUTHORIZATION))
         annotation_id = id_from_path(request)
@@ -197,9 +198,9 @@ class AnnotationRoute:
         kept = bodies.keeps(entry)  # larger bodies are written in parts, never gzipped
         coding = None
         if self._compression and kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
-            coding = GZIP if wants_gzip(",".join(headers.getall(hdrs.ACCEPT_ENCODING))) else None
+            coding = GZIP if wants_gzip(field_value(headers, hdrs.ACCEPT_ENCODING)) else None
         if hdrs.IF_NONE_MATCH in headers and if_none_match(
-            headers.getall(hdrs.IF_NONE_MATCH), encoded_tag(entry.etag, coding)
+            field_value(headers, hdrs.IF_NONE_MATCH, MAX_IF_NONE_MATCH), encoded_tag(entry.etag, coding)
         ):
             out = self.headers(served, entry, coding, now, status=304)
             return small_response(request, self._app, status=304, body=b"", headers=out, now=now)
@@ -291,7 +292,7 @@ async def purge_annotation(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     headers = {hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST, hdrs.VARY: hdrs.ACCEPT_ENCODING}
-    if wants_gzip(",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, ()))):  # 26 KB to 3 KB
+    if wants_gzip(field_value(request.headers, hdrs.ACCEPT_ENCODING)):  # 26 KB to 3 KB
         body = gzipped(body)
         headers[hdrs.CONTENT_ENCODING] = GZIP
     return web.Response(body=body, headers=headers)
