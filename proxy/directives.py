@@ -17,12 +17,14 @@ the safe reading, section 4.2.1 and 5.2.1.1).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.memo import header_memo
 
 ANY_STALENESS = math.inf  # max-stale without a value
+QUOTED_PAIR = re.compile(r"\\.")  # a backslash and the character it escapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +44,24 @@ class RequestDirectives:
     def accepts(self, age: float | None, ttl: float) -> bool:
         """Whether a cached answer ``age`` seconds old (None: age unknown, a deletion Label Studio announced) may
         answer this request without asking Label Studio, as far as ``no-cache``, ``max-age`` and ``min-fresh`` go
-        (``ttl``: how long it is fresh for). Staleness is :meth:`accepts_stale`'s."""
+        (``ttl``: how long it is fresh for). Staleness is :meth:`accepts_stale`'s. ``max-age`` is held against
+        the whole seconds the answer's ``Age`` header says, not a fraction more."""
         if self.no_cache or self.max_age == 0:  # max-age=0: "revalidate", whatever the age (a clock's tick)
             return False
         if age is None:  # only no-cache and max-age=0 refuse it
             return True
-        if self.max_age is not None and age > self.max_age:
+        if self.max_age is not None and int(age) > self.max_age:
             return False
         return self.min_fresh is None or age + self.min_fresh < ttl
 
     def accepts_stale(self, staleness: float, *, window: float) -> bool:
-        """Whether a version ``staleness`` seconds past its freshness may be served (while revalidating):
-        within the proxy's stale window (``PROXY_STALE_TTL``) unless ``max-stale`` says otherwise."""
+        """Whether a version ``staleness`` seconds past its freshness may be served while one background fetch
+        revalidates it: within the proxy's stale window (``PROXY_STALE_TTL``) unless ``max-stale`` says otherwise;
+        never with ``max-age`` but no ``max-stale``, which says "the client does not wish to receive a stale
+        response" (RFC 9111 5.2.1.1). (In place of a failure, stale-if-error, it may: RFC 5861 4, "regardless of
+        other freshness information", within the request's ``max-age``: proxy/freshness.py.)"""
         if self.max_stale is None:
-            return staleness < window
+            return staleness < window and self.max_age is None
         return staleness <= self.max_stale
 
 
@@ -78,7 +84,9 @@ def parse(cache_control: str, pragma: str) -> RequestDirectives:
         pragma_no_cache = any(token.strip().lower() == "no-cache" for token in pragma.split(","))
         return RequestDirectives(no_cache=True) if pragma_no_cache else ORDINARY
     found: dict[str, str | None] = {}
-    for item in cache_control.split(","):
+    # A comma inside a quoted value does not end a directive (RFC 9110 5.6.4); quotes are rare, splitting is fast.
+    items = _list_items(cache_control) if '"' in cache_control else cache_control.split(",")
+    for item in items:
         name, eq, value = item.partition("=")
         name = name.strip().lower()
         if name and name not in found:  # the first of a repeated directive counts
@@ -94,6 +102,21 @@ def parse(cache_control: str, pragma: str) -> RequestDirectives:
         min_fresh=_seconds(found["min-fresh"]) if "min-fresh" in found else None,
         max_stale=None if max_stale == "" else ANY_STALENESS if max_stale is None else _seconds(max_stale),
     )
+
+
+def _list_items(field: str) -> list[str]:
+    """The members of a comma-separated field value whose values may be quoted strings: commas inside quotes do
+    not separate. Linear in the value's length, whatever it holds (no backtracking); an escaped character is
+    read as an ``_`` (known directives' values are digits; unknown ones are ignored)."""
+    items: list[list[str]] = [[]]  # each member's pieces, joined at the end
+    for number, segment in enumerate(QUOTED_PAIR.sub("_", field).split('"')):
+        if number % 2:  # inside quotes
+            items[-1] += ('"', segment, '"')
+        else:
+            first, *rest = segment.split(",")
+            items[-1].append(first)
+            items += ([piece] for piece in rest)
+    return ["".join(pieces) for pieces in items]
 
 
 def from_headers(cache_control: Iterable[str], pragma: Iterable[str]) -> RequestDirectives:

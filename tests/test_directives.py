@@ -25,6 +25,10 @@ from proxy.directives import ORDINARY, RequestDirectives, from_headers, without_
         (["max-stale"], [], RequestDirectives(max_stale=math.inf)),
         (["max-stale=120", "min-fresh=10"], [], RequestDirectives(max_stale=120, min_fresh=10)),  # two lines
         (["NO-STORE, Only-If-Cached"], [], RequestDirectives(no_store=True, only_if_cached=True)),
+        # A comma inside a quoted value ends nothing (RFC 9110 5.6.4): an unknown directive, not max-age=0.
+        (['ext="x, max-age=0"'], [], ORDINARY),
+        (['ext="a,\\"b, no-cache", max-age=5'], [], RequestDirectives(max_age=5)),  # an escaped quote inside
+        (['max-age="7", other="1,2"', "no-store"], [], RequestDirectives(no_store=True, max_age=7)),
     ],
 )
 def test_parse(cache_control: list[str], pragma: list[str], expected: RequestDirectives) -> None:
@@ -33,7 +37,8 @@ def test_parse(cache_control: list[str], pragma: list[str], expected: RequestDir
 
 def test_ages() -> None:
     assert RequestDirectives(max_age=100).accepts(99.5, ttl=300)
-    assert not RequestDirectives(max_age=100).accepts(100.5, ttl=300)
+    assert RequestDirectives(max_age=100).accepts(100.9, ttl=300)  # its Age header says 100
+    assert not RequestDirectives(max_age=100).accepts(101.0, ttl=300)
     assert not RequestDirectives(max_age=0).accepts(0.0, ttl=300)  # max-age=0 means revalidate
     assert RequestDirectives(min_fresh=100).accepts(150, ttl=300)
     assert not RequestDirectives(min_fresh=200).accepts(150, ttl=300)
@@ -46,6 +51,9 @@ def test_stale() -> None:
     assert not ORDINARY.accepts_stale(3600, window=3600)
     assert not RequestDirectives(max_stale=50).accepts_stale(100, window=3600)
     assert RequestDirectives(max_stale=math.inf).accepts_stale(10**9, window=3600)
+    # max-age without max-stale: "the client does not wish to receive a stale response" (RFC 9111 5.2.1.1)
+    assert not RequestDirectives(max_age=86400).accepts_stale(1, window=3600)
+    assert RequestDirectives(max_age=86400, max_stale=500).accepts_stale(100, window=3600)
 
 
 def test_without_forcing_keeps_what_never_asks_label_studio() -> None:

@@ -189,6 +189,32 @@ class TestAgeLimits:
         status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=10"))
         assert (status, status_of(headers)) == (200, FORCED)
 
+    async def test_max_age_is_held_against_the_age_the_answer_says(self, proxy: Proxy, clock: Clock) -> None:
+        """A copy 5.5 s old says Age: 5; max-age=5 refused it, and the proxy asked Label Studio again."""
+        proxy.fake.add_annotation()
+        await get(proxy)
+        clock.now += 5.5
+        _, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=5"))
+        assert (status_of(headers), headers["Age"]) == (HIT, "5")
+        assert upstream_gets(proxy) == 1
+
+    async def test_max_age_without_max_stale_gets_no_stale_answer(self, proxy: Proxy, clock: Clock) -> None:
+        """RFC 9111 5.2.1.1: "unless the max-stale request directive is also present, the client does not wish to
+        receive a stale response". The copy 100 s stale was served though it asked for at most a day's age."""
+        proxy.fake.add_annotation()
+        await get(proxy)
+        clock.now += TTL + 100
+        status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=86400"))
+        assert (status, status_of(headers)) == (200, FORCED)
+        assert upstream_gets(proxy) == 2
+
+    async def test_a_comma_in_a_quoted_value_ends_no_directive(self, proxy: Proxy) -> None:
+        proxy.fake.add_annotation()
+        await get(proxy)
+        _, headers, _ = await get(proxy, 1, ("Cache-Control", 'ext="x, max-age=0"'))
+        assert status_of(headers) == HIT  # an unknown directive, ignored; not max-age=0
+        assert upstream_gets(proxy) == 1
+
     async def test_max_stale_narrows_the_stale_window(self, proxy: Proxy, clock: Clock) -> None:
         proxy.fake.add_annotation()
         await get(proxy)
