@@ -57,7 +57,7 @@ def served_status(served: Served, *, now: float, ttl: float) -> str:
     on fetched ones the cache now holds.
     """
     entry = served.entry
-    fwd = "request" if served.forced else "miss"
+    fwd = served.fwd
     if entry is None:
         if served.result == "negative_hit":
             return NEGATIVE_HIT

@@ -100,11 +100,12 @@ class UpstreamError(ProxyError):
         super().__init__(detail)
         self.upstream_status = upstream_status
 
-    def forced(self) -> UpstreamError:
-        """This failure as the answer to a fetch the request's directives forced (``fwd=request``): a copy, since
-        one failure may answer other requests too."""
+    def forwarded(self, fwd: str) -> UpstreamError:
+        """This failure as the answer to a fetch made for another reason than a miss (``fwd=request``: the
+        request's directives forced it; ``fwd=stale``: what was cached was stale): a copy, since one failure may
+        answer other requests too."""
         answer = copy.copy(self)
-        answer.fwd = "request"
+        answer.fwd = fwd
         return answer
 
 

@@ -13,10 +13,11 @@ from functools import partial
 from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Superseded, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.claims import Claims
+from proxy.errors import UpstreamError
 from proxy.fair_slots import Parties
 from proxy.fetcher import Fetcher
 from proxy.metrics import Metrics, RevalidationOutcome
-from proxy.served import Served
+from proxy.served import Forward, Served
 from proxy.singleflight import SingleFlight
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
@@ -53,40 +54,44 @@ class Loads:
         await self._forced.close()
 
     async def join_or_load(
-        self, key: AnnotationKey, request_id: str, *, store: bool = True, claimed: bool = False
+        self, key: AnnotationKey, request_id: str, *, store: bool = True, claimed: bool = False, fwd: Forward = "miss"
     ) -> Served:
-        """Join the load in flight for ``key``, or start one that checks the cache again first (and stores what
-        it fetches unless ``store`` is false: ``Cache-Control: no-store``). ``claimed``: the read that missed
-        claimed the fetch across replicas (AnnotationStore.get_or_claim), so the load fetches at once."""
+        """Join the load in flight for ``key``, or start one that checks the cache again first (storing what it
+        fetches unless ``store`` is false, no-store), or fetches at once if the read ``claimed`` it across replicas."""
         task = self._flights.joinable(key)
         joined = task is not None
         if task is None:
             task = self._start_load(key, request_id, check_cache=not claimed, store=store, claimed=claimed)
         elif claimed:  # granted beside a load that holds none (the store grants it once per process): let it go
             await self._claims.release(key)
-        return await self._wait(task, joined)
+        return await self._wait(task, joined, fwd)
 
-    async def refresh(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
-        """Fetch ``key`` from Label Studio whatever the cache holds, joining such a fetch already in flight: a
-        burst of ``no-cache`` requests for one annotation makes one upstream request. A request that joins
-        shares that fetch's answer, stored or not as the request that started it said."""
+    async def refresh(
+        self, key: AnnotationKey, request_id: str, *, store: bool = True, fwd: Forward = "request"
+    ) -> Served:
+        """Fetch ``key`` from Label Studio whatever the cache holds, joining such a fetch in flight (a burst of
+        ``no-cache`` requests makes one upstream request), stored or not as the request that started it said."""
         task = self._forced.joinable(key)
         joined = task is not None
         if task is None:
             fetch = self._fetcher.fetch(key, request_id, store=store)
-            task = self._parties.start(
-                partial(self._forced.start, key, fetch, name=f"refresh-{key}", finished=_retrieve)
-            )
-        return replace(await self._wait(task, joined), forced=True)
+            start = partial(self._forced.start, key, fetch, name=f"refresh-{key}", finished=_retrieve)
+            task = self._parties.start(start)
+        return await self._wait(task, joined, fwd)
 
-    async def _wait(self, task: asyncio.Task[Served], joined: bool) -> Served:
+    async def _wait(self, task: asyncio.Task[Served], joined: bool, fwd: Forward) -> Served:
         if joined:
             self._metrics.coalesced_requests.inc()
             self._parties.join(task)
-        # Shielded: a caller that goes away does not cancel the load others are waiting for.
-        served = await asyncio.shield(task)
-        # A request that waited for another's fetch says so; the fetch's own request stored it.
-        return replace(served, collapsed=True, stored=False) if joined and served.result == "miss" else served
+        try:  # shielded: a caller that goes away does not cancel the load others are waiting for
+            served = await asyncio.shield(task)
+        except UpstreamError as exc:  # said with the reason this request fetched for (Cache-Status's fwd)
+            if fwd == "miss":
+                raise
+            raise exc.forwarded(fwd) from exc
+        if joined and served.result == "miss":  # waited for another's fetch, which stored it: says so
+            served = replace(served, collapsed=True, stored=False)
+        return served if fwd == "miss" else replace(served, fwd=fwd)
 
     def revalidate(self, key: AnnotationKey, stale: CachedAnnotation, request_id: str) -> None:
         """Refresh a stale version in the background, unless a load for it is already under way."""
@@ -123,11 +128,8 @@ class Loads:
         claimed: bool = False,
         previous: CachedAnnotation | None = None,
     ) -> asyncio.Task[Served]:
-        """Start fetching ``key`` and make it the load that later requests for ``key`` join.
-
-        ``previous`` marks a background revalidation of that cached version: its outcome is counted and a
-        failure logged when it ends, since no caller may be waiting to see it.
-        """
+        """Start fetching ``key`` and make it the load that later requests for ``key`` join. ``previous`` marks a
+        background revalidation of that version: its outcome counted, a failure logged (no caller may see it)."""
         load = self._load(key, request_id, check_cache=check_cache, store=store, claimed=claimed)
         finished = partial(self._load_finished, key, previous=previous, request_id=request_id)
         name = f"load-{key.annotation_id}"  # not the key's repr: a few us a miss

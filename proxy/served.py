@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from proxy.cache import CachedAnnotation
 from proxy.cache.keyspace import FENCE
 from proxy.metrics import CacheResult
+
+Forward = Literal["miss", "request", "stale"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +21,10 @@ class Served:
     result: CacheResult
     stored: bool = False  # a miss whose answer this request's fetch stored
     collapsed: bool = False  # this request waited for another request's fetch
-    forced: bool = False  # the request's Cache-Control refused a cached answer (proxy/directives.py)
+    # Why a fetched answer was fetched (Cache-Status's fwd, RFC 9211): nothing usable was cached ("miss"); the
+    # request's Cache-Control refused a fresh answer ("request"); what was cached was stale, and refused or past
+    # its stale window ("stale").
+    fwd: Forward = "miss"
     missing_since: int | None = None  # a remembered 404: when it was seen (µs; see proxy.cache.Missing)
 
     @property

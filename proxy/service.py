@@ -45,7 +45,7 @@ from proxy.invalidations import Invalidations
 from proxy.loads import Loads
 from proxy.metrics import CacheResult, Metrics
 from proxy.policy import AnnotationSource, CachePolicy
-from proxy.served import Served
+from proxy.served import Forward, Served
 
 log = logging.getLogger("proxy.service")
 
@@ -186,16 +186,16 @@ class AnnotationService:
         if directives.only_if_cached:
             raise NotCached()
         if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
-            # The proxy would have served it; the request refused it: ask Label Studio, and say so.
+            # The proxy would have served it; the request refused it: ask Label Studio, and say so (RFC 9211).
             self._metrics.forced_fetches.inc()
-            try:
-                return await self._loads.refresh(key, request_id, store=not directives.no_store)
-            except UpstreamError as exc:
-                raise exc.forced() from exc
+            fwd: Forward = "request" if served is not None else "stale"
+            return await self._loads.refresh(key, request_id, store=not directives.no_store, fwd=fwd)
+        fwd = "stale" if isinstance(cached, CachedAnnotation) else "miss"  # held past its stale window: stale
+        store = not directives.no_store
         try:
             if failure is not None:
                 raise failure
-            return await self._loads.join_or_load(key, request_id, store=not directives.no_store, claimed=claimed)
+            return await self._loads.join_or_load(key, request_id, store=store, claimed=claimed, fwd=fwd)
         except UNAVAILABLE as exc:
             stale = judge.stale_if_error(cached, exc.detail, directives)
             if stale is None:

@@ -27,6 +27,7 @@ TTL = 300.0
 STALE_TTL = 3600.0
 FETCHED = "annotation-proxy; fwd=miss; fwd-status=200; stored"
 FORCED = "annotation-proxy; fwd=request; fwd-status=200; stored"
+STALE_REFUSED = "annotation-proxy; fwd=stale; fwd-status=200; stored"  # RFC 9211: a stale copy, not a fresh one
 HIT = "annotation-proxy; hit"
 STALE = "annotation-proxy; hit; detail=stale"
 
@@ -205,7 +206,7 @@ class TestAgeLimits:
         await get(proxy)
         clock.now += TTL + 100
         status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-age=86400"))
-        assert (status, status_of(headers)) == (200, FORCED)
+        assert (status, status_of(headers)) == (200, STALE_REFUSED)
         assert upstream_gets(proxy) == 2
 
     async def test_a_comma_in_a_quoted_value_ends_no_directive(self, proxy: Proxy) -> None:
@@ -222,7 +223,7 @@ class TestAgeLimits:
         assert status_of((await get(proxy, 1, ("Cache-Control", "max-stale=500")))[1]) == STALE
         await proxy.fake.wait_for_annotation_gets(2)  # the background revalidation
         clock.now += TTL + 100
-        assert status_of((await get(proxy, 1, ("Cache-Control", "max-stale=10")))[1]) == FORCED
+        assert status_of((await get(proxy, 1, ("Cache-Control", "max-stale=10")))[1]) == STALE_REFUSED
 
     async def test_max_stale_widens_it_over_what_the_store_still_holds(self, proxy: Proxy, clock: Clock) -> None:
         proxy.fake.add_annotation()
@@ -232,6 +233,15 @@ class TestAgeLimits:
         status, headers, _ = await get(proxy, 1, ("Cache-Control", "max-stale"))
         assert (status, status_of(headers)) == (200, STALE)
         proxy.fake.release()
+
+    async def test_a_copy_past_its_stale_window_is_forwarded_as_stale(self, proxy: Proxy, clock: Clock) -> None:
+        """RFC 9211 fwd=stale: the cache held a response, stale. It said fwd=miss, as if nothing were held."""
+        proxy.fake.add_annotation()
+        await get(proxy)
+        clock.now += TTL + STALE_TTL + 60
+        status, headers, _ = await get(proxy)
+        assert (status, status_of(headers)) == (200, STALE_REFUSED)
+        assert status_of((await get(proxy, 2))[1]) == "annotation-proxy; fwd=miss; fwd-status=404; stored"
 
     async def test_malformed_values_count_as_zero(self, proxy: Proxy) -> None:
         proxy.fake.add_annotation()
