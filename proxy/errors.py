@@ -85,6 +85,14 @@ class NotAcceptable(ProxyError):
     detail = "Could not satisfy the request Accept header."
 
 
+class PreconditionFailed(ProxyError):
+    """``If-Match`` names no current tag of the annotation (RFC 9110 13.1.1): the proxy's tags are weak, so only
+    ``If-Match: *`` holds."""
+
+    status = 412
+    detail = "Precondition failed: If-Match names no current entity tag (the proxy's tags are weak)."
+
+
 # Upstream errors: Label Studio could not give us a valid annotation.
 
 

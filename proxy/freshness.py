@@ -12,7 +12,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from proxy.cache.base import CachedAnnotation, Lookup, Missing
 from proxy.directives import RequestDirectives
@@ -122,7 +122,7 @@ def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:
 
 
 # An entity tag (RFC 9110 8.8.3): optionally weak, then a quoted string without quotes (commas allowed).
-ENTITY_TAG = re.compile(r'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
 def encoded_tag(etag: str, coding: str | None) -> str:
@@ -133,21 +133,32 @@ def encoded_tag(etag: str, coding: str | None) -> str:
 def if_none_match(header: str, etag: str) -> bool:
     """True when ``If-None-Match`` (every line of it joined: together they are one list) names ``etag`` by weak
     comparison (RFC 9110 13.1.2) or is ``*``. A malformed member is skipped; the rest still count."""
-    if not header:
-        return False
     if header.strip() == "*":
         return True
-    wanted = etag[2:] if etag.startswith("W/") else etag
+    wanted = etag.removeprefix("W/")
+    return any(opaque == wanted for _, opaque in _entity_tags(header))
+
+
+def if_match(header: str, etag: str) -> bool:
+    """True when ``If-Match`` (its lines joined) is ``*`` or names ``etag`` by strong comparison (RFC 9110
+    13.1.1): neither tag weak. The proxy's tags are weak (``created_ago`` changes the bytes under one tag), so
+    only ``*`` holds for them."""
+    if header.strip() == "*":
+        return True
+    return not etag.startswith("W/") and any(not weak and opaque == etag for weak, opaque in _entity_tags(header))
+
+
+def _entity_tags(header: str) -> Iterator[tuple[bool, str]]:
+    """The members of an entity-tag list: whether each is weak, and its quoted opaque part. A malformed member is
+    skipped; the rest still count."""
     position = 0
     while position < len(header):
         match = ENTITY_TAG.match(header, position)
         if match is None:  # skip to the next member
             comma = header.find(",", position)
             if comma < 0:
-                return False
+                return
             position = comma + 1
             continue
-        if match.group(1) == wanted:
-            return True
+        yield match.group(1) is not None, match.group(2)
         position = match.end()
-    return False

@@ -154,6 +154,10 @@ def _responses() -> dict[str, Schema]:
             "`Could not satisfy the request Accept header.`: `Accept` names nothing matching `application/json`, "
             "decided as Label Studio decides it (before the key and the lookup).",
         ),
+        "PreconditionFailed": _error(
+            "`Precondition failed: If-Match names no current entity tag (the proxy's tags are weak).`: `If-Match` "
+            "is compared strongly (RFC 9110 13.1.1) and the proxy's tags are weak, so only `If-Match: *` holds.",
+        ),
         "HeaderTooLarge": _error(
             "`The request's <name> header is too large (over <n> characters).`: `Accept`, `Accept-Encoding`, "
             "`Cache-Control` or `Pragma` past 2048 characters, or `If-None-Match` past 8192 (lines joined).",
@@ -192,6 +196,7 @@ def _annotation_get(*, head: bool, suffix: str) -> Schema:
         "401": _response_ref("Unauthenticated"),
         "406": _response_ref("NotAcceptable"),
         "404": _response_ref("NotFound"),
+        "412": _response_ref("PreconditionFailed"),
         "431": _response_ref("HeaderTooLarge"),
         "502": _response_ref("BadGateway"),
         "503": _response_ref("CircuitOpen"),

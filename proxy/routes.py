@@ -31,12 +31,13 @@ from proxy.errors import (
     CacheError,
     NotAcceptable,
     NotCached,
+    PreconditionFailed,
     ProxyError,
     PurgeDisabled,
     ServiceUnavailable,
 )
 from proxy.fair_slots import CALLER
-from proxy.freshness import age_in_seconds, encoded_tag, if_none_match
+from proxy.freshness import age_in_seconds, encoded_tag, if_match, if_none_match
 from proxy.http_guard import MAX_IF_NONE_MATCH, ClientClosedRequest, field_value
 from proxy.keys import (
     ADMIN_KEYS,
@@ -199,6 +200,10 @@ class AnnotationRoute:
         coding = None
         if self._compression and kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
             coding = GZIP if wants_gzip(field_value(headers, hdrs.ACCEPT_ENCODING)) else None
+        if hdrs.IF_MATCH in headers and not if_match(
+            field_value(headers, hdrs.IF_MATCH, MAX_IF_NONE_MATCH), encoded_tag(entry.etag, coding)
+        ):
+            raise PreconditionFailed()  # before If-None-Match (RFC 9110 13.2.2), on a 200 to be
         if hdrs.IF_NONE_MATCH in headers and if_none_match(
             field_value(headers, hdrs.IF_NONE_MATCH, MAX_IF_NONE_MATCH), encoded_tag(entry.etag, coding)
         ):

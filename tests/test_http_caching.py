@@ -327,6 +327,23 @@ class TestResponseHeaders:
                 assert (status, body, answer["ETag"]) == (304, b"", etag), (lines, method)
         assert (await get(proxy, 1, ("If-None-Match", 'W/"other"'), ("If-None-Match", "junk")))[0] == 200
 
+    async def test_if_match_holds_only_for_a_star(self, proxy: Proxy) -> None:
+        """RFC 9110 13.1.1: If-Match compares strongly, and the proxy's tags are weak, so a tag never matches; it
+        was ignored (a 200 whatever it named). A 404 is answered as one: preconditions count only on a 200."""
+        proxy.fake.add_annotation()
+        _, headers, _ = await get(proxy)
+        etag = headers["ETag"]
+        for method in ("GET", "HEAD"):
+            for value in ('"does-not-match"', etag, etag.removeprefix("W/")):
+                status, _, body = await get(proxy, 1, ("If-Match", value), method=method)
+                assert status == 412, (value, method)
+                if method == "GET":
+                    assert json.loads(body)["detail"].startswith("Precondition failed")
+            assert (await get(proxy, 1, ("If-Match", "*"), method=method))[0] == 200
+            # Evaluated before If-None-Match: a * that holds, then a tag that matches: a 304.
+            assert (await get(proxy, 1, ("If-Match", "*"), ("If-None-Match", etag), method=method))[0] == 304
+        assert (await get(proxy, 404, ("If-Match", '"x"')))[0] == 404
+
 
 class TestCompression:
     async def test_gzip_when_accepted_with_its_own_tag(self, proxy: Proxy) -> None:
