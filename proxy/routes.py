@@ -321,9 +321,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(report.body(), status=200 if report.ready else 503)
 
 
-def add_operations_routes(app: web.Application) -> None:
-    """``/metrics``, ``/healthz`` and ``/readyz``: on the main listener and the operations listener alike."""
-    app.router.add_get("/metrics", observed(app, "metrics", metrics_endpoint), name="metrics")
+def add_operations_routes(app: web.Application, *, metrics: bool = True) -> None:
+    """``/healthz`` and ``/readyz``, and ``/metrics`` unless ``metrics`` is false: on the main listener when no
+    operations listener serves them (``PROXY_METRICS_PORT``). The counters are every caller's: a scoped key
+    reading them around its own request would learn whether Label Studio answered 200 or 404 for an id of
+    another project, so where an operations listener exists, callers' listener does not serve them."""
+    if metrics:
+        app.router.add_get("/metrics", observed(app, "metrics", metrics_endpoint), name="metrics")
     app.router.add_get("/healthz", observed(app, "healthz", healthz), name="healthz")
     app.router.add_get("/readyz", observed(app, "readyz", readyz), name="readyz")
 
@@ -342,6 +346,6 @@ def setup_routes(app: web.Application) -> None:
     purge.add_route(hdrs.METH_DELETE, observed(app, "purge", purge_annotation))
     if app[SETTINGS].proxy_webhook_secret is not None:
         app.router.add_post("/webhooks/label-studio", observed(app, "webhook", label_studio_webhook), name="webhook")
-    add_operations_routes(app)
+    add_operations_routes(app, metrics=app[SETTINGS].proxy_metrics_port is None)
     app.router.add_get("/openapi.json", observed(app, "openapi", openapi_endpoint), name="openapi")
     add_fallbacks(app)

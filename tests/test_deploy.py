@@ -544,10 +544,36 @@ def test_prometheus_scrapes_the_proxy_where_compose_runs_it() -> None:
     assert config["rule_files"] == ["rules/*.yml"]
     prometheus = load_yaml(COMPOSE)["services"]["prometheus"]
     assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in prometheus["volumes"]
+
+
+def test_the_shared_service_is_scraped_where_callers_cannot_read_metrics(tmp_path: Path) -> None:
+    """The counters are every caller's: a project-scoped key reading them around its own request learned whether
+    Label Studio answered 200 or 404 for an id of another project. So the shared service serves /metrics on its
+    operations listener only, Prometheus scrapes that, and callers reach the main listener alone."""
+    template = example_template("shared")
+    (container,) = proxy_containers(template["spec"])
+    settings = kubernetes_settings(template["spec"], container, tmp_path)
+    metrics_port = settings.proxy_metrics_port
+    assert metrics_port is not None
+    app = proxy_app(proxy_metrics_port=metrics_port)
+    assert "/metrics" not in routes_of(app)
+    assert "/metrics" in routes_of(create_ops_app(app))
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
     kubernetes = load_yaml(DEPLOY / "prometheus" / "prometheus-kubernetes.yml")
     (sd,) = kubernetes["scrape_configs"][0]["dns_sd_configs"]
-    assert sd["port"] == DEFAULT_PORT
+    assert sd["port"] == metrics_port
     assert sd["names"][0].startswith("annotation-proxy-pods.")
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == metrics_port
+    (policy,) = [o for p, o in kubernetes_objects() if o["kind"] == "NetworkPolicy" and p.parent.name == "shared"]
+    reaches = {
+        port["port"]: [source.get("podSelector", source.get("namespaceSelector")) for source in rule["from"]]
+        for rule in policy["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+    assert set(reaches) == {"http", "metrics"}
+    assert reaches["metrics"] == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+    assert {"matchLabels": {"annotation-proxy-client": "true"}} not in reaches["metrics"]
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------------------
@@ -839,7 +865,7 @@ def test_prometheus_scrapes_each_sidecar_on_its_operations_port(tmp_path: Path) 
     assert target["__metrics_path__"] == annotations["prometheus.io/path"]
     assert (target["namespace"], target["pod"]) == ("apps", "pod-0")
     assert scraped(template, job, phase="Succeeded") == []
-    # The shared service's pods are annotated too (on their main port), and scraped by their own job only.
+    # The shared service's pods are annotated too (on their own operations port), and scraped by their job only.
     shared = example_template("shared")
     assert shared["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert scraped(shared, job) == []
