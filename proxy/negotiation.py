@@ -1,11 +1,12 @@
 """Content negotiation: which ``Accept`` headers get an annotation (as Label Studio decides it), and whether a
 response is gzipped (``Accept-Encoding``, RFC 9110 12.5.3). Pure functions of header values, memoized: callers
-send a handful of distinct values, and the memo (:mod:`proxy.memo`) is bounded against the ones who send more.
+send a handful of distinct values, and the memo is bounded against the ones who send more: in entries here, in
+characters by the 431 past 2048 (:func:`proxy.http_guard.field_value`).
 """
 
 from __future__ import annotations
 
-from proxy.memo import header_memo
+import functools
 
 GZIP = "gzip"
 
@@ -23,7 +24,7 @@ def _q(params: list[str]) -> float | None:
     return 1.0
 
 
-@header_memo(256)
+@functools.lru_cache(maxsize=256)
 def wants_gzip(accept_encoding: str) -> bool:
     """Whether to gzip for this ``Accept-Encoding`` (the field's lines joined with commas).
 
@@ -53,7 +54,7 @@ def wants_gzip(accept_encoding: str) -> bool:
     return q_identity is None or q_gzip >= q_identity
 
 
-@header_memo(256)
+@functools.lru_cache(maxsize=256)
 def accepts_json(accept: str) -> bool:
     """Whether Label Studio would answer this ``Accept`` (the field's lines joined with commas) with its JSON,
     rather than 406.
