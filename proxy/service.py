@@ -185,18 +185,18 @@ class AnnotationService:
             return Served(cached, "stale")
         if directives.only_if_cached:
             raise NotCached()
-        if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
-            # The proxy would have served it; the request refused it: ask Label Studio, and say so (RFC 9211).
-            self._metrics.forced_fetches.inc()
-            fwd: Forward = "request" if served is not None else "stale"
-            return await self._loads.refresh(key, request_id, store=not directives.no_store, fwd=fwd)
-        fwd = "stale" if isinstance(cached, CachedAnnotation) else "miss"  # held past its stale window: stale
+        # Why Label Studio is asked (Cache-Status's fwd, RFC 9211): nothing cached; the request refused a fresh
+        # answer; or what was cached was stale (refused, or past its stale window).
+        fwd: Forward = "request" if served is not None else "stale" if isinstance(cached, CachedAnnotation) else "miss"
         store = not directives.no_store
         try:
+            if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
+                self._metrics.forced_fetches.inc()  # the proxy would have served it; the request refused it
+                return await self._loads.refresh(key, request_id, store=store, fwd=fwd)
             if failure is not None:
-                raise failure
+                raise failure if fwd == "miss" else failure.forwarded(fwd)
             return await self._loads.join_or_load(key, request_id, store=store, claimed=claimed, fwd=fwd)
-        except UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:  # a version the request accepts, in place of the failure (stale-if-error)
             stale = judge.stale_if_error(cached, exc.detail, directives)
             if stale is None:
                 raise

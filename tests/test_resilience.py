@@ -128,6 +128,33 @@ class TestStaleIfError:
             # Forwarded because what was cached was stale (RFC 9211 fwd=stale), not for want of a copy.
             assert status_of(response.headers) == "annotation-proxy; fwd=stale; fwd-status=500; detail=bad_status"
 
+    async def test_a_stale_copy_max_age_alone_refused_is_served_in_place_of_a_failure(
+        self, proxy: Proxy, clock: Clock
+    ) -> None:
+        """max-age alone refuses a stale copy: fetched first. When that fetch fails, the copy (within max-age) is
+        served in place of the failure, as one past the stale window is (RFC 5861); it was a 502."""
+        proxy.fake.add_annotation()
+        await get(proxy)
+        clock.now += TTL + STALE_TTL / 2  # stale, within the stale window
+        proxy.fake.fail_next(status=500)
+        headers = proxy.auth() | {"Cache-Control": "max-age=86400"}
+        response = await proxy.client.get("/api/annotations/1/", headers=headers)
+        assert (response.status, status_of(response.headers)) == (200, "annotation-proxy; hit; detail=stale-if-error")
+
+    async def test_a_remembered_failure_says_why_it_was_asked_as_the_first_did(
+        self, make_proxy: ProxyFactory, clock: Clock
+    ) -> None:
+        """A 500 for one id is answered again for 5 s without asking (proxy/failures.py): it said fwd=miss where
+        the first, for the same expired copy, said fwd=stale."""
+        proxy = await make_proxy(proxy_cache_ttl=TTL, proxy_stale_ttl=STALE_TTL, proxy_stale_if_error_ttl=0)
+        await cached_then_expired(proxy, clock)
+        proxy.fake.fail_next(status=500)
+        first, second = await get(proxy), await get(proxy)
+        assert len(proxy.fake.annotation_gets()) == 2  # the second was not asked
+        assert (first.status, second.status) == (502, 502)
+        assert status_of(first.headers) == "annotation-proxy; fwd=stale; fwd-status=500; detail=bad_status"
+        assert status_of(second.headers) == status_of(first.headers)
+
     async def test_a_copy_older_than_the_stale_if_error_ttl_is_not_served(
         self, make_proxy: ProxyFactory, clock: Clock
     ) -> None:
