@@ -122,13 +122,17 @@ class FairSlots:
         """Give a slot back: to the next caller in turn that waits, else to the free ones."""
         while self._waiting:
             caller = next(iter(self._waiting))
-            queue = self._waiting.pop(caller)
+            queue = self._waiting[caller]
             granted = queue.popleft()
+            if granted.done():  # gone, or a shared load's granted in another line this tick: not this caller's turn
+                if not queue:
+                    del self._waiting[caller]
+                continue
+            del self._waiting[caller]
             if queue:
                 self._waiting[caller] = queue  # to the back of the line, behind every other waiting caller
-            if not granted.done():
-                granted.set_result(None)
-                return
+            granted.set_result(None)
+            return
         self._free += 1
 
     def _forget(self, caller: Hashable, granted: asyncio.Future[None]) -> None:

@@ -112,8 +112,36 @@ async def test_a_shared_wait_that_leaves_leaves_every_line() -> None:
     party.join("b")
     load.cancel()
     await asyncio.sleep(0)
+    assert slots._waiting == {}  # no line holds the wait that left, the joiner's included
     slots.release()
-    assert not slots.locked()  # no line holds the wait that left
+    assert not slots.locked()
+
+
+async def test_a_shared_wait_granted_in_one_line_takes_no_turn_of_the_others() -> None:
+    """Two slots freed in one turn of the loop (two answers in one read): the second passed over the shared wait,
+    granted by the first but still in b's line, and took b's turn with it, for c."""
+    slots, served = FairSlots(2), []
+    await slots.acquire()
+    await slots.acquire()
+    party = Party("a")
+
+    async def shared() -> None:
+        PARTY.set(party)
+        await slots.acquire()
+        served.append("shared")
+
+    load = asyncio.create_task(shared(), context=contextvars.Context())
+    await asyncio.sleep(0)
+    party.join("b")
+    waiters = [start(slots, "b", "b1", served), start(slots, "c", "c1", served)]
+    await asyncio.sleep(0)
+    slots.release()  # a's turn: the shared load
+    slots.release()  # b's: b1, the shared wait in b's line being no longer a wait
+    await asyncio.sleep(0)
+    assert served == ["shared", "b1"]
+    slots.release()
+    await asyncio.gather(load, *waiters)
+    assert served == ["shared", "b1", "c1"]
 
 
 async def test_a_request_joining_another_keys_load_waits_for_its_own_turn(make_proxy: ProxyFactory) -> None:
