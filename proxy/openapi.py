@@ -160,7 +160,8 @@ def _responses() -> dict[str, Schema]:
         ),
         "HeaderTooLarge": _error(
             "`The request's <name> header is too large (over <n> characters).`: `Accept`, `Accept-Encoding`, "
-            "`Cache-Control` or `Pragma` past 2048 characters, or `If-None-Match` past 8192 (lines joined).",
+            "`Cache-Control` or `Pragma` past 2048 characters, or `If-None-Match` or `If-Match` past 8192 (lines "
+            "joined).",
         ),
     }
 
@@ -401,7 +402,8 @@ def _paths() -> dict[str, Schema]:
         "/metrics": _plain(
             "metrics",
             "Prometheus metrics",
-            "Prometheus text exposition format. No label carries an annotation id.",
+            "Prometheus text exposition format. No label carries an annotation id. With `PROXY_METRICS_PORT` set, "
+            "served by the operations listener only (404 here).",
             {
                 "200": _with_request_id(
                     {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}
