@@ -31,7 +31,7 @@ SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 
 # List headers parsed in Python
 
-MAX_LIST_FIELD = 2048  # characters of Accept, Accept-Encoding, Cache-Control or Pragma, lines joined: ~10x real ones
+MAX_LIST_FIELD = 2048  # bytes of Accept, Accept-Encoding, Cache-Control or Pragma, lines joined: ~10x real ones
 MAX_IF_NONE_MATCH = 8192  # a client cache may send a tag per variant it holds: some dozens
 
 
@@ -43,10 +43,11 @@ class HeaderFieldTooLarge(ProxyError):
 
 def field_value(headers: CIMultiDictProxy[str], name: str, limit: int = MAX_LIST_FIELD) -> str:
     """The lines of header ``name`` joined with commas (one list, RFC 9110 5.3): "" when absent; 431 past
-    ``limit`` characters."""
+    ``limit`` bytes, a character beyond ASCII counting four (a str of one such holds four bytes a character, and
+    the memos of :mod:`proxy.negotiation` and :mod:`proxy.directives` keep these values)."""
     value = ",".join(headers.getall(name, ()))
-    if len(value) > limit:
-        raise HeaderFieldTooLarge(f"The request's {name} header is too large (over {limit} characters).")
+    if (len(value) if value.isascii() else 4 * len(value)) > limit:
+        raise HeaderFieldTooLarge(f"The request's {name} header is too large (over {limit} bytes).")
     return value
 
 

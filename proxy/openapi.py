@@ -159,9 +159,9 @@ def _responses() -> dict[str, Schema]:
             "is compared strongly (RFC 9110 13.1.1) and the proxy's tags are weak, so only `If-Match: *` holds.",
         ),
         "HeaderTooLarge": _error(
-            "`The request's <name> header is too large (over <n> characters).`: `Accept`, `Accept-Encoding`, "
-            "`Cache-Control` or `Pragma` past 2048 characters, or `If-None-Match` or `If-Match` past 8192 (lines "
-            "joined).",
+            "`The request's <name> header is too large (over <n> bytes).`: `Accept`, `Accept-Encoding`, "
+            "`Cache-Control` or `Pragma` past 2048 bytes, or `If-None-Match` or `If-Match` past 8192 (lines joined; "
+            "a character beyond ASCII counts four).",
         ),
     }
 

@@ -190,11 +190,11 @@ class AnnotationService:
         fwd: Forward = "request" if served is not None else "stale" if isinstance(cached, CachedAnnotation) else "miss"
         store = not directives.no_store
         try:
+            if failure is not None:  # a 500 for this id, answered again for a while, forced requests included
+                raise failure if fwd == "miss" else failure.forwarded(fwd)
             if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
                 self._metrics.forced_fetches.inc()  # the proxy would have served it; the request refused it
                 return await self._loads.refresh(key, request_id, store=store, fwd=fwd)
-            if failure is not None:
-                raise failure if fwd == "miss" else failure.forwarded(fwd)
             return await self._loads.join_or_load(key, request_id, store=store, claimed=claimed, fwd=fwd)
         except UNAVAILABLE as exc:  # a version the request accepts, in place of the failure (stale-if-error)
             stale = judge.stale_if_error(cached, exc.detail, directives)

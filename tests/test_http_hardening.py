@@ -331,7 +331,13 @@ async def test_a_list_header_past_its_bound_is_a_431(
     assert one_past.startswith(b"HTTP/1.1 431")
     status, _, body = raw_http.head_of(await send(*["," * 8000] * 100))
     assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
-    assert json.loads(body)["detail"] == f"The request's {header} header is too large (over {limit} characters)."
+    assert json.loads(body)["detail"] == f"The request's {header} header is too large (over {limit} bytes)."
+    # Beyond ASCII, a character counts four: the memos keep these strings, four bytes a character (a review
+    # filled them with 12 MiB of 2048-character values of four-byte characters).
+    wide, quarter = "\U0001f600", limit // 4
+    first, second = wide * (quarter // 2), wide * (quarter - quarter // 2 - 1)  # two lines and a comma: a quarter
+    assert not (await send(first, second)).startswith(b"HTTP/1.1 431")
+    assert (await send(first, second + wide)).startswith(b"HTTP/1.1 431")
 
 
 @pytest.mark.parametrize(

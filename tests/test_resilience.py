@@ -393,6 +393,21 @@ class TestOneFailingAnnotation:
             clock.now += 1
         assert len(asked_for_1) == 2  # remembered for 5 s, then asked again
 
+    async def test_a_remembered_failure_answers_forced_requests_too(self, make_proxy: ProxyFactory) -> None:
+        """With a copy cached, a no-cache request for an id whose last fetch got a 500 asked Label Studio again
+        each time (only a request with nothing cached was answered from the memory of it)."""
+        proxy = await make_proxy()
+        proxy.fake.add_annotation()
+        assert (await get(proxy, 1)).status == 200
+        proxy.fake.fail_next(5, status=500)
+        headers = proxy.auth() | {"Cache-Control": "no-cache"}
+        for _ in range(5):
+            response = await proxy.client.get("/api/annotations/1/", headers=headers)
+            assert response.status == 502
+            assert status_of(response.headers) == "annotation-proxy; fwd=request; fwd-status=500; detail=bad_status"
+        assert len(proxy.fake.annotation_gets()) == 2  # the first read, then one forced fetch: remembered since
+        assert (await get(proxy, 1)).status == 200  # the copy, for a request that accepts it
+
     async def test_the_failure_is_remembered_for_that_id_alone_then_asked_again(
         self, make_proxy: ProxyFactory, clock: Clock
     ) -> None:
