@@ -26,6 +26,7 @@ START_TIMEOUT = 30.0
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=10.0)  # ten times the PROXY_UPSTREAM_TIMEOUT of the chaos tests
 
 FETCHED = "annotation-proxy; fwd=miss"  # Cache-Status of an answer fetched from Label Studio now
+REFETCHED = "annotation-proxy; fwd=stale"  # the same, in place of a copy held past its freshness (RFC 9211)
 HIT = "annotation-proxy; hit"
 STALE_IF_ERROR = "annotation-proxy; hit; detail=stale-if-error"
 
