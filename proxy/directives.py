@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 ANY_STALENESS = math.inf  # max-stale without a value
@@ -76,7 +75,7 @@ def _seconds(value: str | None) -> float:
     return float(value) if value.isascii() and value.isdigit() else 0.0
 
 
-@functools.lru_cache(maxsize=512)  # a handful of distinct values; 2 x 2048 characters each at most (a 431 past)
+@functools.lru_cache(maxsize=512)  # a handful of distinct values; 2 x 2048 bytes each at most (a 431 past)
 def parse(cache_control: str, pragma: str) -> RequestDirectives:
     """The directives of a request's joined ``Cache-Control`` and ``Pragma`` field values ("" when absent)."""
     if not cache_control:
@@ -116,11 +115,6 @@ def _list_items(field: str) -> list[str]:
             items[-1].append(first)
             items += ([piece] for piece in rest)
     return ["".join(pieces) for pieces in items]
-
-
-def from_headers(cache_control: Iterable[str], pragma: Iterable[str]) -> RequestDirectives:
-    """The directives of a request, from every line of its ``Cache-Control`` and ``Pragma`` fields."""
-    return parse(",".join(cache_control), ",".join(pragma))
 
 
 def without_forcing(directives: RequestDirectives, *, stale_window: float) -> RequestDirectives:

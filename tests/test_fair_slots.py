@@ -29,6 +29,30 @@ def start(slots: FairSlots, caller: Hashable, name: str, served: list[str]) -> a
     return asyncio.create_task(waiter(slots, caller, name, served), context=contextvars.Context())
 
 
+def start_shared(slots: FairSlots, party: Party, served: list[str]) -> asyncio.Task[None]:
+    """A load's wait for a slot, for ``party``'s callers (as proxy/loads.py starts one)."""
+
+    async def shared() -> None:
+        PARTY.set(party)
+        await slots.acquire()
+        served.append("shared")
+
+    return asyncio.create_task(shared(), context=contextvars.Context())
+
+
+async def one_connection_proxy(make_proxy: ProxyFactory, annotations: int) -> Proxy:
+    """Two keys and one connection to the fake, which holds every answer until released."""
+    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, OTHER_KEY), proxy_upstream_max_connections=1)
+    for _ in range(annotations):
+        proxy.fake.add_annotation()
+    proxy.fake.hold()
+    return proxy
+
+
+async def status_of_get(proxy: Proxy, annotation_id: int, key: str) -> int:
+    return (await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth(key))).status
+
+
 async def test_freed_slots_go_to_waiting_callers_in_turn() -> None:
     slots, served = FairSlots(1), []
     await slots.acquire()  # the one slot, taken
@@ -75,13 +99,7 @@ async def test_a_shared_wait_goes_out_at_the_first_turn_of_any_of_its_callers() 
     await slots.acquire()
     flood = [start(slots, "flood", f"flood-{n}", served) for n in range(1, 4)]
     party = Party("flood")
-
-    async def shared() -> None:
-        PARTY.set(party)
-        await slots.acquire()
-        served.append("shared")
-
-    load = asyncio.create_task(shared(), context=contextvars.Context())
+    load = start_shared(slots, party, served)
     await asyncio.sleep(0)
     party.join("other")  # another caller's request joined the load while it waits
     party.join("other")  # and another of the same caller's: still one place in its line
@@ -102,12 +120,7 @@ async def test_a_shared_wait_that_leaves_leaves_every_line() -> None:
     slots = FairSlots(1)
     await slots.acquire()
     party = Party("a")
-
-    async def shared() -> None:
-        PARTY.set(party)
-        await slots.acquire()
-
-    load = asyncio.create_task(shared(), context=contextvars.Context())
+    load = start_shared(slots, party, [])
     await asyncio.sleep(0)
     party.join("b")
     load.cancel()
@@ -124,13 +137,7 @@ async def test_a_shared_wait_granted_in_one_line_takes_no_turn_of_the_others() -
     await slots.acquire()
     await slots.acquire()
     party = Party("a")
-
-    async def shared() -> None:
-        PARTY.set(party)
-        await slots.acquire()
-        served.append("shared")
-
-    load = asyncio.create_task(shared(), context=contextvars.Context())
+    load = start_shared(slots, party, served)
     await asyncio.sleep(0)
     party.join("b")
     waiters = [start(slots, "b", "b1", served), start(slots, "c", "c1", served)]
@@ -147,18 +154,11 @@ async def test_a_shared_wait_granted_in_one_line_takes_no_turn_of_the_others() -
 async def test_a_request_joining_another_keys_load_waits_for_its_own_turn(make_proxy: ProxyFactory) -> None:
     """One key queued many ids, then one it expected another key to ask for next: that key's request joined the
     load, which waited at the back of the first key's line (a helper's review: a 504 after the whole timeout)."""
-    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, OTHER_KEY), proxy_upstream_max_connections=1)
-    for _ in range(5):
-        proxy.fake.add_annotation()
-    proxy.fake.hold()
+    proxy = await one_connection_proxy(make_proxy, 5)
 
-    async def get(annotation_id: int, key: str) -> int:
-        url = f"/api/annotations/{annotation_id}/"
-        return (await proxy.client.get(url, headers=proxy.auth(key))).status
-
-    flood = [asyncio.create_task(get(annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
+    flood = [asyncio.create_task(status_of_get(proxy, annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
     await wait_until(lambda: proxy.metric("upstream_waiting") == 4)
-    other = asyncio.create_task(get(5, OTHER_KEY))  # the flood's last id: it joins that load
+    other = asyncio.create_task(status_of_get(proxy, 5, OTHER_KEY))  # the flood's last id: it joins that load
     await wait_until(lambda: proxy.metric("coalesced_requests_total") == 1)
     proxy.fake.release()
     assert await asyncio.gather(*flood, other) == [200] * 6
@@ -168,18 +168,11 @@ async def test_a_request_joining_another_keys_load_waits_for_its_own_turn(make_p
 
 
 async def test_another_key_gets_the_next_connection_not_the_last(make_proxy: ProxyFactory) -> None:
-    proxy = await make_proxy(proxy_client_keys=(CLIENT_KEY, OTHER_KEY), proxy_upstream_max_connections=1)
-    for _ in range(6):
-        proxy.fake.add_annotation()
-    proxy.fake.hold()
+    proxy = await one_connection_proxy(make_proxy, 6)
 
-    async def get(annotation_id: int, key: str) -> int:
-        url = f"/api/annotations/{annotation_id}/"
-        return (await proxy.client.get(url, headers=proxy.auth(key))).status
-
-    flood = [asyncio.create_task(get(annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
+    flood = [asyncio.create_task(status_of_get(proxy, annotation_id, CLIENT_KEY)) for annotation_id in range(1, 6)]
     await wait_until(lambda: proxy.metric("upstream_waiting") == 4)
-    other = asyncio.create_task(get(6, OTHER_KEY))
+    other = asyncio.create_task(status_of_get(proxy, 6, OTHER_KEY))
     await wait_until(lambda: proxy.metric("upstream_waiting") == 5)
     proxy.fake.release()
     assert await asyncio.gather(*flood, other) == [200] * 6
