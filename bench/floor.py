@@ -1,14 +1,20 @@
-"""Two servers between aiohttp's web.Application and the limit, for the reference rows of the benchmark (bench/run.py).
+"""The floors the benchmark (bench/run.py) sets beside the proxy: two servers between aiohttp's web.Application and
+the limit, for the hit rows, and the least a proxy on aiohttp does for a miss, for the cold rows.
 
     PYTHONPATH=. python bench/floor.py --port 8082 --kind lowlevel|httptools
+    PYTHONPATH=. python bench/floor.py --port 8082 --kind passthrough --upstream http://127.0.0.1:8081
 
-Both run on uvloop and answer every path with the 855-byte body of annotation 1 (bench/upstream.py), except
-``GET /health``, which answers ``{"status": "UP"}``:
+All run on uvloop and answer ``GET /health`` with ``{"status": "UP"}``. The first two answer every other path with
+the 855-byte body of annotation 1 (bench/upstream.py):
 
-    lowlevel   aiohttp's low-level server: ``web.Server`` with one handler, through ``web.ServerRunner`` and
-               ``web.TCPSite`` (no application, no router, no middlewares, no signals)
-    httptools  an asyncio Protocol that parses requests with ``httptools.HttpRequestParser`` and writes one fixed,
-               prebuilt response per request (keep-alive; pipelined requests are answered in order)
+    lowlevel     aiohttp's low-level server: ``web.Server`` with one handler, through ``web.ServerRunner`` and
+                 ``web.TCPSite`` (no application, no router, no middlewares, no signals)
+    httptools    an asyncio Protocol that parses requests with ``httptools.HttpRequestParser`` and writes one fixed,
+                 prebuilt response per request (keep-alive; pipelined requests are answered in order)
+    passthrough  an aiohttp ``web.Application`` with one route, ``GET /api/annotations/{id}/``, that asks
+                 ``--upstream`` for the same path with the fake's token over one ``ClientSession`` (keep-alive, no
+                 cookies) and answers its status and body: aiohttp's server and client, and nothing of a cache's
+                 (no key, no validation, no store, no metrics, no log), as the proxy's cold misses use them
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import asyncio
 from email.utils import formatdate
 from typing import cast
 
+import aiohttp
 import httptools
 import uvloop
 from aiohttp import web
 
-from bench.upstream import body_for
+from bench.upstream import LEGACY_TOKEN, body_for
 
 BODY = body_for(1)
 HEALTH = b'{"status":"UP"}'
@@ -37,14 +44,17 @@ async def lowlevel_handler(request: web.BaseRequest) -> web.Response:
     return web.Response(body=body, content_type=CONTENT_TYPE)
 
 
-async def serve_lowlevel(port: int) -> None:
-    runner = web.ServerRunner(web.Server(lowlevel_handler, access_log=None))
+async def serve_until_stopped(runner: web.BaseRunner, port: int) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+async def serve_lowlevel(port: int) -> None:
+    await serve_until_stopped(web.ServerRunner(web.Server(lowlevel_handler, access_log=None)), port)
 
 
 # --- httptools on a bare Protocol -----------------------------------------------------------------------------------
@@ -109,13 +119,39 @@ async def serve_httptools(port: int) -> None:
         await server.serve_forever()
 
 
+# --- aiohttp's client behind aiohttp's application: the cold rows' floor ------------------------------------------
+
+
+async def serve_passthrough(port: int, upstream: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        authorization = {"Authorization": f"Token {LEGACY_TOKEN}"}
+
+        async def annotation(request: web.Request) -> web.Response:
+            async with session.get(upstream + request.path, headers=authorization) as answer:
+                body = await answer.read()
+            return web.Response(status=answer.status, body=body, content_type=CONTENT_TYPE)
+
+        async def health(request: web.Request) -> web.Response:
+            return web.Response(body=HEALTH, content_type=CONTENT_TYPE)
+
+        app = web.Application()
+        app.router.add_get("/api/annotations/{id}/", annotation)
+        app.router.add_get("/health", health)
+        await serve_until_stopped(web.AppRunner(app, access_log=None), port)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--kind", choices=("lowlevel", "httptools"), required=True)
+    parser.add_argument("--kind", choices=("lowlevel", "httptools", "passthrough"), required=True)
+    parser.add_argument("--upstream", help="passthrough: the upstream's base URL, as http://127.0.0.1:8081")
     args = parser.parse_args()
-    serve = serve_lowlevel if args.kind == "lowlevel" else serve_httptools
-    uvloop.run(serve(args.port))
+    if args.kind == "passthrough":
+        if not args.upstream:
+            parser.error("--kind passthrough needs --upstream")
+        uvloop.run(serve_passthrough(args.port, args.upstream.rstrip("/")))
+    else:
+        uvloop.run((serve_lowlevel if args.kind == "lowlevel" else serve_httptools)(args.port))
 
 
 if __name__ == "__main__":

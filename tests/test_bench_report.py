@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import Cpu, MiB, Row, Run, WrkResult, hit_target, targets
+from bench.run import Cpu, MiB, Row, Run, WrkResult, cold_floor_note, hit_target, targets
 
 
 def row(name: str, rps: float, *, p50_ms: float = 1.0, p99_ms: float = 2.0, cpu_us: float = 40.0) -> Row:
@@ -56,3 +56,27 @@ def test_figures_just_past_an_upper_target_are_not_printed_as_the_target() -> No
     assert not ok
     assert text.endswith(": 300.4 us, 250 us"), text
     assert lines["proxy RSS < 100 MB through the run"] == (True, "proxy RSS < 100 MB through the run: peak 99.7 MiB")
+
+
+def test_the_cold_verdicts_and_their_note_set_the_proxy_beside_aiohttps_own_pass_through() -> None:
+    run = Run(seconds=1.0)
+    run.rows = [
+        row("a'", 10_000.0),
+        row("b", 9_500.0),
+        row("c", 9_000.0),
+        row("d0", 700.0, p50_ms=21.0, cpu_us=130.0),
+        row("d1", 690.0, p50_ms=22.1, cpu_us=214.0),
+        row("d", 680.0, p50_ms=22.5, cpu_us=428.0),
+        row("d2", 600.0, p50_ms=27.0, cpu_us=642.0),
+    ]
+    lines = dict((text.split(":")[0], text) for _, text in targets(run))
+    added = lines["cold misses add <= 1 ms to (d0)'s p50, in-process (d) and Redis (d2)"]
+    assert added.endswith(": +1.50 ms, +6.00 ms; the floor (d1): +1.10 ms"), added
+    cpu = lines["proxy CPU per cold miss <= 300 us, (d) and (d2)"]
+    assert cpu.endswith(": 428 us, 642 us; the floor (d1): 214 us"), cpu
+    note = cold_floor_note(run)
+    assert "adds +1.10 ms to (d0)'s p50 and takes 214 us of CPU a miss" in note, note
+    assert "at 2.0x and 3.0x the floor's CPU a miss" in note, note
+    run.rows.pop(4)  # a run without the floor: no note, and the verdicts as the issue words them
+    assert cold_floor_note(run) == ""
+    assert all("floor" not in text for _, text in targets(run))
