@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
-from proxy.cache.batching import ALONE_BYTES, BatchedScript, SharedFailure, batched
+from proxy.cache.batching import ALONE_BYTES, BatchedScript, SharedFailure, _Call, _evalsha, batched
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.topology import connect
 from proxy.errors import CacheError
@@ -27,6 +26,14 @@ from tests.support.redis_servers import RedisServer, running_redis
 ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1] .. ':' .. redis.call('GET', KEYS[1])"
 # Fails on a key that holds no number, as a script meeting a wrong type in Redis does.
 INCREMENT = "return redis.call('INCR', KEYS[1])"
+# Answers ARGV[1] after keeping Redis busy for ARGV[2] microseconds.
+SLOW = """
+local start = redis.call('TIME')
+repeat
+    local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) >= tonumber(ARGV[2])
+return ARGV[1]
+"""
 CONNECTIONS = 8
 
 
@@ -51,20 +58,21 @@ async def connections(server: RedisServer) -> int:
     return len(listed) - 1
 
 
-class HeldPipelines:
-    """redis-py's pipelines, each held before it is sent until ``release``: what is on the wire stays there."""
+class HeldExchanges:
+    """The batches' exchanges with Redis (one write, then the answers), each held before it is sent until
+    ``release``: what is on the wire stays there. A call that loads the script (a plain call) is not one."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
         self.released = asyncio.Event()
-        execute: Callable[[Pipeline, bool], Awaitable[list[Any]]] = Pipeline.execute
+        exchange: Callable[[BatchedScript, list[Any]], Awaitable[list[Any]]] = BatchedScript._exchange
 
-        async def held(pipeline: Pipeline, raise_on_error: bool = True) -> list[Any]:
-            self.sizes.append(len(pipeline.command_stack))
+        async def held(script: BatchedScript, calls: list[Any]) -> list[Any]:
+            self.sizes.append(len(calls))
             await self.released.wait()
-            return await execute(pipeline, raise_on_error)
+            return await exchange(script, calls)
 
-        monkeypatch.setattr(Pipeline, "execute", held)
+        monkeypatch.setattr(BatchedScript, "_exchange", held)
 
 
 async def turns(count: int = 10) -> None:
@@ -73,11 +81,11 @@ async def turns(count: int = 10) -> None:
         await asyncio.sleep(0)
 
 
-async def three_on_the_wire(client: Redis, monkeypatch: pytest.MonkeyPatch) -> tuple[HeldPipelines, list[Any]]:
-    """Three calls of a loaded script sent as one pipeline, held on the wire: the holder, and the callers' futures."""
+async def three_on_the_wire(client: Redis, monkeypatch: pytest.MonkeyPatch) -> tuple[HeldExchanges, list[Any]]:
+    """Three calls of a loaded script sent in one exchange, held on the wire: the holder, and the callers' futures."""
     echo = batched(client, client.register_script(ECHO))
-    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipeline finds it
-    held = HeldPipelines(monkeypatch)
+    await echo(keys=["loaded"], args=["alone"])  # the script loaded: the exchange finds it
+    held = HeldExchanges(monkeypatch)
     calls = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
     await turns()
     assert held.sizes == [3]
@@ -131,7 +139,7 @@ async def test_a_script_flushed_from_redis_is_loaded_again_and_each_call_answere
     echo = batched(client, client.register_script(ECHO))
     await echo(keys=["calls"], args=["first"])  # loaded
     await client.script_flush()  # as after a restart without persistence or a failover
-    held = HeldPipelines(monkeypatch)
+    held = HeldExchanges(monkeypatch)
     held.released.set()
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(5)))
     assert sorted(answer.decode() for answer in answers) == sorted(f"call{n}:{n + 2}" for n in range(5))
@@ -164,9 +172,9 @@ async def test_a_caller_that_leaves_while_its_batch_is_on_the_wire_leaves_the_ot
 async def test_no_more_calls_are_on_the_wire_at_once_than_the_limit(
     client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = HeldPipelines(monkeypatch)
     echo = BatchedScript(client, client.register_script(ECHO), limit=3, wait=None)
-    await echo(keys=["loaded"], args=["alone"])  # the script loaded by a plain call: the pipelines find it
+    await echo(keys=["loaded"], args=["alone"])  # the script loaded: the exchanges find it
+    held = HeldExchanges(monkeypatch)
     first = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3)]
     await turns()
     later = [echo(keys=["calls"], args=[f"call{n}"]) for n in range(3, 7)]
@@ -176,18 +184,18 @@ async def test_no_more_calls_are_on_the_wire_at_once_than_the_limit(
     held.released.set()
     answers = await asyncio.gather(*first, *later)
     assert sorted(int(answer.split(b":")[1]) for answer in answers) == list(range(1, 8))
-    assert held.sizes == [3, 3]  # then three more, and the last alone, as a plain call
+    assert held.sizes == [3, 3, 1]  # then three more, and the last alone
 
 
 async def test_a_call_with_a_large_argument_goes_alone(client: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldPipelines(monkeypatch)
-    held.released.set()
     length = batched(client, client.register_script("return string.len(ARGV[1])"))
-    await length(keys=[], args=[b"loaded alone"])
+    await length(keys=[], args=[b"loaded"])
+    held = HeldExchanges(monkeypatch)
+    held.released.set()
     large = b"x" * (ALONE_BYTES + 1)
     answers = await asyncio.gather(*(length(keys=[], args=[arg]) for arg in (b"ab", large, b"abc")))
     assert answers == [2, len(large), 3]
-    assert held.sizes == [2]  # the large one beside the pipeline of the two small ones
+    assert held.sizes == [2]  # the large one, a plain call, beside the exchange of the two small ones
 
 
 async def test_a_broken_connection_fails_every_call_of_the_batch_and_counts_once(server: RedisServer) -> None:
@@ -225,19 +233,19 @@ async def test_a_failed_batch_counts_on_a_call_still_awaited_when_its_first_call
 async def test_answers_redis_gave_stand_when_the_connection_fails_while_the_script_is_loaded_again(
     client: Redis, server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The script flushed between two calls of one pipeline (by a failover, say), then the connection lost while
+    """The script flushed between two calls of one exchange (by a failover, say), then the connection lost while
     the second is made again: the first keeps its answer."""
     echo = batched(client, client.register_script(ECHO))
     await echo(keys=["loaded"], args=["alone"])
-    execute = Pipeline.execute
+    exchange = BatchedScript._exchange
 
-    async def flushed_midway(pipeline: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        answers = await execute(pipeline, raise_on_error)
+    async def flushed_midway(script: BatchedScript, calls: list[Any]) -> list[Any]:
+        answers = await exchange(script, calls)
         answers[1] = NoScriptError("No matching script.")  # what Redis answers once the script is gone
         server.stop()
         return answers
 
-    monkeypatch.setattr(Pipeline, "execute", flushed_midway)
+    monkeypatch.setattr(BatchedScript, "_exchange", flushed_midway)
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(2)), return_exceptions=True)
     assert answers[0] == b"call0:1"  # Redis ran it: a claim it granted is not lost
     assert isinstance(answers[1], RedisConnectionError)
@@ -304,5 +312,45 @@ async def test_a_cluster_client_s_calls_are_not_batched(redis_cluster: str) -> N
     try:
         script = cluster.register_script(ECHO)
         assert batched(cluster, script) is script  # its pipelines split by slot and node: plain calls
+    finally:
+        await close()
+
+
+@pytest.mark.parametrize(
+    ("keys", "args"),
+    [
+        (["annotation:1"], ["a", 7, b"\x00\xffbytes", ""]),
+        (["clé", "キー"], ["ünïcödé", -12, 0]),
+        ([], [b"x" * 10_000]),
+    ],
+)
+async def test_an_exchange_writes_what_redis_pys_packer_writes(keys: list[str], args: list[str | int | bytes]) -> None:
+    expected = b"".join(Connection().pack_command("EVALSHA", "0" * 40, len(keys), *keys, *args))
+    call = _Call(keys, args, asyncio.get_running_loop().create_future(), 0.0)
+    assert _evalsha(b"0" * 40, call, "utf-8", "strict") == expected
+
+
+async def test_text_beyond_ascii_reaches_the_script_as_redis_py_would_send_it(client: Redis) -> None:
+    echo = batched(client, client.register_script(ECHO))
+    answers = await asyncio.gather(*(echo(keys=["calls"], args=[word]) for word in ("ünï", "キー", 42)))
+    assert sorted(answers) == sorted(f"{word}:{n}".encode() for n, word in enumerate(("ünï", "キー", "42"), 1))
+
+
+async def test_a_batch_cancelled_while_on_the_wire_leaves_no_answer_for_the_next_call(server: RedisServer) -> None:
+    """Its answer unread on the connection would be the next call's answer: the connection goes instead."""
+    redis, close = connect(server.url, "standalone", timeout=2.0, max_connections=1)
+    assert isinstance(redis, Redis)
+    slow = batched(redis, redis.register_script(SLOW))
+    try:
+        await slow(keys=[], args=["loaded", "0"])
+        waiting = slow(keys=[], args=["cancelled", "200000"])  # Redis busy with it for 0.2 s
+        await turns()  # written: the batch waits for its answer
+        (batch,) = [task for task in asyncio.all_tasks() if task.get_name() == "redis-batch"]
+        batch.cancel()
+        await turns()
+        assert isinstance(waiting, asyncio.Future)
+        assert waiting.cancelled()
+        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+            assert await slow(keys=[], args=["next", "0"]) == b"next"
     finally:
         await close()
