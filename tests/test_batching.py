@@ -5,13 +5,13 @@ its own call would have had alone, and Redis failing costs what it cost with a c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
@@ -19,6 +19,7 @@ from proxy.cache.batching import ALONE_BYTES, BatchedScript, SharedFailure, _Cal
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.topology import connect
 from proxy.errors import CacheError
+from tests.support.redis_monitor import recorded_commands
 from tests.support.redis_servers import RedisServer, running_redis
 
 # Counts its calls in KEYS[1] and answers ARGV[1] with that count: each call's own answer, and a trace in Redis of
@@ -35,6 +36,7 @@ until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) >= tonumber(ARGV[2])
 return ARGV[1]
 """
 CONNECTIONS = 8
+SHA = b"0" * 40
 
 
 @pytest.fixture
@@ -144,7 +146,7 @@ async def test_a_script_flushed_from_redis_is_loaded_again_and_each_call_answere
     answers = await asyncio.gather(*(echo(keys=["calls"], args=[f"call{n}"]) for n in range(5)))
     assert sorted(answer.decode() for answer in answers) == sorted(f"call{n}:{n + 2}" for n in range(5))
     assert await client.get("calls") == b"6"  # each call ran once
-    assert held.sizes == [5, 4]  # all five missed the script; one loaded it alone, the other four went together
+    assert held.sizes == [5, 5]  # all five missed the script; it was loaded, and the five went again together
 
 
 async def test_a_caller_that_left_before_its_batch_went_out_sends_nothing(client: Redis) -> None:
@@ -316,18 +318,50 @@ async def test_a_cluster_client_s_calls_are_not_batched(redis_cluster: str) -> N
         await close()
 
 
+def packed(keys: Sequence[str], args: Sequence[Any], connection: Connection | None = None) -> list[bytes]:
+    """What a batch writes for one call, chunk by chunk."""
+    chunks: list[bytes] = []
+    call = _Call(keys, args, asyncio.get_running_loop().create_future(), 0.0)
+    _evalsha(chunks, SHA, call, (connection or Connection()).encoder)
+    return chunks
+
+
 @pytest.mark.parametrize(
     ("keys", "args"),
     [
         (["annotation:1"], ["a", 7, b"\x00\xffbytes", ""]),
-        (["clé", "キー"], ["ünïcödé", -12, 0]),
-        ([], [b"x" * 10_000]),
+        (["clé", "キー"], ["ünïcödé", -12, 0, 2**62]),
+        ([], [b"x" * 10_000, "y" * 7_000, "small"]),
+        (["k"], [1.5, bytearray(b"ba"), memoryview(b"mv")]),  # none the store sends: as redis-py takes them
     ],
 )
-async def test_an_exchange_writes_what_redis_pys_packer_writes(keys: list[str], args: list[str | int | bytes]) -> None:
-    expected = b"".join(Connection().pack_command("EVALSHA", "0" * 40, len(keys), *keys, *args))
-    call = _Call(keys, args, asyncio.get_running_loop().create_future(), 0.0)
-    assert _evalsha(b"0" * 40, call, "utf-8", "strict") == expected
+async def test_an_exchange_writes_what_redis_pys_packer_writes(keys: list[str], args: list[Any]) -> None:
+    for connection in (Connection(), Connection(encoding="latin-1", encoding_errors="replace")):
+        expected = b"".join(connection.pack_command("EVALSHA", SHA, len(keys), *keys, *args))
+        assert b"".join(packed(keys, args, connection)) == expected
+
+
+async def test_an_exchange_refuses_what_redis_py_refuses() -> None:
+    with pytest.raises(DataError):
+        packed(["k"], [True])  # a bool is an int to Python, and no number to redis-py
+
+
+async def test_an_entrys_body_is_written_from_its_own_bytes_not_copied() -> None:
+    body = b"{" + b"x" * 100_000 + b"}"
+    chunks = packed(["annotation:1"], ["a", body, 3])
+    assert any(chunk is body for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks if chunk is not body) < 1_000  # no copy of it beside
+
+
+async def test_a_call_that_finds_the_script_gone_loads_it_and_is_made_once_more(
+    client: Redis, server: RedisServer
+) -> None:
+    echo = batched(client, client.register_script(ECHO))
+    await echo(keys=["calls"], args=["first"])
+    await client.script_flush()  # as after a restart without persistence or a failover
+    with recorded_commands(server.url) as sent:
+        assert await echo(keys=["calls"], args=["again"]) == b"again:2"
+    assert sent == ["EVALSHA", "SCRIPT", "EVALSHA"]  # missed, loaded, made again: nothing more
 
 
 async def test_text_beyond_ascii_reaches_the_script_as_redis_py_would_send_it(client: Redis) -> None:

@@ -435,7 +435,7 @@ class TestRedisFailures:
         async def broken(*args: object, **kwargs: object) -> object:
             raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
-        monkeypatch.setattr(client, "evalsha", broken)
+        monkeypatch.setattr(client.connection_pool, "get_connection", broken)  # what every command goes through
         try:
             with pytest.raises(CacheError, match="redis read failed: AttributeError"):
                 await store.get(PLAIN)

@@ -9,7 +9,7 @@ misses with Redis (16 at a time) cost 6-14% less CPU each (docs/performance-log.
 Nothing waits to fill a batch: the calls made while the loop runs its ready callbacks go out as soon as they have
 run, and a call made alone goes out alone. What Redis answers is what each call alone would have had: one
 connection keeps the calls' order, an error Redis gives answers only the call that caused it, and a script missing
-after a flush or a failover is loaded once (by a plain script call) and the calls made again.
+after a flush or a failover is loaded once (SCRIPT LOAD) and the calls that missed it made again, together.
 
 Failures stay what they were with a connection per call:
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -44,9 +44,13 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from proxy.cache.topology import WaitingConnectionPool
 
+if TYPE_CHECKING:
+    from redis._parsers import Encoder  # a connection's, named for its annotation only
+
 Argument = str | int | bytes
 ALONE_BYTES = 256 * 1024  # a call with a larger argument goes alone
 EXPIRY_SLACK = 0.001  # seconds: a timer fires within a millisecond of its time
+SHARED_BYTES = 6000  # a longer word is written from its own bytes, not copied into the command's (redis-py's cutoff)
 
 
 class ScriptCall(Protocol):
@@ -153,27 +157,16 @@ class BatchedScript:
         return answers
 
     async def _again(self, batch: list[_Call], answers: list[Any], again: list[int]) -> None:
-        """The calls at ``again`` found no script (a flushed or failed-over Redis): the first loads it, the others
-        go again together. Answers Redis gave the other calls stand whatever happens to these."""
-        answered = 0
+        """The calls at ``again`` found no script (a flushed or failed-over Redis): it is loaded, and they go again
+        together. Answers Redis gave the other calls stand whatever happens to these."""
+        calls = [batch[index] for index in again]
         try:
-            answers[again[0]] = await self._alone(batch[again[0]])
-            answered = 1
-            if rest := again[1:]:
-                for index, answer in zip(rest, await self._exchange([batch[index] for index in rest]), strict=True):
-                    answers[index] = answer
-                answered = len(again)
-        except Exception as exc:  # noqa: BLE001 - the connection failed: the calls not yet answered fail
-            unanswered = again[answered:]
-            for index, failure in zip(unanswered, _failed([batch[index] for index in unanswered], exc), strict=True):
-                answers[index] = failure
-
-    async def _alone(self, call: _Call) -> Any:
-        """A plain call, which loads the script when Redis lacks it: its answer, or the error Redis gave it."""
-        try:
-            return await self._script(keys=call.keys, args=call.args)
-        except ResponseError as exc:
-            return exc
+            await self._client.script_load(self._script.script)
+            redone = await self._exchange(calls)
+        except Exception as exc:  # noqa: BLE001 - the connection failed: these calls fail, counted once
+            redone = _failed(calls, exc)
+        for index, answer in zip(again, redone, strict=True):
+            answers[index] = answer
 
     async def _exchange(self, calls: list[_Call]) -> list[Any]:
         """The calls' EVALSHAs in one write on one pooled connection, and their answers read in order: each an
@@ -190,17 +183,18 @@ class BatchedScript:
         connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
         answers: list[Any] = []
         try:
-            encoder = connection.encoder
-            await connection.send_packed_command(
-                b"".join(_evalsha(self._sha, call, encoder.encoding, encoder.encoding_errors) for call in calls)
-            )
+            chunks: list[bytes] = []
+            for call in calls:
+                _evalsha(chunks, self._sha, call, connection.encoder)
+            await connection.send_packed_command(chunks)
             for _ in calls:
                 try:
                     answers.append(await connection.read_response())
                 except ResponseError as exc:  # this call's alone: the connection stays in step
                     answers.append(exc)
         finally:
-            await pool.release(connection)
+            # Given back whatever happens to this task meanwhile, as redis-py's pipeline gives its connection back.
+            await asyncio.shield(pool.release(connection))
         return answers
 
     def _expire_in_time(self) -> None:
@@ -225,19 +219,28 @@ class BatchedScript:
         self._expire_in_time()
 
 
-def _evalsha(sha: bytes, call: _Call, encoding: str, errors: str) -> bytes:
-    """``EVALSHA sha numkeys key... arg...`` in RESP, the bytes redis-py's packer writes for it: text encoded as the
-    connection's encoder does, a number in decimal."""
-    words = [b"EVALSHA", sha, b"%d" % len(call.keys)]
-    for word in (*call.keys, *call.args):
-        words.append(
-            word
-            if isinstance(word, bytes)
-            else word.encode(encoding, errors)
-            if isinstance(word, str)
-            else b"%d" % word
-        )
-    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%b\r\n" % (len(word), word) for word in words)
+def _evalsha(chunks: list[bytes], sha: bytes, call: _Call, encoder: Encoder) -> None:
+    """``EVALSHA sha numkeys key... arg...`` added to ``chunks`` in RESP: the bytes redis-py's packer writes for it,
+    with a word longer than ``SHARED_BYTES`` (an entry's body) a chunk of its own, as there, sent without a copy."""
+    words = (b"EVALSHA", sha, b"%d" % len(call.keys), *call.keys, *call.args)
+    head = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data: bytes
+        if isinstance(word, bytes):
+            data = word
+        elif isinstance(word, str):
+            data = word.encode(encoder.encoding, encoder.encoding_errors)
+        elif type(word) is int:
+            data = b"%d" % word
+        else:  # anything else as redis-py takes it, or refuses it (DataError)
+            data = encoder.encode(word)  # type: ignore[no-untyped-call]
+        if len(data) > SHARED_BYTES:
+            head.append(b"$%d\r\n" % len(data))
+            chunks += (b"".join(head), data)
+            head = [b"\r\n"]
+        else:
+            head.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    chunks.append(b"".join(head))
 
 
 def _failed(calls: list[_Call], failure: Exception) -> list[Exception]:
