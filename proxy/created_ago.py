@@ -93,7 +93,7 @@ def _unit(count: int, unit: str) -> str:
     return f"{count}\u00a0{unit}{'' if count == 1 else 's'}"
 
 
-def find_created_ago(body: bytes, *, parsed: bool = False) -> tuple[int, int] | None:
+def find_created_ago(body: bytes, *, parsed: bool = False, known: bool = False) -> tuple[int, int] | None:
     """The byte span ``[start, end)`` of the top-level ``created_ago`` JSON string in ``body``, quotes included.
 
     None when ``body`` is not a UTF-8 JSON object, or its top-level ``created_ago`` is missing or not a string.
@@ -109,14 +109,16 @@ def find_created_ago(body: bytes, *, parsed: bool = False) -> tuple[int, int] | 
 
     ``parsed``: the caller has already parsed ``body`` as one JSON object (pydantic, proxy/entries.py), so its
     validity needs no second check, and :func:`_quick_span` decides Label Studio's bodies without the walk (about
-    a tenth of its cost); what it cannot decide still gets the walk.
+    a tenth of its cost); what it cannot decide still gets the walk. ``known``: that parse also found a top-level
+    ``created_ago`` string (proxy/models.py's ``Annotation`` requires one), so the key is written at the top level
+    at least once, and :func:`_quick_span` need not check what precedes a key written only once.
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
     try:
-        span = _quick_span(text) if parsed else _UNDECIDED
+        span = _quick_span(text, known=known) if parsed or known else _UNDECIDED
         if span is _UNDECIDED:
             span = _find_in_text(text)
     except (ValueError, IndexError, RecursionError):  # JSONDecodeError is a ValueError; IndexError: text ran out
@@ -131,12 +133,14 @@ def find_created_ago(body: bytes, *, parsed: bool = False) -> tuple[int, int] | 
 _UNDECIDED = (-1, -1)
 
 
-def _quick_span(text: str) -> tuple[int, int] | None:
+def _quick_span(text: str, *, known: bool = False) -> tuple[int, int] | None:
     """The walk's answer for valid JSON ``text`` when one search settles it, else ``_UNDECIDED``.
 
     Settled: ``"created_ago"`` written once, without escapes anywhere in the body that could spell the key
     (``\\u``), at the top level of the object (what precedes it, strings taken out by a C regex, opens exactly one
-    brace and balances its brackets: in valid JSON nothing else is at that depth) and followed by ``:``.
+    brace and balances its brackets: in valid JSON nothing else is at that depth) and followed by ``:``. When the
+    top-level key is ``known`` to be there, a key written once (and spelled without escapes) can only be it, and
+    what precedes it needs no look.
     """
     at = text.find(_QUOTED_KEY)
     if "\\u" in text:
@@ -145,9 +149,10 @@ def _quick_span(text: str) -> tuple[int, int] | None:
         return None  # no key of that name anywhere
     if text.find(_QUOTED_KEY, at + 1) >= 0:
         return _UNDECIDED  # written twice: a nested one, a string, or a duplicate
-    before = _STRING.sub("", text[:at])
-    if '"' in before or before.count("{") - before.count("}") != 1 or before.count("[") != before.count("]"):
-        return _UNDECIDED  # inside a string, or not at the top level
+    if not known:
+        before = _STRING.sub("", text[:at])
+        if '"' in before or before.count("{") - before.count("}") != 1 or before.count("[") != before.count("]"):
+            return _UNDECIDED  # inside a string, or not at the top level
     pos = _skip(text, at + len(_QUOTED_KEY))
     if text[pos] != ":":
         return _UNDECIDED  # a string value, not a key

@@ -14,7 +14,7 @@ def entry_from_body(body: bytes, *, annotation_id: int, expand: bool, fetched_at
 
     ``fetched_at`` is when the fetch began: what Label Studio answered is at least that recent."""
     annotation = validate_annotation(body, annotation_id=annotation_id, expand=expand)
-    span = find_created_ago(body, parsed=True)  # validate_annotation parsed it
+    span = find_created_ago(body, known=True)  # validate_annotation parsed it, and found created_ago a string
     return CachedAnnotation(
         annotation_id=annotation_id,
         version=epoch_micros(annotation.updated_at),

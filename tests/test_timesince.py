@@ -364,5 +364,24 @@ def test_the_quick_search_finds_what_the_walk_finds(
     assert find_created_ago(body, parsed=True) == find_created_ago(body)
 
 
+@JSON_PROPERTY
+@given(
+    st.dictionaries(_KEYS, _JSON_VALUES, max_size=6),
+    st.text(max_size=8) | _DECOY_TEXT,
+    st.sampled_from([(",", ":"), (", ", ": "), (",\n ", " :\t")]),
+    st.booleans(),
+)
+def test_the_quick_search_told_the_key_is_there_finds_what_the_walk_finds(
+    document: dict[str, object], created_ago: str, separators: tuple[str, str], ascii_only: bool
+) -> None:
+    """What proxy/entries.py asks, once pydantic has found a top-level created_ago string: decoys nested or in
+    strings before it, after it, or inside its own value answer as the walk does."""
+    document[KEY] = created_ago
+    body = json.dumps(document, ensure_ascii=ascii_only, separators=separators).encode()
+
+    assert find_created_ago(body, known=True) == find_created_ago(body)
+
+
 def test_the_quick_search_finds_label_studios_created_ago() -> None:
     assert find_created_ago(SAMPLE_BODY, parsed=True) == find_created_ago(SAMPLE_BODY) is not None
+    assert find_created_ago(SAMPLE_BODY, known=True) == find_created_ago(SAMPLE_BODY)
