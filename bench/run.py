@@ -530,7 +530,7 @@ def large_body_rows(run: Run) -> None:
 
 
 def upstream_cold_row(run: Run, upstream_port: int, upstream_pid: int) -> None:
-    """(d0): the slow upstream alone, the floor of the cold rows."""
+    """(d0): the slow upstream alone, which the cold rows' added p50 is measured from."""
     run.measure(
         "d0",
         f"fake upstream itself, {LATENCY * 1000:.0f} ms added",

@@ -107,7 +107,7 @@ def find_created_ago(body: bytes, *, parsed: bool = False, known: bool = False) 
     (the values are built, then dropped) and checks the whole body; a duplicated key resolves like ``json.loads``,
     to the last one.
 
-    ``parsed``: the caller has already parsed ``body`` as one JSON object (pydantic, proxy/entries.py), so its
+    ``parsed``: the caller has already parsed ``body`` as one JSON object (with pydantic, say), so its
     validity needs no second check, and :func:`_quick_span` decides Label Studio's bodies without the walk (about
     a tenth of its cost); what it cannot decide still gets the walk. ``known``: that parse also found a top-level
     ``created_ago`` string (proxy/models.py's ``Annotation`` requires one), so the key is written at the top level

@@ -173,7 +173,7 @@ class BatchedScript:
         answer, or the error Redis gave it.
 
         What a redis-py pipeline does, without its command stack, its per-word encoder, its retry wrapper and its
-        observability hooks: 5-13% of a Redis miss's CPU (docs/performance-log.md, the fifteenth round). Nothing is
+        observability hooks: 10-13% of a Redis miss's CPU (docs/performance-log.md, the fifteenth round). Nothing is
         lost with the wrapper: the clients batched here retry nothing (proxy/cache/topology.py). The connection
         does what it does for any command: connects, checks its health when due, bounds the write and each read by
         the socket timeout, and closes itself when either fails or is cancelled, so that no answer left unread on
