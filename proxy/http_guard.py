@@ -32,7 +32,7 @@ SUPPORTED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 # List headers parsed in Python
 
 MAX_LIST_FIELD = 2048  # bytes of Accept, Accept-Encoding, Cache-Control or Pragma, lines joined: ~10x real ones
-MAX_IF_NONE_MATCH = 8192  # a client cache may send a tag per variant it holds: some dozens
+MAX_ENTITY_TAG_LIST = 8192  # If-None-Match or If-Match: a client cache may send a tag per variant it holds
 
 
 class HeaderFieldTooLarge(ProxyError):

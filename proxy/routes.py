@@ -38,7 +38,7 @@ from proxy.errors import (
 )
 from proxy.fair_slots import CALLER
 from proxy.freshness import age_in_seconds, encoded_tag, if_match, if_none_match
-from proxy.http_guard import MAX_IF_NONE_MATCH, ClientClosedRequest, field_value
+from proxy.http_guard import MAX_ENTITY_TAG_LIST, ClientClosedRequest, field_value
 from proxy.keys import (
     ADMIN_KEYS,
     ANSWERS,
@@ -201,11 +201,11 @@ class AnnotationRoute:
         if self._compression and kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
             coding = GZIP if wants_gzip(field_value(headers, hdrs.ACCEPT_ENCODING)) else None
         if hdrs.IF_MATCH in headers and not if_match(
-            field_value(headers, hdrs.IF_MATCH, MAX_IF_NONE_MATCH), encoded_tag(entry.etag, coding)
+            field_value(headers, hdrs.IF_MATCH, MAX_ENTITY_TAG_LIST), encoded_tag(entry.etag, coding)
         ):
             raise PreconditionFailed()  # before If-None-Match (RFC 9110 13.2.2), on a 200 to be
         if hdrs.IF_NONE_MATCH in headers and if_none_match(
-            field_value(headers, hdrs.IF_NONE_MATCH, MAX_IF_NONE_MATCH), encoded_tag(entry.etag, coding)
+            field_value(headers, hdrs.IF_NONE_MATCH, MAX_ENTITY_TAG_LIST), encoded_tag(entry.etag, coding)
         ):
             out = self.headers(served, entry, coding, now, status=304)
             return small_response(request, self._app, status=304, body=b"", headers=out, now=now)

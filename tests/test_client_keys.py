@@ -67,18 +67,21 @@ class TestKeyFile:
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0123456789abcdef0123456789abcdef01234567")
         monkeypatch.setenv("PROXY_HOST", "0.0.0.0")  # noqa: S104 - keys are what make this allowed
 
-    def test_keys_come_from_the_file_and_the_variable(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    @pytest.fixture
+    def key_file(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+        """PROXY_CLIENT_KEYS_FILE, for the test to write."""
         path = tmp_path / "keys"
-        path.write_text(f"# team A\n{SCOPED_KEY}:1+2\n\n   {OTHER_KEY}\n")
         monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        return path
+
+    def test_keys_come_from_the_file_and_the_variable(self, monkeypatch: pytest.MonkeyPatch, key_file: Path) -> None:
+        key_file.write_text(f"# team A\n{SCOPED_KEY}:1+2\n\n   {OTHER_KEY}\n")
         monkeypatch.setenv("PROXY_CLIENT_KEYS", CLIENT_KEY)
         keys = load_settings().client_keys()
         assert keys == [ClientKey(CLIENT_KEY), ClientKey(SCOPED_KEY, frozenset({1, 2})), ClientKey(OTHER_KEY)]
 
-    def test_keys_in_a_file_alone_close_the_open_door(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        path = tmp_path / "keys"
-        path.write_text(f"{OTHER_KEY}\n")
-        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+    def test_keys_in_a_file_alone_close_the_open_door(self, key_file: Path) -> None:
+        key_file.write_text(f"{OTHER_KEY}\n")
         assert not load_settings().anonymous_access
 
     def test_a_missing_file_is_named(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -86,28 +89,22 @@ class TestKeyFile:
         with pytest.raises(ConfigError, match="PROXY_CLIENT_KEYS_FILE"):
             load_settings()
 
-    def test_a_bad_entry_names_its_line_but_not_its_key(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        path = tmp_path / "keys"
-        path.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}:one\n")
-        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+    def test_a_bad_entry_names_its_line_but_not_its_key(self, key_file: Path) -> None:
+        key_file.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}:one\n")
         with pytest.raises(ConfigError, match=r"PROXY_CLIENT_KEYS_FILE: .*entry 2") as caught:
             load_settings()
         assert SCOPED_KEY not in str(caught.value)
 
-    def test_one_key_with_two_scopes_is_refused(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def test_one_key_with_two_scopes_is_refused(self, monkeypatch: pytest.MonkeyPatch, key_file: Path) -> None:
         # Left as it was, the later entry's scope won: here the whole instance for a key meant for project 1.
-        path = tmp_path / "keys"
-        path.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}\n")
-        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+        key_file.write_text(f"{OTHER_KEY}\n{SCOPED_KEY}\n")
         monkeypatch.setenv("PROXY_CLIENT_KEYS", f"{SCOPED_KEY}:1,{CLIENT_KEY}")
         with pytest.raises(ConfigError, match=r"entries 1 and 4 .* different project scopes") as caught:
             load_settings()
         assert SCOPED_KEY not in str(caught.value)
 
-    def test_one_key_twice_with_one_scope_is_one_key(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        path = tmp_path / "keys"
-        path.write_text(f"{SCOPED_KEY}:2+1\n")
-        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(path))
+    def test_one_key_twice_with_one_scope_is_one_key(self, monkeypatch: pytest.MonkeyPatch, key_file: Path) -> None:
+        key_file.write_text(f"{SCOPED_KEY}:2+1\n")
         monkeypatch.setenv("PROXY_CLIENT_KEYS", f"{SCOPED_KEY}:1+2")  # as a rotation may leave it for a while
         assert {key.scope for key in load_settings().client_keys()} == {frozenset({1, 2})}
 
