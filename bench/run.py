@@ -13,8 +13,10 @@ Rows, each measured with wrk after a short warm-up run, the same way (threads, c
     (c)  the proxy, cache hits, Redis (a private redis-server on a free port)
     (c-1) the same at one connection
     (d0) the fake upstream itself, cold ids, with a fixed added latency
+    (d1) aiohttp's web.Application passing the same misses through with aiohttp's client: the cold rows' floor
     (d)  the proxy, cold misses over ids never asked before, against that upstream, in-process store
-    (d2) the same with Redis
+    (d2) the same with Redis, redis-server left on whichever CPU the kernel gives it
+    (d3) the same with redis-server on CPU 0, off the proxy's (with taskset only)
     (e)  nginx proxy_cache, hits, in front of the same upstream (skipped when nginx is not installed)
     (f)  the proxy, cache hits, Redis, a 20 KB annotation (about 60 regions), no Accept-Encoding
     (g)  the same with ``Accept-Encoding: gzip`` (what the SDK and httpx send): the body gzipped once per rendering
@@ -71,7 +73,7 @@ LOOPBACK = "127.0.0.1"
 CLIENT_KEY = "bench-client-key-0123456789abcdef"
 HOT_IDS = 100
 LARGE_BODY = 20_000  # (f) and (g): a realistic large annotation
-LATENCY = 0.020  # the fake upstream's added latency for (d0), (d), (d2) and (e)
+LATENCY = 0.020  # the fake upstream's added latency for (d0) to (d3) and (e)
 THREADS, CONNECTIONS, COLD_CONNECTIONS = 1, 32, 16
 # Rows (a'-1) and (c-1): one request at a time, each arriving at an idle server, as cold misses arrive.
 ONE = "one connection: every request wakes an idle server"
@@ -127,11 +129,14 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def can_pin() -> bool:
+    """Whether the rows' processes can be put on CPUs of their own: taskset exists and the machine has two or more."""
+    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
 def pinned(cpu: int, command: list[str]) -> list[str]:
-    """``command`` on one CPU, when taskset exists and the machine has two or more."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        return ["taskset", "-c", str(cpu), *command]
-    return command
+    """``command`` on one CPU, when :func:`can_pin`."""
+    return ["taskset", "-c", str(cpu), *command] if can_pin() else command
 
 
 def wrk(url: str, script: str, *, seconds: float, connections: int) -> WrkResult:
@@ -556,10 +561,22 @@ def cold_floor_row(run: Run, upstream_port: int) -> None:
         )
 
 
+# Row (d3): row (d2) with redis-server kept off the proxy's CPU, as a Redis on a host of its own is. Left free, as in
+# (d2), the kernel ran it mostly on the proxy's CPU, where the proxy wakes it (docs/performance-log.md, the
+# sixteenth round), and each reply waits for the proxy's turn.
+APART = "redis-server on CPU 0, with wrk and the upstream: off the proxy's CPU"
+
+
 def proxy_cold_rows(run: Run, upstream_port: int) -> None:
-    """(d) and (d2): every request a miss (the warm-up and each run walk ids of their own), in-process and Redis."""
+    """(d) and (d2): every request a miss (the warm-up and each run walk ids of their own), in-process and Redis;
+    then (d3), (d2) with redis-server moved off the proxy's CPU, where the machine has a second one."""
     with running_redis() as redis:
-        for name, redis_url, store in (("d", None, "in-process store"), ("d2", redis.url, "Redis")):
+        rows = [("d", None, "in-process store"), ("d2", redis.url, "Redis")]
+        if can_pin():
+            rows.append(("d3", redis.url, f"Redis, {APART}"))
+        for name, redis_url, store in rows:
+            if name == "d3":
+                os.sched_setaffinity(redis.process.pid, {0})
             with proxy(upstream_port, redis_url) as (base, pid), RssSampler(pid) as rss:
                 row = run.measure(
                     name,
@@ -721,12 +738,20 @@ def cold_floor_note(run: Run) -> str:
     if d0 is None or floor is None or d is None or d2 is None:
         return ""
     base = d0.result.p50_ms
-    return (
+    note = (
         f"Cold misses against their floor: (d1), aiohttp's server and client with nothing else, adds "
         f"{floor.result.p50_ms - base:+.2f} ms to (d0)'s p50 and takes {floor.cpu.server_us:.0f} us of CPU a "
         f"miss; the proxy adds {d.result.p50_ms - base:+.2f} ms in process (d) and {d2.result.p50_ms - base:+.2f} ms "
         f"with Redis (d2), at {d.cpu.server_us / floor.cpu.server_us:.1f}x and "
         f"{d2.cpu.server_us / floor.cpu.server_us:.1f}x the floor's CPU a miss."
+    )
+    apart = run.row("d3")
+    if apart is None:
+        return note
+    return (
+        f"{note} With redis-server kept off the proxy's CPU (d3), the Redis row adds "
+        f"{apart.result.p50_ms - base:+.2f} ms at {apart.cpu.server_us:.0f} us a miss, against (d2)'s "
+        f"{d2.result.p50_ms - base:+.2f} ms at {d2.cpu.server_us:.0f} us with it left free."
     )
 
 
@@ -862,7 +887,8 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
         f"wrk: {THREADS} thread, {CONNECTIONS} connections ({COLD_CONNECTIONS} for the cold rows), "
         f"{run.seconds:g} s per row after a warm-up run; servers pinned to CPU 1, wrk (and the upstream of the "
         "cold rows) to CPU 0 with taskset "
-        f"where available. Hits cycle over {HOT_IDS} ids; cold rows ask ids never asked before; the upstream adds "
+        "where available; redis-server left free but in (d3). "
+        f"Hits cycle over {HOT_IDS} ids; cold rows ask ids never asked before; the upstream adds "
         f"{LATENCY * 1000:.0f} ms. Server CPU: the row's server process (user and system time, from /proc) over "
         "the measured run, per request wrk counted. Others: the CPU that processes outside the benchmark took "
         f"meanwhile; above {BUSY_LIMIT:.0f}% of a CPU the row was measured once more. The targets' baseline, the "

@@ -77,6 +77,14 @@ def test_the_cold_verdicts_and_their_note_set_the_proxy_beside_aiohttps_own_pass
     note = cold_floor_note(run)
     assert "adds +1.10 ms to (d0)'s p50 and takes 214 us of CPU a miss" in note, note
     assert "at 2.0x and 3.0x the floor's CPU a miss" in note, note
+    assert "(d3)" not in note  # measured only where redis-server can be moved off the proxy's CPU
+    run.rows.append(row("d3", 680.0, p50_ms=22.2, cpu_us=600.0))
+    note = cold_floor_note(run)
+    assert (
+        "With redis-server kept off the proxy's CPU (d3), the Redis row adds +1.20 ms at 600 us a miss, against "
+        "(d2)'s +6.00 ms at 642 us with it left free." in note
+    ), note
+    assert all("(d3)" not in text for _, text in targets(run))  # a reference beside the verdicts, not one of them
     run.rows.pop(4)  # a run without the floor: no note, and the verdicts as the issue words them
     assert cold_floor_note(run) == ""
     assert all("floor" not in text for _, text in targets(run))
