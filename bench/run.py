@@ -23,15 +23,15 @@ Rows, each measured with wrk after a short warm-up run, the same way (threads, c
 
 The proxy runs as a user gets it: ``python -m proxy`` with client keys on, metrics on, logging at INFO to a file.
 Hits cycle over HOT_IDS annotations, warmed first (a hit is checked by its Cache-Status before measuring). With
-``taskset``, servers run on CPU 1 and wrk on CPU 0 (with the upstream of the cold rows). The (a1) and (a2)
-servers are bench/floor.py. Per row, over the measured wrk run only: the server process's CPU (user and system,
-from /proc) per request wrk counted, and the CPU that processes outside the benchmark took (all busy CPU time
-from /proc/stat less this script's and all its child processes'); a row where those neighbours took more than
-BUSY_LIMIT of a CPU is measured once more, and marked when they still did. The proxy's resident set size is
-sampled every 0.2 s while it runs. Prints one markdown table and the targets of the performance issue, and
+``taskset``, servers run on CPU 1 and wrk on CPU 0 (with the upstream of the cold rows, and redis-server in (d3)).
+The (a1) and (a2) servers are bench/floor.py. Per row, over the measured wrk run only: the server process's CPU
+(user and system, from /proc) per request wrk counted, and the CPU that processes outside the benchmark took (all
+busy CPU time from /proc/stat less this script's and all its child processes'); a row where those neighbours took
+more than BUSY_LIMIT of a CPU is measured once more, and marked when they still did. The proxy's resident set size
+is sampled every 0.2 s while it runs. Prints one markdown table and the targets of the performance issue, and
 rewrites the part of docs/performance.md between its markers. Last, bench/hit_costs.py splits the proxy's own work
-per hit into its parts, and bench/miss_costs.py a cold miss's CPU, for the tables under the targets. Exit status:
-0 when the run completed (1 with ``--check`` when a target fails), 2 when the set-up failed.
+per hit into its parts, and bench/miss_costs.py a cold miss's CPU, for the tables under the targets. Exit status: 0
+when the run completed (1 with ``--check`` when a target fails), 2 when the set-up failed.
 """
 
 from __future__ import annotations
@@ -547,7 +547,7 @@ def upstream_cold_row(run: Run, upstream_port: int, upstream_pid: int) -> None:
 
 
 def cold_floor_row(run: Run, upstream_port: int) -> None:
-    """(d1): aiohttp's server and client passing cold misses through with nothing else, the floor of (d) and (d2)."""
+    """(d1): aiohttp's server and client passing cold misses through with nothing else, the floor of (d) to (d3)."""
     command = partial(floor, kind="passthrough", upstream=f"http://{LOOPBACK}:{upstream_port}")
     with reference_server("d1", command) as (base, pid):
         run.measure(
@@ -561,10 +561,16 @@ def cold_floor_row(run: Run, upstream_port: int) -> None:
         )
 
 
-# Row (d3): row (d2) with redis-server kept off the proxy's CPU, as a Redis on a host of its own is. Left free, as in
-# (d2), the kernel ran it mostly on the proxy's CPU, where the proxy wakes it (docs/performance-log.md, the
-# sixteenth round), and each reply waits for the proxy's turn.
+# Row (d3): row (d2) with redis-server kept off the proxy's CPU, as a Redis with a CPU of its own is (one on another
+# host would add the network's round trips). Left free, as in (d2), the kernel ran it mostly on the proxy's CPU,
+# where the proxy wakes it (docs/performance-log.md, the sixteenth round), and each reply waits for the proxy's turn.
 APART = "redis-server on CPU 0, with wrk and the upstream: off the proxy's CPU"
+
+
+def on_cpu(pid: int, cpu: int) -> None:
+    """Every thread of process ``pid`` on ``cpu`` from now on."""
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), {cpu})
 
 
 def proxy_cold_rows(run: Run, upstream_port: int) -> None:
@@ -574,9 +580,11 @@ def proxy_cold_rows(run: Run, upstream_port: int) -> None:
         rows = [("d", None, "in-process store"), ("d2", redis.url, "Redis")]
         if can_pin():
             rows.append(("d3", redis.url, f"Redis, {APART}"))
+        else:
+            run.notes.append("(d3) was skipped: moving redis-server off the proxy's CPU takes taskset and two CPUs.")
         for name, redis_url, store in rows:
             if name == "d3":
-                os.sched_setaffinity(redis.process.pid, {0})
+                on_cpu(redis.process.pid, 0)
             with proxy(upstream_port, redis_url) as (base, pid), RssSampler(pid) as rss:
                 row = run.measure(
                     name,
@@ -738,20 +746,26 @@ def cold_floor_note(run: Run) -> str:
     if d0 is None or floor is None or d is None or d2 is None:
         return ""
     base = d0.result.p50_ms
-    note = (
+    return (
         f"Cold misses against their floor: (d1), aiohttp's server and client with nothing else, adds "
         f"{floor.result.p50_ms - base:+.2f} ms to (d0)'s p50 and takes {floor.cpu.server_us:.0f} us of CPU a "
         f"miss; the proxy adds {d.result.p50_ms - base:+.2f} ms in process (d) and {d2.result.p50_ms - base:+.2f} ms "
         f"with Redis (d2), at {d.cpu.server_us / floor.cpu.server_us:.1f}x and "
         f"{d2.cpu.server_us / floor.cpu.server_us:.1f}x the floor's CPU a miss."
     )
-    apart = run.row("d3")
-    if apart is None:
-        return note
+
+
+def redis_apart_note(run: Run) -> str:
+    """The line on (d3): the Redis cold row with redis-server off the proxy's CPU, against (d2)."""
+    d0, d2, apart = (run.row(name) for name in ("d0", "d2", "d3"))
+    if d0 is None or d2 is None or apart is None:
+        return ""
+    base = d0.result.p50_ms
     return (
-        f"{note} With redis-server kept off the proxy's CPU (d3), the Redis row adds "
-        f"{apart.result.p50_ms - base:+.2f} ms at {apart.cpu.server_us:.0f} us a miss, against (d2)'s "
-        f"{d2.result.p50_ms - base:+.2f} ms at {d2.cpu.server_us:.0f} us with it left free."
+        f"With redis-server kept off the proxy's CPU (d3), the Redis row adds {apart.result.p50_ms - base:+.2f} ms "
+        f"to (d0)'s p50 at {apart.cpu.server_us:.0f} us a miss, against (d2)'s {d2.result.p50_ms - base:+.2f} ms at "
+        f"{d2.cpu.server_us:.0f} us with it left free (measured one after the other: the host's drift between the "
+        "two rows counts too)."
     )
 
 
@@ -863,7 +877,8 @@ def targets(run: Run) -> list[tuple[bool, str]]:
 
 def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
-    lines = [against_nginx(run), one_connection_note(run), cold_floor_note(run), paired_note(run)]
+    lines = [against_nginx(run), one_connection_note(run), cold_floor_note(run), redis_apart_note(run)]
+    lines += [paired_note(run)]
     lines += [together_note(run), busy_note(run)]
     lines += run.notes
     notes = "".join(f"\n{note}\n" for note in lines if note)
@@ -881,14 +896,14 @@ def report(run: Run, command: str, started: datetime, wall: float) -> str:
             "proxy is, 16 at a time against the same upstream; the last row less the others is the rest):\n\n"
             f"{misses}\n"
         )
+    redis = "; redis-server not pinned, except in (d3) (CPU 0)" if run.row("d3") else ""
     return (
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `{command}` ({wall:.0f} s).\n\n"
         f"Machine: {machine()}.\n\n"
         f"wrk: {THREADS} thread, {CONNECTIONS} connections ({COLD_CONNECTIONS} for the cold rows), "
         f"{run.seconds:g} s per row after a warm-up run; servers pinned to CPU 1, wrk (and the upstream of the "
-        "cold rows) to CPU 0 with taskset "
-        "where available; redis-server left free but in (d3). "
-        f"Hits cycle over {HOT_IDS} ids; cold rows ask ids never asked before; the upstream adds "
+        f"cold rows) to CPU 0 with taskset where available{redis}. Hits cycle over {HOT_IDS} ids; cold rows ask ids "
+        "never asked before; the upstream adds "
         f"{LATENCY * 1000:.0f} ms. Server CPU: the row's server process (user and system time, from /proc) over "
         "the measured run, per request wrk counted. Others: the CPU that processes outside the benchmark took "
         f"meanwhile; above {BUSY_LIMIT:.0f}% of a CPU the row was measured once more. The targets' baseline, the "

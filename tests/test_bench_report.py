@@ -1,10 +1,17 @@
-"""bench/run.py's verdict lines: a figure printed beside PASS or FAIL reads as the verdict it gave."""
+"""bench/run.py's verdict lines (a figure printed beside PASS or FAIL reads as the verdict it gave), its notes, and
+how it moves a process to a CPU."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from bench.run import Cpu, MiB, Row, Run, WrkResult, cold_floor_note, hit_target, targets
+from bench.run import Cpu, MiB, Row, Run, WrkResult, cold_floor_note, hit_target, on_cpu, redis_apart_note, targets
 
 
 def row(name: str, rps: float, *, p50_ms: float = 1.0, p99_ms: float = 2.0, cpu_us: float = 40.0) -> Row:
@@ -58,17 +65,16 @@ def test_figures_just_past_an_upper_target_are_not_printed_as_the_target() -> No
     assert lines["proxy RSS < 100 MB through the run"] == (True, "proxy RSS < 100 MB through the run: peak 99.7 MiB")
 
 
-def test_the_cold_verdicts_and_their_note_set_the_proxy_beside_aiohttps_own_pass_through() -> None:
+def cold_run(*more: Row) -> Run:
+    """A run with the rows the verdicts need, the cold ones failing theirs, and ``more`` after (d0)."""
     run = Run(seconds=1.0)
-    run.rows = [
-        row("a'", 10_000.0),
-        row("b", 9_500.0),
-        row("c", 9_000.0),
-        row("d0", 700.0, p50_ms=21.0, cpu_us=130.0),
-        row("d1", 690.0, p50_ms=22.1, cpu_us=214.0),
-        row("d", 680.0, p50_ms=22.5, cpu_us=428.0),
-        row("d2", 600.0, p50_ms=27.0, cpu_us=642.0),
-    ]
+    run.rows = [row("a'", 10_000.0), row("b", 9_500.0), row("c", 9_000.0), row("d0", 700.0, p50_ms=21.0, cpu_us=130.0)]
+    run.rows += [*more, row("d", 680.0, p50_ms=22.5, cpu_us=428.0), row("d2", 600.0, p50_ms=27.0, cpu_us=642.0)]
+    return run
+
+
+def test_the_cold_verdicts_and_their_note_set_the_proxy_beside_aiohttps_own_pass_through() -> None:
+    run = cold_run(row("d1", 690.0, p50_ms=22.1, cpu_us=214.0))
     lines = dict((text.split(":")[0], text) for _, text in targets(run))
     added = lines["cold misses add <= 1 ms to (d0)'s p50, in-process (d) and Redis (d2)"]
     assert added.endswith(": +1.50 ms, +6.00 ms; the floor (d1): +1.10 ms"), added
@@ -77,14 +83,36 @@ def test_the_cold_verdicts_and_their_note_set_the_proxy_beside_aiohttps_own_pass
     note = cold_floor_note(run)
     assert "adds +1.10 ms to (d0)'s p50 and takes 214 us of CPU a miss" in note, note
     assert "at 2.0x and 3.0x the floor's CPU a miss" in note, note
-    assert "(d3)" not in note  # measured only where redis-server can be moved off the proxy's CPU
-    run.rows.append(row("d3", 680.0, p50_ms=22.2, cpu_us=600.0))
-    note = cold_floor_note(run)
-    assert (
-        "With redis-server kept off the proxy's CPU (d3), the Redis row adds +1.20 ms at 600 us a miss, against "
-        "(d2)'s +6.00 ms at 642 us with it left free." in note
-    ), note
-    assert all("(d3)" not in text for _, text in targets(run))  # a reference beside the verdicts, not one of them
     run.rows.pop(4)  # a run without the floor: no note, and the verdicts as the issue words them
     assert cold_floor_note(run) == ""
     assert all("floor" not in text for _, text in targets(run))
+
+
+def test_the_redis_row_off_the_proxys_cpu_is_set_beside_the_verdicts_not_among_them() -> None:
+    run = cold_run()
+    verdicts = targets(run)
+    assert redis_apart_note(run) == ""  # skipped where redis-server cannot be moved off the proxy's CPU
+    run.rows.append(row("d3", 680.0, p50_ms=22.2, cpu_us=600.0))
+    note = redis_apart_note(run)  # without the floor (d1) too
+    assert note.startswith(
+        "With redis-server kept off the proxy's CPU (d3), the Redis row adds +1.20 ms to (d0)'s p50 at 600 us a "
+        "miss, against (d2)'s +6.00 ms at 642 us with it left free"
+    ), note
+    assert targets(run) == verdicts  # the verdicts stay on (d2), as the issue measured it
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: every thread is on CPU 0 already")
+def test_a_process_is_moved_to_one_cpu_with_all_its_threads() -> None:
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", code]) as process:  # noqa: S603 - this interpreter, fixed code
+        try:
+            tasks = Path(f"/proc/{process.pid}/task")
+            deadline = time.monotonic() + 10
+            while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            threads = [int(task.name) for task in tasks.iterdir()]
+            assert len(threads) == 2
+            on_cpu(process.pid, 0)
+            assert [os.sched_getaffinity(thread) for thread in threads] == [{0}, {0}]
+        finally:
+            process.kill()
