@@ -109,9 +109,9 @@ class UpstreamError(ProxyError):
         self.upstream_status = upstream_status
 
     def forwarded(self, fwd: str) -> UpstreamError:
-        """This failure as the answer to a fetch made for another reason than a miss (``fwd=request``: the
-        request's directives forced it; ``fwd=stale``: what was cached was stale): a copy, since one failure may
-        answer other requests too."""
+        """This failure as the answer to a request whose fetch was made for ``fwd``'s reason (``miss``: nothing was
+        cached; ``request``: the request's directives forced it; ``stale``: what was cached was stale): a copy,
+        since one failure may answer other requests, made for other reasons, too."""
         answer = copy.copy(self)
         answer.fwd = fwd
         return answer

@@ -13,11 +13,10 @@ from functools import partial
 from proxy.cache import AnnotationKey, CachedAnnotation, Lookup, Superseded, Variant
 from proxy.cache.fail_open import FailOpenStore
 from proxy.claims import Claims
-from proxy.errors import UpstreamError
 from proxy.fair_slots import Parties
 from proxy.fetcher import Fetcher
 from proxy.metrics import Metrics, RevalidationOutcome
-from proxy.served import Forward, Served
+from proxy.served import Served
 from proxy.singleflight import SingleFlight
 
 log = logging.getLogger("proxy.service")  # the lookup's log: operators read one logger for it
@@ -54,7 +53,7 @@ class Loads:
         await self._forced.close()
 
     async def join_or_load(
-        self, key: AnnotationKey, request_id: str, *, store: bool = True, claimed: bool = False, fwd: Forward = "miss"
+        self, key: AnnotationKey, request_id: str, *, store: bool = True, claimed: bool = False
     ) -> Served:
         """Join the load in flight for ``key``, or start one that checks the cache again first (storing what it
         fetches unless ``store`` is false, no-store), or fetches at once if the read ``claimed`` it across replicas."""
@@ -64,11 +63,9 @@ class Loads:
             task = self._start_load(key, request_id, check_cache=not claimed, store=store, claimed=claimed)
         elif claimed:  # granted beside a load that holds none (the store grants it once per process): let it go
             await self._claims.release(key)
-        return await self._wait(task, joined, fwd)
+        return await self._wait(task, joined)
 
-    async def refresh(
-        self, key: AnnotationKey, request_id: str, *, store: bool = True, fwd: Forward = "request"
-    ) -> Served:
+    async def refresh(self, key: AnnotationKey, request_id: str, *, store: bool = True) -> Served:
         """Fetch ``key`` from Label Studio whatever the cache holds, joining such a fetch in flight (a burst of
         ``no-cache`` requests makes one upstream request), stored or not as the request that started it said."""
         task = self._forced.joinable(key)
@@ -77,21 +74,16 @@ class Loads:
             fetch = self._fetcher.fetch(key, request_id, store=store)
             start = partial(self._forced.start, key, fetch, name=f"refresh-{key}", finished=_retrieve)
             task = self._parties.start(start)
-        return await self._wait(task, joined, fwd)
+        return await self._wait(task, joined)
 
-    async def _wait(self, task: asyncio.Task[Served], joined: bool, fwd: Forward) -> Served:
+    async def _wait(self, task: asyncio.Task[Served], joined: bool) -> Served:
         if joined:
             self._metrics.coalesced_requests.inc()
             self._parties.join(task)
-        try:  # shielded: a caller that goes away does not cancel the load others are waiting for
-            served = await asyncio.shield(task)
-        except UpstreamError as exc:  # said with the reason this request fetched for (Cache-Status's fwd)
-            if fwd == "miss":
-                raise
-            raise exc.forwarded(fwd) from exc
+        served = await asyncio.shield(task)  # a caller that goes away does not cancel the load others wait for
         if joined and served.result == "miss":  # waited for another's fetch, which stored it: says so
-            served = replace(served, collapsed=True, stored=False)
-        return served if fwd == "miss" else replace(served, fwd=fwd)
+            return replace(served, collapsed=True, stored=False)
+        return served
 
     def revalidate(self, key: AnnotationKey, stale: CachedAnnotation, request_id: str) -> None:
         """Refresh a stale version in the background, unless a load for it is already under way."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.cache import AnnotationKey, AnnotationStore, CachedAnnotation, Lookup, Variant
 from proxy.cache.fail_open import FailOpenStore
@@ -185,22 +186,22 @@ class AnnotationService:
             return Served(cached, "stale")
         if directives.only_if_cached:
             raise NotCached()
-        # Why Label Studio is asked (Cache-Status's fwd, RFC 9211): nothing cached; the request refused a fresh
-        # answer; or what was cached was stale (refused, or past its stale window).
         fwd: Forward = "request" if served is not None else "stale" if isinstance(cached, CachedAnnotation) else "miss"
         store = not directives.no_store
         try:
             if failure is not None:  # a 500 for this id, answered again for a while, forced requests included
-                raise failure if fwd == "miss" else failure.forwarded(fwd)
+                raise failure
             if served is not None or (isinstance(cached, CachedAnnotation) and judge.state(cached) is Freshness.STALE):
                 self._metrics.forced_fetches.inc()  # the proxy would have served it; the request refused it
-                return await self._loads.refresh(key, request_id, store=store, fwd=fwd)
-            return await self._loads.join_or_load(key, request_id, store=store, claimed=claimed, fwd=fwd)
-        except UNAVAILABLE as exc:  # a version the request accepts, in place of the failure (stale-if-error)
-            stale = judge.stale_if_error(cached, exc.detail, directives)
+                fetched = await self._loads.refresh(key, request_id, store=store)
+            else:
+                fetched = await self._loads.join_or_load(key, request_id, store=store, claimed=claimed)
+        except UpstreamError as exc:  # a version the request accepts in its place (stale-if-error), or the failure
+            stale = judge.stale_if_error(cached, exc.detail, directives) if isinstance(exc, UNAVAILABLE) else None
             if stale is None:
-                raise
+                raise exc.forwarded(fwd) from exc  # said with this request's fwd: one failure answers many requests
             return stale
+        return fetched if fwd == "miss" else replace(fetched, fwd=fwd)
 
     def _claims_fetch(self, key: AnnotationKey, directives: RequestDirectives) -> bool:
         """Whether the read claims the fetch when nothing is cached: across replicas (claims on), only for a
