@@ -75,7 +75,7 @@ def _seconds(value: str | None) -> float:
     return float(value) if value.isascii() and value.isdigit() else 0.0
 
 
-@functools.lru_cache(maxsize=512)  # a handful of distinct values; 2 x 2048 bytes each at most (a 431 past)
+@functools.lru_cache(maxsize=512)  # a handful of values; 2 x MAX_LIST_FIELD bytes each at most (proxy/http_guard.py)
 def parse(cache_control: str, pragma: str) -> RequestDirectives:
     """The directives of a request's joined ``Cache-Control`` and ``Pragma`` field values ("" when absent)."""
     if not cache_control:

@@ -122,7 +122,7 @@ def entity_tag(body: bytes, created_ago_span: tuple[int, int] | None) -> str:
 
 
 # An entity tag (RFC 9110 8.8.3): optionally weak, then a quoted string without quotes (commas allowed).
-ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+ENTITY_TAG = re.compile(r'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
 def encoded_tag(etag: str, coding: str | None) -> str:
@@ -136,21 +136,19 @@ def if_none_match(header: str, etag: str) -> bool:
     if header.strip() == "*":
         return True
     wanted = etag.removeprefix("W/")
-    return any(opaque == wanted for _, opaque in _entity_tags(header))
+    return any(opaque == wanted for opaque in _entity_tags(header))
 
 
-def if_match(header: str, etag: str) -> bool:
-    """True when ``If-Match`` (its lines joined) is ``*`` or names ``etag`` by strong comparison (RFC 9110
-    13.1.1): neither tag weak. The proxy's tags are weak (``created_ago`` changes the bytes under one tag), so
-    only ``*`` holds for them."""
-    if header.strip() == "*":
-        return True
-    return not etag.startswith("W/") and any(not weak and opaque == etag for weak, opaque in _entity_tags(header))
+def if_match(header: str) -> bool:
+    """True when ``If-Match`` (its lines joined) holds for an annotation the proxy has: only ``*``. If-Match
+    compares strongly (RFC 9110 13.1.1), and every tag :func:`entity_tag` makes is weak (``created_ago`` changes
+    the bytes under one tag), so no tag it names can match."""
+    return header.strip() == "*"
 
 
-def _entity_tags(header: str) -> Iterator[tuple[bool, str]]:
-    """The members of an entity-tag list: whether each is weak, and its quoted opaque part. A malformed member is
-    skipped; the rest still count."""
+def _entity_tags(header: str) -> Iterator[str]:
+    """The quoted opaque parts of an entity-tag list's members. A malformed member is skipped; the rest still
+    count."""
     position = 0
     while position < len(header):
         match = ENTITY_TAG.match(header, position)
@@ -160,5 +158,5 @@ def _entity_tags(header: str) -> Iterator[tuple[bool, str]]:
                 return
             position = comma + 1
             continue
-        yield match.group(1) is not None, match.group(2)
+        yield match.group(1)
         position = match.end()

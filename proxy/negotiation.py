@@ -1,7 +1,7 @@
 """Content negotiation: which ``Accept`` headers get an annotation (as Label Studio decides it), and whether a
 response is gzipped (``Accept-Encoding``, RFC 9110 12.5.3). Pure functions of header values, memoized: callers
 send a handful of distinct values, and the memo is bounded against the ones who send more: in entries here, in
-bytes by the 431 past 2048 (:func:`proxy.http_guard.field_value`).
+bytes by the 431 past ``MAX_LIST_FIELD`` (:func:`proxy.http_guard.field_value`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from proxy import __version__
 from proxy.events import EVENT, HANDLED_ACTIONS, SECRET_HEADER
+from proxy.http_guard import MAX_ENTITY_TAG_LIST, MAX_LIST_FIELD
 from proxy.models import INT64_MAX, Annotation, ExpandedAnnotation
 
 OPENAPI_VERSION = "3.1.0"
@@ -160,8 +161,8 @@ def _responses() -> dict[str, Schema]:
         ),
         "HeaderTooLarge": _error(
             "`The request's <name> header is too large (over <n> bytes).`: `Accept`, `Accept-Encoding`, "
-            "`Cache-Control` or `Pragma` past 2048 bytes, or `If-None-Match` or `If-Match` past 8192 (lines joined; "
-            "a character beyond ASCII counts four).",
+            f"`Cache-Control` or `Pragma` past {MAX_LIST_FIELD} bytes, or `If-None-Match` or `If-Match` past "
+            f"{MAX_ENTITY_TAG_LIST} (lines joined; a character beyond ASCII counts four).",
         ),
     }
 

@@ -200,9 +200,7 @@ class AnnotationRoute:
         coding = None
         if self._compression and kept and len(entry.body) >= MIN_COMPRESSED_BYTES and hdrs.ACCEPT_ENCODING in headers:
             coding = GZIP if wants_gzip(field_value(headers, hdrs.ACCEPT_ENCODING)) else None
-        if hdrs.IF_MATCH in headers and not if_match(
-            field_value(headers, hdrs.IF_MATCH, MAX_ENTITY_TAG_LIST), encoded_tag(entry.etag, coding)
-        ):
+        if hdrs.IF_MATCH in headers and not if_match(field_value(headers, hdrs.IF_MATCH, MAX_ENTITY_TAG_LIST)):
             raise PreconditionFailed()  # before If-None-Match (RFC 9110 13.2.2), on a 200 to be
         if hdrs.IF_NONE_MATCH in headers and if_none_match(
             field_value(headers, hdrs.IF_NONE_MATCH, MAX_ENTITY_TAG_LIST), encoded_tag(entry.etag, coding)
@@ -322,10 +320,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_operations_routes(app: web.Application, *, metrics: bool = True) -> None:
-    """``/healthz`` and ``/readyz``, and ``/metrics`` unless ``metrics`` is false: on the main listener when no
-    operations listener serves them (``PROXY_METRICS_PORT``). The counters are every caller's: a scoped key
-    reading them around its own request would learn whether Label Studio answered 200 or 404 for an id of
-    another project, so where an operations listener exists, callers' listener does not serve them."""
+    """``/healthz``, ``/readyz`` and, unless ``metrics`` is false, ``/metrics``: for the main listener or the
+    operations listener (``PROXY_METRICS_PORT``). The main listener leaves ``/metrics`` out when an operations
+    listener exists: the counters are every caller's, and a scoped key reading them around its own request would
+    learn whether Label Studio answered 200 or 404 for an id of another project."""
     if metrics:
         app.router.add_get("/metrics", observed(app, "metrics", metrics_endpoint), name="metrics")
     app.router.add_get("/healthz", observed(app, "healthz", healthz), name="healthz")
