@@ -24,7 +24,7 @@ Rows, each measured with wrk after a short warm-up run, the same way (threads, c
 The proxy runs as a user gets it: ``python -m proxy`` with client keys on, metrics on, logging at INFO to a file.
 Hits cycle over HOT_IDS annotations, warmed first (a hit is checked by its Cache-Status before measuring). With
 ``taskset``, servers run on CPU 1 and wrk on CPU 0 (with the upstream of the cold rows, and redis-server in (d3)).
-The (a1) and (a2) servers are bench/floor.py. Per row, over the measured wrk run only: the server process's CPU
+The (a1), (a2) and (d1) servers are bench/floor.py. Per row, over the measured wrk run only: the server process's CPU
 (user and system, from /proc) per request wrk counted, and the CPU that processes outside the benchmark took (all
 busy CPU time from /proc/stat less this script's and all its child processes'); a row where those neighbours took
 more than BUSY_LIMIT of a CPU is measured once more, and marked when they still did. The proxy's resident set size
@@ -299,9 +299,9 @@ def upstream(port: int, *, latency: float = 0.0, constant: bool = False, uvloop:
     return command + (["--constant"] if constant else []) + (["--uvloop"] if uvloop else [])
 
 
-def floor(port: int, kind: str, upstream: str | None = None) -> list[str]:
+def floor(port: int, kind: str, upstream_url: str | None = None) -> list[str]:
     command = [sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port), "--kind", kind]
-    return command + (["--upstream", upstream] if upstream else [])
+    return command + (["--upstream", upstream_url] if upstream_url else [])
 
 
 def proxy_env(upstream_port: int, port: int, redis_url: str | None) -> dict[str, str]:
@@ -548,7 +548,7 @@ def upstream_cold_row(run: Run, upstream_port: int, upstream_pid: int) -> None:
 
 def cold_floor_row(run: Run, upstream_port: int) -> None:
     """(d1): aiohttp's server and client passing cold misses through with nothing else, the floor of (d) to (d3)."""
-    command = partial(floor, kind="passthrough", upstream=f"http://{LOOPBACK}:{upstream_port}")
+    command = partial(floor, kind="passthrough", upstream_url=f"http://{LOOPBACK}:{upstream_port}")
     with reference_server("d1", command) as (base, pid):
         run.measure(
             "d1",
@@ -742,16 +742,16 @@ def one_connection_note(run: Run) -> str:
 
 def cold_floor_note(run: Run) -> str:
     """The line on (d1): the proxy's cold misses against aiohttp's own pass-through of the same misses."""
-    d0, floor, d, d2 = (run.row(name) for name in ("d0", "d1", "d", "d2"))
-    if d0 is None or floor is None or d is None or d2 is None:
+    d0, d1, d, d2 = (run.row(name) for name in ("d0", "d1", "d", "d2"))
+    if d0 is None or d1 is None or d is None or d2 is None:
         return ""
     base = d0.result.p50_ms
     return (
         f"Cold misses against their floor: (d1), aiohttp's server and client with nothing else, adds "
-        f"{floor.result.p50_ms - base:+.2f} ms to (d0)'s p50 and takes {floor.cpu.server_us:.0f} us of CPU a "
+        f"{d1.result.p50_ms - base:+.2f} ms to (d0)'s p50 and takes {d1.cpu.server_us:.0f} us of CPU a "
         f"miss; the proxy adds {d.result.p50_ms - base:+.2f} ms in process (d) and {d2.result.p50_ms - base:+.2f} ms "
-        f"with Redis (d2), at {d.cpu.server_us / floor.cpu.server_us:.1f}x and "
-        f"{d2.cpu.server_us / floor.cpu.server_us:.1f}x the floor's CPU a miss."
+        f"with Redis (d2), at {d.cpu.server_us / d1.cpu.server_us:.1f}x and "
+        f"{d2.cpu.server_us / d1.cpu.server_us:.1f}x the floor's CPU a miss."
     )
 
 
@@ -849,9 +849,9 @@ def targets(run: Run) -> list[tuple[bool, str]]:
     added = [row.result.p50_ms - d0.result.p50_ms for row in (d, d2)]
     cold_cpu = [d.cpu.server_us, d2.cpu.server_us]
     p99 = c.result.p99_ms / a.result.p99_ms
-    floor = run.row("d1")  # what aiohttp alone makes of a miss, beside the targets: not part of them
-    floor_ms = f"; the floor (d1): {floor.result.p50_ms - d0.result.p50_ms:+.2f} ms" if floor else ""
-    floor_us = f"; the floor (d1): {floor.cpu.server_us:.0f} us" if floor else ""
+    d1 = run.row("d1")  # what aiohttp alone makes of a miss, beside the targets: not part of them
+    floor_ms = f"; the floor (d1): {d1.result.p50_ms - d0.result.p50_ms:+.2f} ms" if d1 else ""
+    floor_us = f"; the floor (d1): {d1.cpu.server_us:.0f} us" if d1 else ""
     return [
         hit_target(run, c, a, 0.8, " (aim 1.0)"),
         (p99 <= 2, f"(c) p99 <= 2x ({BASELINE})'s: {figure(p99, lambda x: x <= 2)}x"),
@@ -878,9 +878,7 @@ def targets(run: Run) -> list[tuple[bool, str]]:
 def report(run: Run, command: str, started: datetime, wall: float) -> str:
     checks = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in targets(run))
     lines = [against_nginx(run), one_connection_note(run), cold_floor_note(run), redis_apart_note(run)]
-    lines += [paired_note(run)]
-    lines += [together_note(run), busy_note(run)]
-    lines += run.notes
+    lines += [paired_note(run), together_note(run), busy_note(run), *run.notes]
     notes = "".join(f"\n{note}\n" for note in lines if note)
     hits = hit_table(run)
     if hits:

@@ -4,14 +4,14 @@ row measures a miss's whole exchange and not an error page."""
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
-from bench.run import LOOPBACK, ROOT, floor, free_port, running, upstream
+from bench.run import floor, reference_server, upstream
 from bench.upstream import body_for
 
 
@@ -25,18 +25,11 @@ def get(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def passthrough() -> Iterator[str]:
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    up, port = free_port(), free_port()
     with (
-        running(upstream(up, latency=0.0), url=f"http://{LOOPBACK}:{up}/health", what="upstream", env=env),
-        running(
-            floor(port, "passthrough", f"http://{LOOPBACK}:{up}"),
-            url=f"http://{LOOPBACK}:{port}/health",
-            what="passthrough",
-            env=env,
-        ),
+        reference_server("upstream", upstream) as (up, _),
+        reference_server("d1", partial(floor, kind="passthrough", upstream_url=up)) as (base, _),
     ):
-        yield f"http://{LOOPBACK}:{port}"
+        yield base
 
 
 def test_the_floor_answers_an_annotation_with_the_upstreams_body(passthrough: str) -> None:

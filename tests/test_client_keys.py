@@ -84,8 +84,7 @@ class TestKeyFile:
         key_file.write_text(f"{OTHER_KEY}\n")
         assert not load_settings().anonymous_access
 
-    def test_a_missing_file_is_named(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        monkeypatch.setenv("PROXY_CLIENT_KEYS_FILE", str(tmp_path / "nope"))
+    def test_a_missing_file_is_named(self, key_file: Path) -> None:  # left unwritten
         with pytest.raises(ConfigError, match="PROXY_CLIENT_KEYS_FILE"):
             load_settings()
 

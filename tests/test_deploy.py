@@ -566,11 +566,12 @@ def test_the_shared_service_is_scraped_where_callers_cannot_read_metrics(tmp_pat
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports["metrics"] == metrics_port
     (policy,) = [o for p, o in kubernetes_objects() if o["kind"] == "NetworkPolicy" and p.parent.name == "shared"]
-    reaches = {
-        port["port"]: [source.get("podSelector", source.get("namespaceSelector")) for source in rule["from"]]
-        for rule in policy["spec"]["ingress"]
-        for port in rule["ports"]
-    }
+    reaches: dict[str, list[Any]] = {}  # every rule's sources, per port: a later rule for a port adds to it
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            reaches.setdefault(port["port"], []).extend(
+                source.get("podSelector", source.get("namespaceSelector")) for source in rule["from"]
+            )
     assert set(reaches) == {"http", "metrics"}
     assert reaches["metrics"] == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
     assert {"matchLabels": {"annotation-proxy-client": "true"}} not in reaches["metrics"]

@@ -310,22 +310,19 @@ async def test_a_caller_gone_in_the_middle_of_a_large_body_is_a_499(
     ],
 )
 async def test_a_list_header_past_its_bound_is_a_431(
-    make_proxy: ProxyFactory, path: str, header: str, limit: int, key: bool
+    proxy: Proxy, path: str, header: str, limit: int, key: bool
 ) -> None:
     """aiohttp accepts 128 lines of 8 KiB; a megabyte of commas took the event loop 0.3 to 0.6 s to parse (every
     other caller's time, and Accept's without a client key). At the bound it is read; past it, a 431."""
-    proxy = await make_proxy()
-    proxy.fake.add_annotation()
-    authorization = f"Authorization: Token {CLIENT_KEY}\r\n" if key else ""
+    authorization = [f"Authorization: Token {CLIENT_KEY}"] if key else []
 
     async def send(*values: str) -> bytes:  # one line each
-        sent = "".join(f"{header}: {value}\r\n" for value in values)
-        raw = f"GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n{authorization}{sent}\r\n"
-        return await raw_http.exchange(proxy.client.host, proxy.client.port, raw.encode())
+        sent = [f"{header}: {value}" for value in values]
+        return await exchange(proxy, raw_http.request_line(path, "Connection: close", *authorization, *sent))
 
     half = "," * (limit // 2)
     at_the_bound = await send(half, half[1:])  # two lines, joined by one comma: `limit` characters
-    assert raw_http.head_of(at_the_bound)[0].startswith(b"HTTP/1.1 ")
+    assert at_the_bound.startswith(b"HTTP/1.1 ")
     assert not at_the_bound.startswith(b"HTTP/1.1 431")
     one_past = await send(half, half)
     assert one_past.startswith(b"HTTP/1.1 431")
@@ -351,15 +348,15 @@ async def test_a_list_header_past_its_bound_is_a_431(
 async def test_header_values_by_the_megabyte_are_not_kept(
     make_proxy: ProxyFactory, path: str, header: str, key: bool
 ) -> None:
-    """Content negotiation and Cache-Control are memoized by header value: one value of a megabyte (128 lines of
-    8 KiB) each, 256 of them per memo, made 236 MiB that no budget counted, without a client key."""
+    """Content negotiation and Cache-Control are memoized by header value. Before values were bounded (the 431
+    above), one value of a megabyte (128 lines of 8 KiB) each, 256 of them per memo, made 236 MiB that no budget
+    counted, without a client key."""
     proxy = await make_proxy()
-    authorization = f"Authorization: Token {CLIENT_KEY}\r\n" if key else ""
+    authorization = [f"Authorization: Token {CLIENT_KEY}"] if key else []
 
     async def send(number: int) -> None:  # raw: the test client keeps every request it made until it closes
-        lines = "".join(f"{header}: x-{number}-{line}-{'a' * 8000}\r\n" for line in range(100))  # 800 KB in all
-        raw = f"GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n{authorization}{lines}\r\n"
-        answer = await raw_http.exchange(proxy.client.host, proxy.client.port, raw.encode())
+        lines = [f"{header}: x-{number}-{line}-{'a' * 8000}" for line in range(100)]  # 800 KB in all
+        answer = await exchange(proxy, raw_http.request_line(path, "Connection: close", *authorization, *lines))
         assert answer.startswith(b"HTTP/1.1 ")
 
     await send(-1)  # whatever the first request sets up, before measuring
@@ -373,4 +370,4 @@ async def test_header_values_by_the_megabyte_are_not_kept(
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert kept < 2**20  # kept by the memos: about 19 MiB, 0.8 MB a request
+    assert kept < 2**20  # without the bound: about 19 MiB, 0.8 MB a request

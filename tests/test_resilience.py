@@ -39,8 +39,9 @@ async def proxy(request: pytest.FixtureRequest, make_proxy: ProxyFactory) -> Pro
     return await make_proxy(**settings)
 
 
-async def get(proxy: Proxy, annotation_id: int = 1) -> aiohttp.ClientResponse:
-    return await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth())
+async def get(proxy: Proxy, annotation_id: int = 1, cache_control: str | None = None) -> aiohttp.ClientResponse:
+    more = {} if cache_control is None else {"Cache-Control": cache_control}
+    return await proxy.client.get(f"/api/annotations/{annotation_id}/", headers=proxy.auth() | more)
 
 
 async def opened_by_five_failing_ids(proxy: Proxy, annotations: int) -> None:
@@ -118,8 +119,7 @@ class TestStaleIfError:
         younger copy gave the error."""
         await cached_then_expired(proxy, clock)
         proxy.fake.fail_next(status=500)
-        headers = proxy.auth() | {"Cache-Control": cache_control}
-        response = await proxy.client.get("/api/annotations/1/", headers=headers)
+        response = await get(proxy, 1, cache_control)
         if hidden:
             assert response.status == 200
             assert status_of(response.headers) == "annotation-proxy; hit; detail=stale-if-error"
@@ -137,8 +137,7 @@ class TestStaleIfError:
         await get(proxy)
         clock.now += TTL + STALE_TTL / 2  # stale, within the stale window
         proxy.fake.fail_next(status=500)
-        headers = proxy.auth() | {"Cache-Control": "max-age=86400"}
-        response = await proxy.client.get("/api/annotations/1/", headers=headers)
+        response = await get(proxy, 1, "max-age=86400")
         assert (response.status, status_of(response.headers)) == (200, "annotation-proxy; hit; detail=stale-if-error")
 
     async def test_a_remembered_failure_says_why_it_was_asked_as_the_first_did(
@@ -400,9 +399,8 @@ class TestOneFailingAnnotation:
         proxy.fake.add_annotation()
         assert (await get(proxy, 1)).status == 200
         proxy.fake.fail_next(5, status=500)
-        headers = proxy.auth() | {"Cache-Control": "no-cache"}
         for _ in range(5):
-            response = await proxy.client.get("/api/annotations/1/", headers=headers)
+            response = await get(proxy, 1, "no-cache")
             assert response.status == 502
             assert status_of(response.headers) == "annotation-proxy; fwd=request; fwd-status=500; detail=bad_status"
         assert len(proxy.fake.annotation_gets()) == 2  # the first read, then one forced fetch: remembered since

@@ -342,6 +342,7 @@ def test_found_exactly_when_json_loads_has_a_top_level_string(document: dict[str
 _DECOY_TEXT = st.sampled_from(
     ["created_ago", '"created_ago"', '"created_ago":"x"', '\\"created_ago\\":', "{[", "]}", "ü 😀", "\u2028", "\\u005f"]
 )
+_SEPARATORS = st.sampled_from([(",", ":"), (", ", ": "), (",\n ", " :\t")])
 _KEYS = st.sampled_from([KEY, "created_ago ", "Created_ago", "result", "id", "x", '"created_ago"'])
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | _DECOY_TEXT,
@@ -353,7 +354,7 @@ _JSON_VALUES = st.recursive(
 @JSON_PROPERTY
 @given(
     st.dictionaries(_KEYS, _JSON_VALUES, max_size=6),
-    st.sampled_from([(",", ":"), (", ", ": "), (",\n ", " :\t")]),
+    _SEPARATORS,
     st.booleans(),
 )
 def test_the_quick_search_finds_what_the_walk_finds(
@@ -368,7 +369,7 @@ def test_the_quick_search_finds_what_the_walk_finds(
 @given(
     st.dictionaries(_KEYS, _JSON_VALUES, max_size=6),
     st.text(max_size=8) | _DECOY_TEXT,
-    st.sampled_from([(",", ":"), (", ", ": "), (",\n ", " :\t")]),
+    _SEPARATORS,
     st.booleans(),
 )
 def test_the_quick_search_told_the_key_is_there_finds_what_the_walk_finds(
