@@ -5,6 +5,7 @@ its own call would have had alone, and Redis failing costs what it cost with a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
@@ -277,6 +279,94 @@ async def test_calls_waiting_for_room_give_up_after_the_pools_wait_when_redis_ha
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+class PacedRedis:
+    """A stand-in for Redis on a real socket, for answers at a pace a real server cannot be made to keep: each
+    EVALSHA is answered with its first argument (ARGV[1]), the first at once and each next one ``gap`` seconds after
+    the one before, until ``answers`` have gone; then the connection is closed. Anything else (the client's
+    greeting) is answered OK, or PONG."""
+
+    def __init__(self, *, gap: float = 0.0, answers: int | None = None) -> None:
+        self.gap = gap
+        self.answers = answers
+        self.stopped = asyncio.Event()  # set at the end of the test: a pause ends, and the connection with it
+        self.served: list[asyncio.Task[Any]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.served.append(asyncio.current_task())  # type: ignore[arg-type]  # a handler runs in a task
+        answered = 0
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while not self.stopped.is_set() and (self.answers is None or answered < self.answers):
+                words = await self._command(reader)
+                if words is None:
+                    break
+                if words[0].upper() != b"EVALSHA":
+                    writer.write(b"+PONG\r\n" if words[0].upper() == b"PING" else b"+OK\r\n")
+                    continue
+                if answered:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopped.wait(), self.gap)
+                argv = words[3 + int(words[2]) :]
+                writer.write(b"$%d\r\n%b\r\n" % (len(argv[0]), argv[0]))
+                await writer.drain()
+                answered += 1
+        writer.close()
+
+    @staticmethod
+    async def _command(reader: asyncio.StreamReader) -> list[bytes] | None:
+        header = await reader.readline()
+        if not header:
+            return None
+        words = []
+        for _ in range(int(header[1:])):
+            length = int((await reader.readline())[1:])
+            words.append((await reader.readexactly(length + 2))[:-2])
+        return words
+
+
+@contextlib.asynccontextmanager
+async def paced_redis(stand_in: PacedRedis) -> AsyncIterator[Redis]:
+    """A client of ``stand_in``, served on a free port, with a socket timeout of half a second."""
+    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis, close = connect(f"redis://127.0.0.1:{port}/0", "standalone", timeout=0.5, max_connections=CONNECTIONS)
+    assert isinstance(redis, Redis)
+    try:
+        yield redis
+    finally:
+        await close()
+        stand_in.stopped.set()
+        await asyncio.gather(*stand_in.served)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_batchs_answers_come_within_one_timeout_of_its_write_as_each_calls_alone_would() -> None:
+    """Redis answering each call of a batch within the timeout of the one before, but not of the write: the calls it
+    has not answered when the timeout is up fail, as each alone would have (far past PROXY_REDIS_TIMEOUT, the last
+    would otherwise wait for all the others), and those it answered keep their answers."""
+    async with paced_redis(PacedRedis(gap=0.3)) as redis:  # answers at 0, 0.3, 0.6 and 0.9 s; the timeout 0.5 s
+        answer = batched(redis, redis.register_script(ANSWER))
+        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+            answers = await asyncio.gather(
+                *(answer(keys=[], args=[f"call{n}"]) for n in range(4)), return_exceptions=True
+            )
+    assert answers[:2] == [b"call0", b"call1"]
+    assert isinstance(answers[2], RedisTimeoutError)  # the one failure the circuit breaker counts
+    assert isinstance(answers[3], SharedFailure)
+
+
+async def test_calls_redis_answered_before_the_connection_broke_keep_their_answers() -> None:
+    async with paced_redis(PacedRedis(answers=1)) as redis:  # one answer, then the connection closed
+        answer = batched(redis, redis.register_script(ANSWER))
+        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+            answers = await asyncio.gather(
+                *(answer(keys=[], args=[f"call{n}"]) for n in range(3)), return_exceptions=True
+            )
+    assert answers[0] == b"call0"  # Redis ran it: a claim it granted is not lost
+    assert isinstance(answers[1], RedisConnectionError)
+    assert isinstance(answers[2], SharedFailure)
 
 
 async def test_a_batch_cancelled_before_it_starts_leaves_later_calls_their_answers(client: Redis) -> None:

@@ -13,8 +13,11 @@ after a flush or a failover is loaded once (SCRIPT LOAD) and the calls that miss
 
 Failures stay what they were with a connection per call:
 
-- a broken or timed-out connection fails the calls that were on it, and counts once: the first of them still
-  awaited has the failure, the others :class:`SharedFailure`, which the store's circuit breaker does not count;
+- a broken or timed-out connection fails the calls on it that Redis had not answered, and counts once: the first
+  of them still awaited has the failure, the others :class:`SharedFailure`, which the store's circuit breaker does
+  not count. The calls Redis answered before keep their answers;
+- a batch's answers all come within one socket timeout (PROXY_REDIS_TIMEOUT) of its write, as a call's alone would:
+  those still unread then fail, as a call alone would have timed out;
 - a call that finds the bound reached (below) waits for room as a command waits for a pooled connection: up to
   the pool's timeout, then fails with "No connection available" (its batch then waits for a connection as any
   command does);
@@ -41,6 +44,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.cache.topology import WaitingConnectionPool
 
@@ -169,33 +173,27 @@ class BatchedScript:
             answers[index] = answer
 
     async def _exchange(self, calls: list[_Call]) -> list[Any]:
-        """The calls' EVALSHAs in one write on one pooled connection, and their answers read in order: each an
-        answer, or the error Redis gave it.
+        """The calls' EVALSHAs in one write on one pooled connection, and their answers read in order
+        (:func:`_answers`): each an answer, the error Redis gave it, or the failure of the connection.
 
         What a redis-py pipeline does, without its command stack, its per-word encoder, its retry wrapper and its
         observability hooks: 10-13% of a Redis miss's CPU (docs/performance-log.md, the fifteenth round). Nothing is
         lost with the wrapper: the clients batched here retry nothing (proxy/cache/topology.py). The connection
-        does what it does for any command: connects, checks its health when due, bounds the write and each read by
-        the socket timeout, and closes itself when either fails or is cancelled, so that no answer left unread on
-        it reaches the next call made on it.
+        does what it does for any command: connects, checks its health when due, bounds the write by the socket
+        timeout, and closes itself when the write or a read fails or is cancelled, so that no answer left unread
+        on it reaches the next call made on it.
         """
         pool = self._client.connection_pool
         connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        answers: list[Any] = []
         try:
             chunks: list[bytes] = []
             for call in calls:
                 _evalsha(chunks, self._sha, call, connection.encoder)
             await connection.send_packed_command(chunks)
-            for _ in calls:
-                try:
-                    answers.append(await connection.read_response())
-                except ResponseError as exc:  # this call's alone: the connection stays in step
-                    answers.append(exc)
+            return await _answers(connection, calls)
         finally:
             # Given back whatever happens to this task meanwhile, as redis-py's pipeline gives its connection back.
             await asyncio.shield(pool.release(connection))
-        return answers
 
     def _expire_in_time(self) -> None:
         """Have the oldest waiting call give up at its time, unless a batch takes it first."""
@@ -217,6 +215,31 @@ class BatchedScript:
                 waiting.append(call)
         self._queued = waiting
         self._expire_in_time()
+
+
+async def _answers(connection: AbstractConnection, calls: list[_Call]) -> list[Any]:
+    """The answers to ``calls``, written on ``connection``, read in order: each an answer or the error Redis gave
+    it, all within one socket timeout of the write, as each call alone would have had its own within one of its
+    write. (Each read timed on its own, as redis-py times them, would let a Redis that answers each call just within
+    the timeout keep the last call of a batch waiting for all of them, far past PROXY_REDIS_TIMEOUT.)
+
+    When the time is up or the connection fails, the calls Redis answered keep their answers and the others fail,
+    counted once (:func:`_failed`). redis-py closes a connection whose read failed or was interrupted, so no answer
+    is left unread on it for the next call made on it.
+    """
+    answers: list[Any] = []
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in calls:
+                try:
+                    answers.append(await connection.read_response())
+                except ResponseError as exc:  # this call's alone: the connection stays in step
+                    answers.append(exc)
+    except TimeoutError:
+        return answers + _failed(calls[len(answers) :], RedisTimeoutError("Timeout reading from Redis"))
+    except Exception as exc:  # noqa: BLE001 - the connection failed: the calls still unanswered fail, counted once
+        return answers + _failed(calls[len(answers) :], exc)
+    return answers
 
 
 def _evalsha(chunks: list[bytes], sha: bytes, call: _Call, encoder: Encoder) -> None:
