@@ -282,19 +282,27 @@ async def test_calls_waiting_for_room_give_up_after_the_pools_wait_when_redis_ha
 
 
 class PacedRedis:
-    """A stand-in for Redis on a real socket, for answers at a pace a real server cannot be made to keep: each
-    EVALSHA is answered with its first argument (ARGV[1]), the first at once and each next one ``gap`` seconds after
-    the one before, until ``answers`` have gone; then the connection is closed. Anything else (the client's
-    greeting) is answered OK, or PONG."""
+    """A stand-in for Redis on a real socket, for answers at a pace and in an order a real server cannot be made to
+    keep: on each connection, each EVALSHA is answered with its first argument (ARGV[1]), or for the first
+    ``noscript`` of them a NOSCRIPT error, the first at once and each next one ``gap`` seconds after the one before,
+    until ``answers`` have gone; then the connection is closed. Anything else (the client's greeting) is answered
+    OK, or PONG. Past ``connections`` connections, each new one is closed at once."""
 
-    def __init__(self, *, gap: float = 0.0, answers: int | None = None) -> None:
+    def __init__(
+        self, *, gap: float = 0.0, answers: int | None = None, noscript: int = 0, connections: int | None = None
+    ) -> None:
         self.gap = gap
         self.answers = answers
+        self.noscript = noscript
+        self.connections = connections
         self.stopped = asyncio.Event()  # set at the end of the test: a pause ends, and the connection with it
         self.served: list[asyncio.Task[Any]] = []
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.served.append(asyncio.current_task())  # type: ignore[arg-type]  # a handler runs in a task
+        if self.connections is not None and len(self.served) > self.connections:
+            writer.close()
+            return
         answered = 0
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while not self.stopped.is_set() and (self.answers is None or answered < self.answers):
@@ -308,7 +316,10 @@ class PacedRedis:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopped.wait(), self.gap)
                 argv = words[3 + int(words[2]) :]
-                writer.write(b"$%d\r\n%b\r\n" % (len(argv[0]), argv[0]))
+                if answered < self.noscript:
+                    writer.write(b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+                else:
+                    writer.write(b"$%d\r\n%b\r\n" % (len(argv[0]), argv[0]))
                 await writer.drain()
                 answered += 1
         writer.close()
@@ -352,6 +363,8 @@ async def test_a_batchs_answers_come_within_one_timeout_of_its_write_as_each_cal
             answers = await asyncio.gather(
                 *(answer(keys=[], args=[f"call{n}"]) for n in range(4)), return_exceptions=True
             )
+        async with asyncio.timeout(10):
+            assert await answer(keys=[], args=["next"]) == b"next"  # the connection went: no answer left unread
     assert answers[:2] == [b"call0", b"call1"]
     assert isinstance(answers[2], RedisTimeoutError)  # the one failure the circuit breaker counts
     assert isinstance(answers[3], SharedFailure)
@@ -366,6 +379,21 @@ async def test_calls_redis_answered_before_the_connection_broke_keep_their_answe
             )
     assert answers[0] == b"call0"  # Redis ran it: a claim it granted is not lost
     assert isinstance(answers[1], RedisConnectionError)
+    assert isinstance(answers[2], SharedFailure)
+
+
+async def test_a_call_that_found_no_script_in_a_batch_whose_connection_then_broke_shares_its_one_failure() -> None:
+    """Not made again (SCRIPT LOAD, then the call) on a Redis that has just failed: the batch counts once toward
+    the circuit breaker, as a batch whose connection fails does."""
+    stand_in = PacedRedis(noscript=1, answers=1, connections=1)  # NOSCRIPT, then closed; and no other connection
+    async with paced_redis(stand_in) as redis:
+        answer = batched(redis, redis.register_script(ANSWER))
+        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+            answers = await asyncio.gather(
+                *(answer(keys=[], args=[f"call{n}"]) for n in range(3)), return_exceptions=True
+            )
+    assert isinstance(answers[0], SharedFailure)
+    assert isinstance(answers[1], RedisConnectionError)  # the one failure the circuit breaker counts
     assert isinstance(answers[2], SharedFailure)
 
 

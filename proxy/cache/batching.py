@@ -157,7 +157,12 @@ class BatchedScript:
             if isinstance(answer, NoScriptError) and not batch[index].future.done()  # a caller that left: not again
         ]
         if again:
-            await self._again(batch, answers, again)
+            failure = _failure_in(answers)
+            if failure is None:
+                await self._again(batch, answers, again)
+            else:  # the connection failed after Redis answered them: not made again on a Redis just failing
+                for index in again:
+                    answers[index] = _shared(failure)  # the batch's one failure is counted once, as it was
         return answers
 
     async def _again(self, batch: list[_Call], answers: list[Any], again: list[int]) -> None:
@@ -279,6 +284,11 @@ def _failed(calls: list[_Call], failure: Exception) -> list[Exception]:
             answers.append(failure)
             counted = True
     return answers
+
+
+def _failure_in(answers: list[Any]) -> Exception | None:
+    """The failure of the connection among a batch's answers, if it failed (an error Redis gave a call is none)."""
+    return next((a for a in answers if isinstance(a, Exception) and not isinstance(a, ResponseError)), None)
 
 
 def _shared(failure: Exception) -> SharedFailure:
