@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.breaker import CircuitBreaker, State
 from proxy.cache import AnnotationKey, KeyScheme, RedisStore, Variant
-from proxy.cache.batching import ALONE_BYTES, BatchedScript, SharedFailure, _Call, _evalsha, batched
+from proxy.cache.batching import ALONE_BYTES, BatchedScript, ScriptCall, SharedFailure, _Call, _evalsha, batched
 from proxy.cache.breaker import CircuitBreakingStore
 from proxy.cache.topology import connect
 from proxy.errors import CacheError
@@ -353,17 +353,21 @@ async def paced_redis(stand_in: PacedRedis) -> AsyncIterator[Redis]:
         await server.wait_closed()
 
 
+async def made_together(call: ScriptCall, count: int) -> list[Any]:
+    """``count`` calls of ``call`` made in one turn of the loop, with ARGV[1] ``call0``, ``call1``...: each one's
+    answer or failure."""
+    async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+        return await asyncio.gather(*(call(keys=[], args=[f"call{n}"]) for n in range(count)), return_exceptions=True)
+
+
 async def test_a_batchs_answers_come_within_one_timeout_of_its_write_as_each_calls_alone_would() -> None:
     """Redis answering each call of a batch within the timeout of the one before, but not of the write: the calls it
     has not answered when the timeout is up fail, as each alone would have (far past PROXY_REDIS_TIMEOUT, the last
     would otherwise wait for all the others), and those it answered keep their answers."""
     async with paced_redis(PacedRedis(gap=0.3)) as redis:  # answers at 0, 0.3, 0.6 and 0.9 s; the timeout 0.5 s
         answer = batched(redis, redis.register_script(ANSWER))
+        answers = await made_together(answer, 4)
         async with asyncio.timeout(10):  # a guard against hanging, not a measurement
-            answers = await asyncio.gather(
-                *(answer(keys=[], args=[f"call{n}"]) for n in range(4)), return_exceptions=True
-            )
-        async with asyncio.timeout(10):
             assert await answer(keys=[], args=["next"]) == b"next"  # the connection went: no answer left unread
     assert answers[:2] == [b"call0", b"call1"]
     assert isinstance(answers[2], RedisTimeoutError)  # the one failure the circuit breaker counts
@@ -373,10 +377,7 @@ async def test_a_batchs_answers_come_within_one_timeout_of_its_write_as_each_cal
 async def test_calls_redis_answered_before_the_connection_broke_keep_their_answers() -> None:
     async with paced_redis(PacedRedis(answers=1)) as redis:  # one answer, then the connection closed
         answer = batched(redis, redis.register_script(ANSWER))
-        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
-            answers = await asyncio.gather(
-                *(answer(keys=[], args=[f"call{n}"]) for n in range(3)), return_exceptions=True
-            )
+        answers = await made_together(answer, 3)
     assert answers[0] == b"call0"  # Redis ran it: a claim it granted is not lost
     assert isinstance(answers[1], RedisConnectionError)
     assert isinstance(answers[2], SharedFailure)
@@ -388,10 +389,7 @@ async def test_a_call_that_found_no_script_in_a_batch_whose_connection_then_brok
     stand_in = PacedRedis(noscript=1, answers=1, connections=1)  # NOSCRIPT, then closed; and no other connection
     async with paced_redis(stand_in) as redis:
         answer = batched(redis, redis.register_script(ANSWER))
-        async with asyncio.timeout(10):  # a guard against hanging, not a measurement
-            answers = await asyncio.gather(
-                *(answer(keys=[], args=[f"call{n}"]) for n in range(3)), return_exceptions=True
-            )
+        answers = await made_together(answer, 3)
     assert isinstance(answers[0], SharedFailure)
     assert isinstance(answers[1], RedisConnectionError)  # the one failure the circuit breaker counts
     assert isinstance(answers[2], SharedFailure)

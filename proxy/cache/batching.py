@@ -224,7 +224,7 @@ class BatchedScript:
 
 async def _answers(connection: AbstractConnection, calls: list[_Call]) -> list[Any]:
     """The answers to ``calls``, written on ``connection``, read in order: each an answer or the error Redis gave
-    it, all within one socket timeout of the write, as each call alone would have had its own within one of its
+    it, all within one socket timeout of the write, as a call alone has its answer within one timeout of its own
     write. (Each read timed on its own, as redis-py times them, would let a Redis that answers each call just within
     the timeout keep the last call of a batch waiting for all of them, far past PROXY_REDIS_TIMEOUT.)
 
