@@ -7,8 +7,10 @@ run, the access log configured as in production), with the in-process store, in 
 upstream (bench/upstream.py, in its own process on CPU 0). Its 100 hot ids are fetched until they are hits.
 Then each part is timed on requests built in this process (aiohttp's ``make_mocked_request``) whose transport
 only counts bytes, so what is timed is the proxy's own Python and none of aiohttp's server, the event loop or the
-``write`` system call. This process runs on CPU 1, on uvloop; each figure is the median of seven runs, in CPU
-microseconds per hit:
+``write`` system call. This process runs on CPU 1, on uvloop. The parts take turns, a run of each, seven times,
+so that a host whose speed drifts within seconds moves them alike (with each part's seven runs one after
+another, the write, worked out as a difference, once came out below zero); each figure is the median of the
+seven runs, in CPU microseconds per hit:
 
     own work      everything the proxy runs for a hit: its front door, the edge, the handler, the direct write
                   (to the counting transport) and the access line (formatted and flushed to a stream that drops it)
@@ -82,20 +84,23 @@ class Discard:
         pass
 
 
-async def per_hit(part: Callable[[int], Awaitable[object]], hits: int) -> float:
-    """CPU microseconds per call of ``part``: the median of :data:`REPEATS` runs of ``hits`` calls, the loop
-    turning every :data:`BATCH` calls."""
-    for i in range(BATCH * 10):  # warm
-        await part(i)
-    runs = []
-    for _ in range(REPEATS):
-        started = cpu_seconds()
-        for i in range(hits):
+async def per_hit(parts: dict[str, Callable[[int], Awaitable[object]]], hits: int) -> dict[str, list[float]]:
+    """CPU microseconds per call of each part, in each of :data:`REPEATS` runs of ``hits`` calls, the loop turning
+    every :data:`BATCH` calls. The parts take turns, a run each, so that each part's deferred work (the access
+    lines' flush, the collector) stays mostly its own."""
+    for part in parts.values():  # warm
+        for i in range(BATCH * 10):
             await part(i)
-            if i % BATCH == BATCH - 1:
-                await asyncio.sleep(0)
-        runs.append((cpu_seconds() - started) / hits * 1e6)
-    return statistics.median(runs)
+    runs: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(REPEATS):
+        for name, part in parts.items():
+            started = cpu_seconds()
+            for i in range(hits):
+                await part(i)
+                if i % BATCH == BATCH - 1:
+                    await asyncio.sleep(0)
+            runs[name].append((cpu_seconds() - started) / hits * 1e6)
+    return runs
 
 
 async def measure(upstream: str, hits: int) -> dict[str, float]:
@@ -157,12 +162,14 @@ async def measure(upstream: str, hits: int) -> dict[str, float]:
                 "0123456789abcdef0123456789abcdef",
             )
 
-        costs = {"own work": await per_hit(own_work, hits)}
-        if transport.written < hits * 1000:  # the hot ids' answers are over 1 KB each
+        await own_work(0)
+        if transport.written < 1000:  # the hot ids' answers are over 1 KB each
             raise RuntimeError("the hits were not answered: nothing to measure")
-        costs["handler"] = await per_hit(handler, hits)
-        costs["write"] = await per_hit(handler_and_write, hits) - costs["handler"]
-        costs["access line"] = await per_hit(access_line, hits)
+        parts = {"own work": own_work, "handler": handler, "and write": handler_and_write, "access line": access_line}
+        runs = await per_hit(parts, hits)
+        costs = {name: statistics.median(runs[name]) for name in ("own work", "handler", "access line")}
+        # The write is a difference: taken between runs made one after the other, which shared the host's moments.
+        costs["write"] = statistics.median(b - a for a, b in zip(runs["handler"], runs["and write"], strict=True))
         return costs
     finally:
         await runner.cleanup()

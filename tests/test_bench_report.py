@@ -1,5 +1,5 @@
-"""bench/run.py's verdict lines (a figure printed beside PASS or FAIL reads as the verdict it gave), its notes, and
-how it moves a process to a CPU."""
+"""bench/run.py's verdict lines (a figure printed beside PASS or FAIL reads as the verdict it gave), its notes, how
+it moves a process to a CPU, and the order in which bench/hit_costs.py times a hit's parts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from bench.hit_costs import BATCH, REPEATS, per_hit
 from bench.run import Cpu, MiB, Row, Run, WrkResult, cold_floor_note, hit_target, on_cpu, redis_apart_note, targets
 
 
@@ -119,3 +121,21 @@ def test_a_process_is_moved_to_one_cpu_with_all_its_threads() -> None:
             assert [os.sched_getaffinity(thread) for thread in threads] == [{0}, {0}]
         finally:
             process.kill()
+
+
+async def test_a_hits_parts_take_turns_a_run_each_so_a_drifting_host_moves_them_alike() -> None:
+    """The write is worked out as one part less another: with each part's runs one after another, a host that
+    sped up in between once made it negative in the report."""
+    calls: list[str] = []
+
+    def part(name: str) -> Callable[[int], Awaitable[None]]:
+        async def call(i: int) -> None:
+            calls.append(name)
+
+        return call
+
+    hits = 3 * BATCH
+    runs = await per_hit({"handler": part("handler"), "and write": part("and write")}, hits)
+    warm_up = 2 * BATCH * 10
+    assert calls[warm_up:] == (["handler"] * hits + ["and write"] * hits) * REPEATS
+    assert [len(figures) for figures in runs.values()] == [REPEATS, REPEATS]
