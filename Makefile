@@ -5,6 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The benchmark's interpreter: an optimized build (profile-guided and link-time), as the image's is, so that its
+# figures are what the image spends. Debian's python3.11 is one, and the interpreter of the image that
+# tests/test_image.py builds. A pyenv or source build without --enable-optimizations spent 7-19% more CPU a
+# request (docs/performance-log.md, the eighteenth round). `make bench BENCH_PYTHON=...` picks another.
+BENCH_PYTHON ?= /usr/bin/python3.11
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
 .PHONY: run test lint format clean bench soak system-packages
 
 # The runtime dependencies at the versions of deploy/requirements.lock, the ones the image ships.
@@ -14,6 +22,15 @@ $(STAMP): pyproject.toml deploy/requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
 	touch $(STAMP)
+
+# The benchmark's own virtualenv, on BENCH_PYTHON, with the same packages at the same versions.
+$(BENCH_STAMP): pyproject.toml deploy/requirements.lock
+	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
+	rm -rf $(BENCH_VENV)
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
+	touch $(BENCH_STAMP)
 
 run: $(STAMP)
 	$(BIN)/annotation-proxy
@@ -38,12 +55,10 @@ lint: system-packages $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The benchmark (bench/run.py, then bench/hit_costs.py and bench/miss_costs.py): about four minutes; rewrites
-# docs/performance.md's table.
-bench: $(STAMP)
-	@command -v wrk >/dev/null || { echo 'installing wrk (Debian package)'; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi; }
-	PYTHONPATH=. $(BIN)/python bench/run.py
+# The benchmark (bench/run.py, then bench/hit_costs.py and bench/miss_costs.py), every server of it on
+# BENCH_PYTHON: about five minutes; rewrites docs/performance.md's table.
+bench: $(BENCH_STAMP)
+	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/run.py
 
 # A bounded soak (bench/soak.py): a minute of mixed traffic; fails on any error or on memory growth.
 soak: $(STAMP)
@@ -54,4 +69,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,14 +1,16 @@
 """Two versions of the proxy loaded at once on one CPU: how much CPU a hit (or a cold miss) of B costs against A's.
 
     PYTHONPATH=. python bench/ab.py TREE_A TREE_B [--rounds 8] [--seconds 5] [--store redis|memory|mixed]
-                                                [--env-b NAME=VALUE ...] [--cold]
+                                                [--env-b NAME=VALUE ...] [--python-b PYTHON] [--cold]
 
 TREE_A and TREE_B are checkouts of this repository (``git worktree add /tmp/a main``); each proxy imports
 ``proxy`` from its own tree (checked before it starts), with this checkout's virtual environment. Both run
 ``python -m proxy`` as bench/run.py's hit rows do (defaults, client keys, INFO access log to a file), in front of
 one fake upstream, each with its own private redis-server (``--store redis``), the in-process store
 (``memory``), or A with the in-process store and B with Redis (``mixed``: what Redis adds to a hit). ``--env-b``
-sets a variable for B only (``PROXY_LOG_LEVEL=WARNING``: what the access line costs).
+sets a variable for B only (``PROXY_LOG_LEVEL=WARNING``: what the access line costs). ``--python-b`` runs B on
+another interpreter, one with the same packages installed (``A`` and ``B`` may then be one tree): what the
+interpreter's build or version costs.
 
 Both proxies share CPU 1, each loaded by its own wrk on CPU 0 (bench/run.py's hit script) for ``--seconds``, so
 both live through the same moments of the machine. ``--cold`` loads them with cold misses instead, as the
@@ -61,6 +63,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per round (default 5)")
     parser.add_argument("--store", choices=("redis", "memory", "mixed"), default="redis", help="default redis")
     parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE", help="for B only")
+    parser.add_argument("--python-b", default=sys.executable, metavar="PYTHON", help="B's interpreter")
     parser.add_argument("--cold", action="store_true", help="cold misses instead of hits")
     args = parser.parse_args(argv)
     for tree in (args.tree_a, args.tree_b):
@@ -73,13 +76,13 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def tree_env(tree: Path) -> dict[str, str]:
+def tree_env(tree: Path, python: str = sys.executable) -> dict[str, str]:
     """The environment that has ``python -m proxy`` import ``proxy`` from ``tree``: ``python -m`` puts its working
     directory (this checkout, where bench/run.py starts servers) ahead of PYTHONPATH, unless PYTHONSAFEPATH is
     set. Checked, since a tree that is silently not the one measured makes any change look like noise."""
     env = {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
     found = subprocess.run(
-        [sys.executable, "-c", "import proxy; print(proxy.__file__)"],
+        [python, "-c", "import proxy; print(proxy.__file__)"],
         env=clean_environment() | env,
         cwd=ROOT,
         capture_output=True,
@@ -120,8 +123,9 @@ def main(argv: list[str]) -> int:
             redis_url = None
             if args.store == "redis" or (args.store == "mixed" and name == "B"):
                 redis_url = stack.enter_context(running_redis()).url
-            env = tree_env(tree) | (extra if name == "B" else {})
-            base, pid = stack.enter_context(proxy(upstream_port, redis_url, extra=env))
+            python = args.python_b if name == "B" else sys.executable
+            env = tree_env(tree, python) | (extra if name == "B" else {})
+            base, pid = stack.enter_context(proxy(upstream_port, redis_url, extra=env, python=python))
             pids.append(pid)
             warm_hits(base)
             bases.append(base)

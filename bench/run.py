@@ -319,14 +319,14 @@ def proxy_env(upstream_port: int, port: int, redis_url: str | None) -> dict[str,
 
 @contextmanager
 def proxy(
-    upstream_port: int, redis_url: str | None, *, extra: dict[str, str] | None = None
+    upstream_port: int, redis_url: str | None, *, extra: dict[str, str] | None = None, python: str = sys.executable
 ) -> Iterator[tuple[str, int]]:
-    """``python -m proxy`` in front of that upstream until the block ends, ``extra`` added to its environment;
-    yields its base URL and pid."""
+    """``python -m proxy`` (on the interpreter ``python``) in front of that upstream until the block ends, ``extra``
+    added to its environment; yields its base URL and pid."""
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
     env = proxy_env(upstream_port, port, redis_url) | (extra or {})
-    with running([sys.executable, "-m", "proxy"], url=f"{base}/healthz", what="the proxy", env=env) as pid:
+    with running([python, "-m", "proxy"], url=f"{base}/healthz", what="the proxy", env=env) as pid:
         yield base, pid
 
 
@@ -681,11 +681,18 @@ def machine() -> str:
     cpu = models[0] if models else platform.processor() or "unknown CPU"
     redis_server = version_of(["redis-server", "--version"], r"v=[0-9.]+").removeprefix("v=")
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; Python {platform.python_version()}, "
+        f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; Python {platform.python_version()} "
+        f"({interpreter()}), "
         f"aiohttp {version('aiohttp')}, uvloop {version('uvloop')}, httptools {package_version('httptools')}, "
         f"redis-py {version('redis')}, redis-server {redis_server}, wrk {version_of(['wrk', '-v'])}, "
         f"nginx {version_of(['nginx', '-v'])}"
     )
+
+
+def interpreter() -> str:
+    """The interpreter every server of the run is on, past its virtualenv: the build matters as much as the
+    version (Makefile: BENCH_PYTHON)."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
 def required(run: Run, *names: str) -> list[Row]:
