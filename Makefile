@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The benchmark's interpreter: an optimized build (profile-guided and link-time), as the image's is, so that its
-# figures are what the image spends. Debian's python3.11 is one, and the interpreter of the image that
-# tests/test_image.py builds. A pyenv or source build without --enable-optimizations spent 7-19% more CPU a
-# request (docs/performance-log.md, the eighteenth round). `make bench BENCH_PYTHON=...` picks another.
+# figures are near what the image spends. Debian's python3.11 is one (3.11.2; the image's default base has
+# 3.11.13), and the interpreter of the image that tests/test_image.py builds. Here pyenv's 3.11.7, built without
+# --enable-optimizations, spent 7-19% more CPU a request (docs/performance-log.md, the eighteenth round).
+# `make bench BENCH_PYTHON=...` picks another.
 BENCH_PYTHON ?= /usr/bin/python3.11
 BENCH_VENV := .venv-bench
-BENCH_STAMP := $(BENCH_VENV)/.installed
+# Named after the interpreter: another BENCH_PYTHON makes the virtualenv again.
+BENCH_STAMP := $(BENCH_VENV)/.installed$(subst /,_,$(BENCH_PYTHON))
 
 .PHONY: run test lint format clean bench soak system-packages
 
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml deploy/requirements.lock
 	$(BIN)/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
 	touch $(STAMP)
 
-# The benchmark's own virtualenv, on BENCH_PYTHON, with the same packages at the same versions.
+# The benchmark's own virtualenv, on BENCH_PYTHON, pinned by the same lock as .venv.
 $(BENCH_STAMP): pyproject.toml deploy/requirements.lock
 	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
 	rm -rf $(BENCH_VENV)
@@ -58,6 +60,7 @@ test: lint
 # The benchmark (bench/run.py, then bench/hit_costs.py and bench/miss_costs.py), every server of it on
 # BENCH_PYTHON: about five minutes; rewrites docs/performance.md's table.
 bench: $(BENCH_STAMP)
+	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/run.py
 
 # A bounded soak (bench/soak.py): a minute of mixed traffic; fails on any error or on memory growth.

@@ -110,6 +110,8 @@ class Load:
 def main(argv: list[str]) -> int:
     args = arguments(argv)
     extra = dict(setting.split("=", 1) for setting in args.env_b)
+    if args.python_b != sys.executable:
+        print(f"A on {sys.executable}, B on {args.python_b}", flush=True)
     load = Load(args.cold)
     with ExitStack() as stack:
         upstream_port = free_port()

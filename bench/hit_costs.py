@@ -30,7 +30,7 @@ import asyncio
 import json
 import statistics
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -84,7 +84,7 @@ class Discard:
         pass
 
 
-async def per_hit(parts: dict[str, Callable[[int], Awaitable[object]]], hits: int) -> dict[str, list[float]]:
+async def per_hit(parts: Mapping[str, Callable[[int], Awaitable[object]]], hits: int) -> dict[str, list[float]]:
     """CPU microseconds per call of each part, in each of :data:`REPEATS` runs of ``hits`` calls, the loop turning
     every :data:`BATCH` calls. The parts take turns, a run each, so that each part's deferred work (the access
     lines' flush, the collector) stays mostly its own."""
