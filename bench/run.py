@@ -633,7 +633,7 @@ http {
 
 
 def nginx_row(run: Run, upstream_port: int) -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = nginx_binary()
     if nginx is None:
         run.notes.append("(e) skipped: nginx is not installed (Debian: apt-get install nginx-light).")
         print("  e: skipped, no nginx", flush=True)
@@ -655,6 +655,11 @@ def nginx_row(run: Run, upstream_port: int) -> None:
 
 
 # --- Report ---------------------------------------------------------------------------------------------------------
+
+
+def nginx_binary() -> str | None:
+    """nginx on the PATH, or where Debian puts it (/usr/sbin: off a user's PATH but root's)."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 def version_of(command: list[str], pattern: str = r"[\d]+\.[\d.]+") -> str:
@@ -685,7 +690,7 @@ def machine() -> str:
         f"({interpreter()}), "
         f"aiohttp {version('aiohttp')}, uvloop {version('uvloop')}, httptools {package_version('httptools')}, "
         f"redis-py {version('redis')}, redis-server {redis_server}, wrk {version_of(['wrk', '-v'])}, "
-        f"nginx {version_of(['nginx', '-v'])}"
+        f"nginx {version_of([nginx_binary() or 'nginx', '-v'])}"
     )
 
 
