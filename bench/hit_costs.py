@@ -10,7 +10,7 @@ only counts bytes, so what is timed is the proxy's own Python and none of aiohtt
 ``write`` system call. This process runs on CPU 1, on uvloop. The parts take turns, a run of each, seven times,
 so that a host whose speed drifts within seconds moves them alike (with each part's seven runs one after
 another, the write, worked out as a difference, once came out below zero); each figure is the median of the
-seven runs, in CPU microseconds per hit:
+seven runs (the write's, of the seven runs' differences), in CPU microseconds per hit:
 
     own work      everything the proxy runs for a hit: its front door, the edge, the handler, the direct write
                   (to the counting transport) and the access line (formatted and flushed to a stream that drops it)
