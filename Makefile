@@ -15,23 +15,27 @@ BENCH_VENV := .venv-bench
 # Named after the interpreter: another BENCH_PYTHON makes the virtualenv again.
 BENCH_STAMP := $(BENCH_VENV)/.installed$(subst /,_,$(BENCH_PYTHON))
 
-.PHONY: run test lint format clean bench soak system-packages
+.PHONY: run test lint format clean bench soak system-packages bench-packages
 
-# The runtime dependencies at the versions of deploy/requirements.lock, the ones the image ships.
+# $(call virtualenv,PYTHON,DIR): a virtualenv at DIR on PYTHON with the proxy and its test tools, the runtime
+# dependencies at the versions of deploy/requirements.lock, the ones the image ships. .venv and .venv-bench are
+# both made by it, so the bench runs what the suite tests.
+define virtualenv
+	$(1) -m venv $(2)
+	$(2)/bin/pip install --quiet --upgrade pip
+	$(2)/bin/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
+endef
+
 $(STAMP): pyproject.toml deploy/requirements.lock
 	@.ci/system-packages run
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
+	$(call virtualenv,$(PYTHON),$(VENV))
 	touch $(STAMP)
 
-# The benchmark's own virtualenv, on BENCH_PYTHON, pinned by the same lock as .venv.
-$(BENCH_STAMP): pyproject.toml deploy/requirements.lock
-	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
+# The benchmark's own virtualenv, on BENCH_PYTHON. The packages are checked first (BENCH_PYTHON's venv module
+# among them), once a run: an order-only prerequisite runs without making the virtualenv again.
+$(BENCH_STAMP): pyproject.toml deploy/requirements.lock | bench-packages
 	rm -rf $(BENCH_VENV)
-	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet --constraint deploy/requirements.lock -e '.[test]'
+	$(call virtualenv,$(BENCH_PYTHON),$(BENCH_VENV))
 	touch $(BENCH_STAMP)
 
 run: $(STAMP)
@@ -59,9 +63,12 @@ test: lint
 
 # The benchmark (bench/run.py, then bench/hit_costs.py and bench/miss_costs.py), every server of it on
 # BENCH_PYTHON: about five minutes; rewrites docs/performance.md's table.
-bench: $(BENCH_STAMP)
-	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
+bench: bench-packages $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python bench/run.py
+
+# What make bench needs from Debian (wrk, nginx, redis-server, BENCH_PYTHON's venv module), checked every run.
+bench-packages:
+	@BENCH_PYTHON=$(BENCH_PYTHON) .ci/system-packages bench
 
 # A bounded soak (bench/soak.py): a minute of mixed traffic; fails on any error or on memory growth.
 soak: $(STAMP)

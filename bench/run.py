@@ -632,6 +632,11 @@ http {
 """
 
 
+def nginx_binary() -> str | None:
+    """nginx on the PATH, or where Debian puts it (/usr/sbin: off a user's PATH but root's)."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
 def nginx_row(run: Run, upstream_port: int) -> None:
     nginx = nginx_binary()
     if nginx is None:
@@ -655,11 +660,6 @@ def nginx_row(run: Run, upstream_port: int) -> None:
 
 
 # --- Report ---------------------------------------------------------------------------------------------------------
-
-
-def nginx_binary() -> str | None:
-    """nginx on the PATH, or where Debian puts it (/usr/sbin: off a user's PATH but root's)."""
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 def version_of(command: list[str], pattern: str = r"[\d]+\.[\d.]+") -> str:
