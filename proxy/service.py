@@ -42,6 +42,7 @@ from proxy.errors import (
 from proxy.failures import RecentFailures
 from proxy.fetcher import Fetcher
 from proxy.freshness import Freshness, Judge
+from proxy.hot_copies import HotCopies
 from proxy.invalidations import Invalidations
 from proxy.loads import Loads
 from proxy.metrics import CacheResult, Metrics
@@ -78,6 +79,7 @@ class AnnotationService:
         )
         self._follower = ChangeFollower(store, self.hot)
         self._judge = Judge(policy, clock)
+        self._copies = HotCopies(self.hot, read=self._cache.read, fresh=self._judge.fresh, policy=policy, clock=clock)
         claims = Claims(self._cache, self._follower, metrics, ttl=policy.claim_ttl, fresh=self._judge.fresh)
         self._loads = Loads(self._cache, claims, self._fetcher, metrics, fresh=self._judge.fresh)
         self._follower.on_superseded = self._loads.superseded  # its loads in flight take no more requests
@@ -102,7 +104,9 @@ class AnnotationService:
         self._follower.start(shared=self._policy.claim_ttl > 0)
 
     async def close(self) -> None:
-        """Cancel loads still in flight (at shutdown, after the server stopped taking requests)."""
+        """Cancel loads and hot copies' reads still in flight (at shutdown, after the server stopped taking
+        requests)."""
+        await self._copies.close()
         await self._loads.close()
         await self._follower.close()
 
@@ -178,7 +182,7 @@ class AnnotationService:
         judge = self._judge
         served = judge.fresh(cached)
         if served is not None and (directives.ordinary or judge.accepts(directives, served)):
-            self._keep_hot(key, served, epoch)
+            self._copies.keep(key, served, epoch)
             return served
         if isinstance(cached, CachedAnnotation) and judge.serves_stale(cached, directives):
             if not directives.only_if_cached:  # which never makes the proxy ask Label Studio
@@ -209,26 +213,6 @@ class AnnotationService:
         if self._policy.claim_ttl <= 0 or self._loads.running(key):
             return False
         return directives.ordinary or not (directives.no_store or directives.only_if_cached)
-
-    # The hot tier (proxy/cache/hot.py): fresh answers read from the store, kept in process, dropped on any change.
-
-    def _keep_hot(self, key: AnnotationKey, served: Served, epoch: int) -> None:
-        size, fresh_until = kept_until(served, self._clock(), self._policy)
-        self.hot.put(key, served, size=size, fresh_until=fresh_until, epoch=epoch)
-
-
-def kept_until(served: Served, now: float, policy: CachePolicy) -> tuple[int, float]:
-    """The bytes of body a fresh answer read from the store holds, and until when it is fresh.
-
-    A version: until its TTL from when it was fetched. A remembered 404: never past the store's marker, which
-    outlives the fetch that saw it by its TTL. A cold id's first version is announced to nobody, so a 404 kept
-    longer than its marker would hide it (docs/redis.md).
-    """
-    entry = served.entry
-    if entry is not None:
-        return len(entry.body), entry.stored_at + policy.ttl
-    seen = served.missing_seen  # None for a deletion's: no moment at all
-    return 0, (now if seen is None else min(now, seen)) + policy.negative_ttl
 
 
 __all__ = ["AnnotationService", "AnnotationSource", "CachePolicy", "CacheResult", "Served"]

@@ -11,8 +11,17 @@ from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from proxy.cache import AnnotationKey, CachedAnnotation, KeyScheme, MemoryStore, Superseded, Variant, open_redis_store
-from proxy.cache.hot import RECORD_OVERHEAD, HotTier
+from proxy.cache import (
+    AnnotationKey,
+    CachedAnnotation,
+    KeyScheme,
+    Lookup,
+    MemoryStore,
+    Superseded,
+    Variant,
+    open_redis_store,
+)
+from proxy.cache.hot import RECORD_OVERHEAD, REREAD_GRACE, HotTier
 from proxy.changes import RETRY_MAX, RETRY_MIN, ChangeFollower
 from proxy.exchange import UpstreamReply
 from proxy.keys import SERVICE
@@ -40,6 +49,13 @@ def served(annotation_id: int = 7, body: bytes = b"{}") -> Served:
 @pytest.fixture
 def hot(clock: Clock) -> HotTier[Served]:
     tier = HotTier(ttl=5.0, max_bytes=10_000, clock=clock)
+    tier.resume()
+    return tier
+
+
+def whole_ttl(clock: Clock) -> HotTier[Served]:
+    """A tier whose copies are kept for the whole TTL (none drawn earlier in its last quarter)."""
+    tier: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=clock, draw=lambda: 0.0)
     tier.resume()
     return tier
 
@@ -91,6 +107,32 @@ class TestHotTier:
         hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         assert hot.get(KEY) is not None
 
+    def test_a_due_copy_is_answered_while_it_is_read_again_once(self, clock: Clock) -> None:
+        hot = whole_ttl(clock)
+        asked: list[AnnotationKey] = []
+        hot.reread = asked.append
+        answer = served()
+        hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        clock.now += 5  # its time in the tier is up; its version is fresh for a while yet
+        assert [hot.get(KEY), hot.get(KEY)] == [answer, answer]
+        assert asked == [KEY]  # one read, however many hits meanwhile
+        newer = served()  # what the read found
+        hot.put(KEY, newer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        assert (hot.get(KEY), asked) == (newer, [KEY])
+        clock.now += 5
+        assert (hot.get(KEY), asked) == (newer, [KEY, KEY])
+
+    def test_a_due_copy_is_answered_no_longer_than_the_grace_nor_past_its_freshness(self, clock: Clock) -> None:
+        hot = whole_ttl(clock)
+        asked: list[AnnotationKey] = []
+        hot.reread = asked.append
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        clock.now += 5 + REREAD_GRACE  # past its time, and its read never came back
+        assert (hot.get(KEY), len(hot)) == (None, 0)
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 1, epoch=hot.epoch)
+        clock.now += 1  # the version's freshness ends before the tier's time
+        assert (hot.get(KEY), asked) == (None, [])
+
     def test_bounded_in_bytes_oldest_out_first(self, clock: Clock) -> None:
         hot = HotTier(ttl=5.0, max_bytes=3 * (RECORD_OVERHEAD + 1000), clock=clock)
         hot.resume()
@@ -133,6 +175,81 @@ async def test_a_remembered_404_is_kept_no_longer_than_the_store_remembers_it(cl
         assert (served.result, served.entry is not None) == ("miss", True)
     finally:
         await service.close()
+
+
+class CountingStore(MemoryStore):
+    """The in-process store, counting its reads; it can lose what it holds without a word (as Redis evicting a key
+    does), or hold its reads until released."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(1024 * 1024, clock=clock)
+        self.reads = 0
+        self.lost = False
+        self.held: asyncio.Event | None = None
+
+    async def get(self, key: AnnotationKey) -> Lookup:
+        self.reads += 1
+        if self.held is not None:
+            await self.held.wait()
+        return None if self.lost else await super().get(key)
+
+
+class TestACopyWhoseTimeIsUp:
+    """A hit after a copy's time in the tier is answered from it at once, while one read of the store replaces it
+    (proxy/hot_copies.py)."""
+
+    @pytest.fixture
+    def store(self, clock: Clock) -> CountingStore:
+        return CountingStore(clock)
+
+    @pytest.fixture
+    async def service(self, store: CountingStore, clock: Clock) -> AsyncIterator[AnnotationService]:
+        source = ScriptedSource()
+        source.script(5, ok(5))
+        metrics = Metrics.create(CollectorRegistry(), version="test", process_metrics=False)
+        hot: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=clock, draw=lambda: 0.0)  # the whole TTL
+        service = AnnotationService(store, source, metrics, POLICY, clock=clock, hot=hot)
+        service.start()
+        await wait_until(lambda: hot.enabled)
+        await service.lookup(5, expand=False, request_id="r")  # a miss: fetched and stored
+        await service.lookup(5, expand=False, request_id="r")  # a hit read from the store: kept hot
+        yield service
+        await service.close()
+
+    async def test_hits_are_answered_at_once_while_one_read_brings_it_up_to_date(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        kept = service.from_hot(5, expand=False)
+        assert kept is not None
+        reads = store.reads
+        clock.now += 5  # the copy's time in the tier is up; its version is fresh for minutes
+        assert [service.from_hot(5, expand=False) for _ in range(3)] == [kept] * 3  # no wait for the store
+        await wait_until(lambda: service.from_hot(5, expand=False) is not kept)  # replaced by what the read found
+        assert store.reads == reads + 1
+        again = service.from_hot(5, expand=False)
+        assert again is not None
+        assert again.entry == kept.entry
+
+    async def test_a_copy_the_store_no_longer_holds_goes_and_the_next_request_looks_it_up(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        assert service.from_hot(5, expand=False) is not None
+        store.lost = True  # evicted, unannounced
+        clock.now += 5
+        assert service.from_hot(5, expand=False) is not None  # answered while read again
+        await wait_until(lambda: len(service.hot) == 0)
+        assert service.from_hot(5, expand=False) is None
+
+    async def test_a_read_that_hangs_keeps_the_copy_no_longer_than_the_grace(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        store.held = asyncio.Event()  # never set: the read hangs until the service closes
+        reads = store.reads
+        clock.now += 5
+        assert service.from_hot(5, expand=False) is not None
+        await wait_until(lambda: store.reads == reads + 1)
+        clock.now += REREAD_GRACE
+        assert service.from_hot(5, expand=False) is None  # requests look the id up themselves from here
 
 
 class TestThroughTheProxy:

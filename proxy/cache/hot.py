@@ -10,6 +10,10 @@ starts empty, since what was missed is unknown.
 
 A read that began before a change must not put the older answer back after the change was heard: every drop
 moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read under an older epoch.
+
+When a copy's time is up but its version is still fresh, :meth:`HotTier.get` still answers with it and asks for it
+to be read again (:attr:`HotTier.reread`, proxy/hot_copies.py), once, serving it meanwhile for at most
+:data:`REREAD_GRACE`: hits do not wait for the store.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ RECORD_OVERHEAD = 300
 # Each answer is kept for between (1 - SPREAD) x ttl and ttl, drawn at random: answers read together (a warm-up,
 # a deploy, a burst) are not all read from the store again in the same moment, which showed in the tail latency.
 SPREAD = 0.25
+# How long past its time a copy is still served while it is read again (never past its version's freshness): a
+# read that hangs or fails lets the copy go by then, and requests look the id up themselves.
+REREAD_GRACE = 1.0
 
 
 @dataclass(slots=True)
 class _Kept(Generic[V]):
     answer: V
-    until: float  # wall-clock seconds
+    until: float  # wall-clock seconds: read again from then
+    fresh_until: float  # and never served from then
+    rereading: bool = False
 
 
 class HotTier(Generic[V]):
@@ -53,6 +62,8 @@ class HotTier(Generic[V]):
         self._clock = clock
         self._draw = draw
         self._kept: ByteBoundedMap[AnnotationKey, _Kept[V]] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
+        # Called with a key whose copy is due, to read it again (and put or forget it); None: due copies just go.
+        self.reread: Callable[[AnnotationKey], None] | None = None
         self.enabled = False  # on once the store's announcements are heard (see module docstring)
         self.epoch = 0
 
@@ -67,10 +78,17 @@ class HotTier(Generic[V]):
         kept = self._kept.get(key)
         if kept is None:
             return None
-        if kept.until <= self._clock():
-            self._kept.pop(key)
-            return None
-        return kept.answer
+        now = self._clock()
+        if now < kept.until:
+            return kept.answer
+        reread = self.reread
+        if reread is not None and now < min(kept.fresh_until, kept.until + REREAD_GRACE):
+            if not kept.rereading:
+                kept.rereading = True
+                reread(key)
+            return kept.answer
+        self._kept.pop(key)
+        return None
 
     def put(self, key: AnnotationKey, answer: V, *, size: int, fresh_until: float, epoch: int) -> None:
         """Keep ``answer`` (``size`` bytes of body; read from the store under ``epoch``) until ``fresh_until`` or
@@ -79,7 +97,11 @@ class HotTier(Generic[V]):
             return
         until = min(fresh_until, self._clock() + self.ttl * (1 - SPREAD * self._draw()))
         if self._kept.fits(size):
-            self._kept.put(key, _Kept(answer, until), size)  # the oldest kept out first
+            self._kept.put(key, _Kept(answer, until, fresh_until), size)  # the oldest kept out first
+
+    def forget(self, key: AnnotationKey) -> None:
+        """Let the copy of ``key`` go (read again, it was found no longer fresh): the next request looks it up."""
+        self._kept.pop(key)
 
     def drop(self, annotation_id: int) -> None:
         """The annotation changed: forget what is kept for it, and refuse answers read before now."""
