@@ -159,7 +159,8 @@ class AnnotationService:
 
     def from_hot(self, annotation_id: int, *, expand: bool, directives: RequestDirectives = ORDINARY) -> Served | None:
         """The hot tier's answer, if it holds one the request accepts (counted); not a coroutine: no await's cost."""
-        hot = self.hot.get(AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN))
+        key = AnnotationKey(annotation_id, Variant.EXPANDED if expand else Variant.PLAIN)
+        hot = self.hot.get(key, due=directives.ordinary)
         if hot is None:
             return None
         if not directives.ordinary and not self._judge.accepts(self._policy.honoured(directives), hot):

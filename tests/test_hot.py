@@ -24,6 +24,7 @@ from proxy.cache import (
 from proxy.cache.hot import RECORD_OVERHEAD, REREAD_GRACE, HotTier
 from proxy.changes import RETRY_MAX, RETRY_MIN, ChangeFollower
 from proxy.exchange import UpstreamReply
+from proxy.hot_copies import HotCopies
 from proxy.keys import SERVICE
 from proxy.metrics import Metrics
 from proxy.service import AnnotationService, Served
@@ -37,6 +38,7 @@ from tests.support.waiting import wait_until
 from tests.support.webhooks import annotation_event
 
 KEY = AnnotationKey(7, Variant.PLAIN)
+KEY5 = AnnotationKey(5, Variant.PLAIN)
 EXPANDED = AnnotationKey(7, Variant.EXPANDED)
 SECRET = "webhook-secret-0123456789"
 
@@ -110,7 +112,7 @@ class TestHotTier:
     def test_a_due_copy_is_answered_while_it_is_read_again_once(self, clock: Clock) -> None:
         hot = whole_ttl(clock)
         asked: list[AnnotationKey] = []
-        hot.reread = asked.append
+        hot.read_again = lambda key, copy: asked.append(key)
         answer = served()
         hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         clock.now += 5  # its time in the tier is up; its version is fresh for a while yet
@@ -125,13 +127,39 @@ class TestHotTier:
     def test_a_due_copy_is_answered_no_longer_than_the_grace_nor_past_its_freshness(self, clock: Clock) -> None:
         hot = whole_ttl(clock)
         asked: list[AnnotationKey] = []
-        hot.reread = asked.append
+        hot.read_again = lambda key, copy: asked.append(key)
         hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
-        clock.now += 5 + REREAD_GRACE  # past its time, and its read never came back
-        assert (hot.get(KEY), len(hot)) == (None, 0)
+        clock.now += 5
+        assert hot.get(KEY) is not None  # due: read again...
+        clock.now += REREAD_GRACE  # ...and that read never came back
+        assert (hot.get(KEY), len(hot), asked) == (None, 0, [KEY])
         hot.put(KEY, served(), size=2, fresh_until=clock.now + 1, epoch=hot.epoch)
         clock.now += 1  # the version's freshness ends before the tier's time
-        assert (hot.get(KEY), asked) == (None, [])
+        assert (hot.get(KEY), asked) == (None, [KEY])  # no read asked for this one
+
+    def test_a_read_replaces_only_the_copy_it_was_asked_for(self, clock: Clock) -> None:
+        hot = whole_ttl(clock)
+        asked: list[object] = []
+        hot.read_again = lambda key, copy: asked.append(copy)
+        hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        clock.now += 5
+        hot.get(KEY)  # due: read again
+        hot.drop(7)  # a change is heard while the read runs...
+        newer = served()
+        hot.put(KEY, newer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)  # ...and a request keeps the new
+        hot.renew(KEY, asked[0], served(), size=2, fresh_until=clock.now + 100)  # the read, from before the change
+        hot.forget(KEY, asked[0])
+        assert hot.get(KEY) is newer
+
+    def test_a_request_that_judges_its_own_cache_control_takes_no_due_copy(self, clock: Clock) -> None:
+        hot = whole_ttl(clock)
+        asked: list[AnnotationKey] = []
+        hot.read_again = lambda key, copy: asked.append(key)
+        answer = served()
+        hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+        clock.now += 5
+        assert (hot.get(KEY, due=False), asked) == (None, [])  # neither served nor read again...
+        assert (hot.get(KEY), asked) == (answer, [KEY])  # ...and still there for the next hit
 
     def test_bounded_in_bytes_oldest_out_first(self, clock: Clock) -> None:
         hot = HotTier(ttl=5.0, max_bytes=3 * (RECORD_OVERHEAD + 1000), clock=clock)
@@ -184,13 +212,18 @@ class CountingStore(MemoryStore):
     def __init__(self, clock: Clock) -> None:
         super().__init__(1024 * 1024, clock=clock)
         self.reads = 0
+        self.cancelled = 0
         self.lost = False
         self.held: asyncio.Event | None = None
 
     async def get(self, key: AnnotationKey) -> Lookup:
         self.reads += 1
         if self.held is not None:
-            await self.held.wait()
+            try:
+                await self.held.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         return None if self.lost else await super().get(key)
 
 
@@ -250,6 +283,48 @@ class TestACopyWhoseTimeIsUp:
         await wait_until(lambda: store.reads == reads + 1)
         clock.now += REREAD_GRACE
         assert service.from_hot(5, expand=False) is None  # requests look the id up themselves from here
+
+    async def test_a_read_from_before_a_change_does_not_put_the_older_version_back(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        store.held = asyncio.Event()
+        reads = store.reads
+        clock.now += 5
+        assert service.from_hot(5, expand=False) is not None  # due: read again, and the read waits
+        await wait_until(lambda: store.reads == reads + 1)
+        service.hot.drop(5)  # the change is heard while it waits
+        store.held.set()
+        await wait_until(lambda: not service.hot.get(KEY5))
+        await asyncio.sleep(0)  # the read's end
+        assert len(service.hot) == 0
+
+    async def test_closing_cancels_the_reads(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        store.held = asyncio.Event()
+        reads = store.reads
+        clock.now += 5
+        assert service.from_hot(5, expand=False) is not None
+        await wait_until(lambda: store.reads == reads + 1)
+        await asyncio.wait_for(service.close(), 5)  # not waiting for the read: cancelling it
+        assert store.cancelled == 1
+
+
+async def test_closed_hot_copies_read_nothing_again(clock: Clock) -> None:
+    reads: list[AnnotationKey] = []
+
+    async def read(key: AnnotationKey) -> Lookup:
+        reads.append(key)
+        return None
+
+    hot = whole_ttl(clock)
+    copies = HotCopies(hot, read=read, fresh=lambda found: None, policy=POLICY, clock=clock)
+    hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+    await copies.close()
+    clock.now += 5
+    assert hot.get(KEY) is not None  # answered within the grace...
+    await asyncio.sleep(0)
+    assert reads == []  # ...but read again by nobody
 
 
 class TestThroughTheProxy:

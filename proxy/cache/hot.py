@@ -12,8 +12,10 @@ A read that began before a change must not put the older answer back after the c
 moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read under an older epoch.
 
 When a copy's time is up but its version is still fresh, :meth:`HotTier.get` still answers with it and asks for it
-to be read again (:attr:`HotTier.reread`, proxy/hot_copies.py), once, serving it meanwhile for at most
-:data:`REREAD_GRACE`: hits do not wait for the store.
+to be read again (:attr:`HotTier.read_again`, proxy/hot_copies.py), once, serving it meanwhile for at most
+:data:`REREAD_GRACE`: hits do not wait for the store. What the read finds replaces that copy only if it is still
+the one kept (:meth:`HotTier.renew`): a drop, a clear or the grace's end took it away otherwise, and the read may
+predate the change that did.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ class HotTier(Generic[V]):
         self._clock = clock
         self._draw = draw
         self._kept: ByteBoundedMap[AnnotationKey, _Kept[V]] = ByteBoundedMap(max_bytes, overhead=RECORD_OVERHEAD)
-        # Called with a key whose copy is due, to read it again (and put or forget it); None: due copies just go.
-        self.reread: Callable[[AnnotationKey], None] | None = None
+        # Called with a key and its due copy, to read it again (then renew or forget it); None: due copies just go.
+        self.read_again: Callable[[AnnotationKey, object], None] | None = None
         self.enabled = False  # on once the store's announcements are heard (see module docstring)
         self.epoch = 0
 
@@ -74,18 +76,22 @@ class HotTier(Generic[V]):
     def __len__(self) -> int:
         return len(self._kept)
 
-    def get(self, key: AnnotationKey) -> V | None:
+    def get(self, key: AnnotationKey, *, due: bool = True) -> V | None:
+        """The copy of ``key``; past its time (see the module docstring), only if ``due`` (a request whose
+        Cache-Control the lookup judges for itself takes none: it neither waits for nor starts a read)."""
         kept = self._kept.get(key)
         if kept is None:
             return None
         now = self._clock()
         if now < kept.until:
             return kept.answer
-        reread = self.reread
-        if reread is not None and now < min(kept.fresh_until, kept.until + REREAD_GRACE):
+        read_again = self.read_again
+        if read_again is not None and now < min(kept.fresh_until, kept.until + REREAD_GRACE):
+            if not due:
+                return None
             if not kept.rereading:
                 kept.rereading = True
-                reread(key)
+                read_again(key, kept)
             return kept.answer
         self._kept.pop(key)
         return None
@@ -99,9 +105,17 @@ class HotTier(Generic[V]):
         if self._kept.fits(size):
             self._kept.put(key, _Kept(answer, until, fresh_until), size)  # the oldest kept out first
 
-    def forget(self, key: AnnotationKey) -> None:
-        """Let the copy of ``key`` go (read again, it was found no longer fresh): the next request looks it up."""
-        self._kept.pop(key)
+    def renew(self, key: AnnotationKey, copy: object, answer: V, *, size: int, fresh_until: float) -> None:
+        """Replace ``copy``, the due copy of ``key`` that :attr:`read_again` was given, with ``answer``, read since:
+        only while that copy is still the one kept."""
+        if self._kept.get(key) is copy:
+            self.put(key, answer, size=size, fresh_until=fresh_until, epoch=self.epoch)
+
+    def forget(self, key: AnnotationKey, copy: object) -> None:
+        """Let ``copy`` go (read again, nothing fresh was found), if it is still the one kept: the next request
+        looks the id up itself."""
+        if self._kept.get(key) is copy:
+            self._kept.pop(key)
 
     def drop(self, annotation_id: int) -> None:
         """The annotation changed: forget what is kept for it, and refuse answers read before now."""
