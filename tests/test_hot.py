@@ -38,7 +38,6 @@ from tests.support.waiting import wait_until
 from tests.support.webhooks import annotation_event
 
 KEY = AnnotationKey(7, Variant.PLAIN)
-KEY5 = AnnotationKey(5, Variant.PLAIN)
 EXPANDED = AnnotationKey(7, Variant.EXPANDED)
 SECRET = "webhook-secret-0123456789"
 
@@ -60,6 +59,25 @@ def whole_ttl(clock: Clock) -> HotTier[Served]:
     tier: HotTier[Served] = HotTier(ttl=5.0, max_bytes=10_000, clock=clock, draw=lambda: 0.0)
     tier.resume()
     return tier
+
+
+class Asked(list[AnnotationKey]):
+    """The keys a tier asked to read again, and the copies it gave with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: list[object] = []
+
+    def __call__(self, key: AnnotationKey, copy: object) -> None:
+        self.append(key)
+        self.copies.append(copy)
+
+
+def reading_again(clock: Clock) -> tuple[HotTier[Served], Asked]:
+    """A whole-TTL tier that records what it asks to read again."""
+    hot, asked = whole_ttl(clock), Asked()
+    hot.read_again = asked
+    return hot, asked
 
 
 class TestHotTier:
@@ -110,9 +128,7 @@ class TestHotTier:
         assert hot.get(KEY) is not None
 
     def test_a_due_copy_is_answered_while_it_is_read_again_once(self, clock: Clock) -> None:
-        hot = whole_ttl(clock)
-        asked: list[AnnotationKey] = []
-        hot.read_again = lambda key, copy: asked.append(key)
+        hot, asked = reading_again(clock)
         answer = served()
         hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         clock.now += 5  # its time in the tier is up; its version is fresh for a while yet
@@ -125,9 +141,7 @@ class TestHotTier:
         assert (hot.get(KEY), asked) == (newer, [KEY, KEY])
 
     def test_a_due_copy_is_answered_no_longer_than_the_grace_nor_past_its_freshness(self, clock: Clock) -> None:
-        hot = whole_ttl(clock)
-        asked: list[AnnotationKey] = []
-        hot.read_again = lambda key, copy: asked.append(key)
+        hot, asked = reading_again(clock)
         hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         clock.now += 5
         assert hot.get(KEY) is not None  # due: read again...
@@ -138,23 +152,19 @@ class TestHotTier:
         assert (hot.get(KEY), asked) == (None, [KEY])  # no read asked for this one
 
     def test_a_read_replaces_only_the_copy_it_was_asked_for(self, clock: Clock) -> None:
-        hot = whole_ttl(clock)
-        asked: list[object] = []
-        hot.read_again = lambda key, copy: asked.append(copy)
+        hot, asked = reading_again(clock)
         hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         clock.now += 5
         hot.get(KEY)  # due: read again
         hot.drop(7)  # a change is heard while the read runs...
         newer = served()
         hot.put(KEY, newer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)  # ...and a request keeps the new
-        hot.renew(KEY, asked[0], served(), size=2, fresh_until=clock.now + 100)  # the read, from before the change
-        hot.forget(KEY, asked[0])
+        hot.renew(KEY, asked.copies[0], served(), size=2, fresh_until=clock.now + 100)  # the read, from before it
+        hot.forget(KEY, asked.copies[0])
         assert hot.get(KEY) is newer
 
     def test_a_request_that_judges_its_own_cache_control_takes_no_due_copy(self, clock: Clock) -> None:
-        hot = whole_ttl(clock)
-        asked: list[AnnotationKey] = []
-        hot.read_again = lambda key, copy: asked.append(key)
+        hot, asked = reading_again(clock)
         answer = served()
         hot.put(KEY, answer, size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
         clock.now += 5
@@ -212,6 +222,7 @@ class CountingStore(MemoryStore):
     def __init__(self, clock: Clock) -> None:
         super().__init__(1024 * 1024, clock=clock)
         self.reads = 0
+        self.answered = 0
         self.cancelled = 0
         self.lost = False
         self.held: asyncio.Event | None = None
@@ -224,7 +235,9 @@ class CountingStore(MemoryStore):
             except asyncio.CancelledError:
                 self.cancelled += 1
                 raise
-        return None if self.lost else await super().get(key)
+        found = None if self.lost else await super().get(key)
+        self.answered += 1
+        return found
 
 
 class TestACopyWhoseTimeIsUp:
@@ -273,39 +286,37 @@ class TestACopyWhoseTimeIsUp:
         await wait_until(lambda: len(service.hot) == 0)
         assert service.from_hot(5, expand=False) is None
 
-    async def test_a_read_that_hangs_keeps_the_copy_no_longer_than_the_grace(
-        self, service: AnnotationService, store: CountingStore, clock: Clock
-    ) -> None:
-        store.held = asyncio.Event()  # never set: the read hangs until the service closes
+    @staticmethod
+    async def due_with_its_read_held(service: AnnotationService, store: CountingStore, clock: Clock) -> asyncio.Event:
+        """The copy's time is up, a hit has started its read again, and the read waits for the event returned."""
+        store.held = asyncio.Event()
         reads = store.reads
         clock.now += 5
         assert service.from_hot(5, expand=False) is not None
         await wait_until(lambda: store.reads == reads + 1)
+        return store.held
+
+    async def test_a_read_that_hangs_keeps_the_copy_no_longer_than_the_grace(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        await self.due_with_its_read_held(service, store, clock)  # never released: it hangs until the close
         clock.now += REREAD_GRACE
         assert service.from_hot(5, expand=False) is None  # requests look the id up themselves from here
 
     async def test_a_read_from_before_a_change_does_not_put_the_older_version_back(
         self, service: AnnotationService, store: CountingStore, clock: Clock
     ) -> None:
-        store.held = asyncio.Event()
-        reads = store.reads
-        clock.now += 5
-        assert service.from_hot(5, expand=False) is not None  # due: read again, and the read waits
-        await wait_until(lambda: store.reads == reads + 1)
-        service.hot.drop(5)  # the change is heard while it waits
-        store.held.set()
-        await wait_until(lambda: not service.hot.get(KEY5))
-        await asyncio.sleep(0)  # the read's end
+        held = await self.due_with_its_read_held(service, store, clock)
+        answered = store.answered
+        service.hot.drop(5)  # the change is heard while the read waits
+        held.set()
+        await wait_until(lambda: store.answered == answered + 1)  # the read found the older version
         assert len(service.hot) == 0
 
     async def test_closing_cancels_the_reads(
         self, service: AnnotationService, store: CountingStore, clock: Clock
     ) -> None:
-        store.held = asyncio.Event()
-        reads = store.reads
-        clock.now += 5
-        assert service.from_hot(5, expand=False) is not None
-        await wait_until(lambda: store.reads == reads + 1)
+        await self.due_with_its_read_held(service, store, clock)
         await asyncio.wait_for(service.close(), 5)  # not waiting for the read: cancelling it
         assert store.cancelled == 1
 
