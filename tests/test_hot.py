@@ -23,6 +23,7 @@ from proxy.cache import (
 )
 from proxy.cache.hot import RECORD_OVERHEAD, REREAD_GRACE, HotTier
 from proxy.changes import RETRY_MAX, RETRY_MIN, ChangeFollower
+from proxy.directives import parse as parse_directives
 from proxy.exchange import UpstreamReply
 from proxy.hot_copies import HotCopies
 from proxy.keys import SERVICE
@@ -303,6 +304,16 @@ class TestACopyWhoseTimeIsUp:
         clock.now += REREAD_GRACE
         assert service.from_hot(5, expand=False) is None  # requests look the id up themselves from here
 
+    async def test_a_request_with_its_own_cache_control_takes_no_due_copy_and_starts_no_read(
+        self, service: AnnotationService, store: CountingStore, clock: Clock
+    ) -> None:
+        kept, reads = service.from_hot(5, expand=False), store.reads
+        clock.now += 5
+        asked = service.from_hot(5, expand=False, directives=parse_directives("max-age=600", ""))
+        await asyncio.sleep(0)
+        assert (asked, store.reads) == (None, reads)  # the lookup judges it: from the store, as before
+        assert service.from_hot(5, expand=False) is kept  # the copy is still there for ordinary hits
+
     async def test_a_read_from_before_a_change_does_not_put_the_older_version_back(
         self, service: AnnotationService, store: CountingStore, clock: Clock
     ) -> None:
@@ -319,6 +330,21 @@ class TestACopyWhoseTimeIsUp:
         await self.due_with_its_read_held(service, store, clock)
         await asyncio.wait_for(service.close(), 5)  # not waiting for the read: cancelling it
         assert store.cancelled == 1
+
+
+async def test_a_read_that_fails_unexpectedly_is_logged_and_lets_the_copy_go(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def read(key: AnnotationKey) -> Lookup:
+        raise RuntimeError("a bug below the store's failing open")
+
+    hot = whole_ttl(clock)
+    HotCopies(hot, read=read, fresh=lambda found: None, policy=POLICY, clock=clock)
+    hot.put(KEY, served(), size=2, fresh_until=clock.now + 100, epoch=hot.epoch)
+    clock.now += 5
+    assert hot.get(KEY) is not None
+    await wait_until(lambda: len(hot) == 0)
+    assert [record.getMessage() for record in caplog.records] == ["reading a hot copy again failed"]
 
 
 async def test_closed_hot_copies_read_nothing_again(clock: Clock) -> None:

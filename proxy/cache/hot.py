@@ -14,8 +14,9 @@ moves :attr:`HotTier.epoch` on, and :meth:`HotTier.put` refuses an answer read u
 When a copy's time is up but its version is still fresh, :meth:`HotTier.get` still answers with it and asks for it
 to be read again (:attr:`HotTier.read_again`, proxy/hot_copies.py), once, serving it meanwhile for at most
 :data:`REREAD_GRACE`: hits do not wait for the store. What the read finds replaces that copy only if it is still
-the one kept (:meth:`HotTier.renew`): a drop, a clear or the grace's end took it away otherwise, and the read may
-predate the change that did.
+the one kept (:meth:`HotTier.renew`): a drop or a clear takes it away (and the read may predate the change that
+did), and a request's own read, or a hit after the grace, puts another in its place. A copy no hit asks for within
+the grace goes when the next one finds it, as before.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ RECORD_OVERHEAD = 300
 # Each answer is kept for between (1 - SPREAD) x ttl and ttl, drawn at random: answers read together (a warm-up,
 # a deploy, a burst) are not all read from the store again in the same moment, which showed in the tail latency.
 SPREAD = 0.25
-# How long past its time a copy is still served while it is read again (never past its version's freshness): a
-# read that hangs or fails lets the copy go by then, and requests look the id up themselves.
+# How long past its time a copy is still served while it is read again (never past its version's freshness): after
+# that, a read that hangs no longer holds it, and the next request looks the id up itself.
 REREAD_GRACE = 1.0
 
 
