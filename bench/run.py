@@ -633,8 +633,9 @@ http {
 
 
 def nginx_binary() -> str | None:
-    """nginx on the PATH, or where Debian puts it (/usr/sbin: off a user's PATH but root's)."""
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    """nginx on the PATH or in /usr/sbin, where Debian puts it (on root's PATH, off a user's), as
+    .ci/system-packages looks."""
+    return shutil.which("nginx", path=f"{os.environ.get('PATH', os.defpath)}{os.pathsep}/usr/sbin{os.pathsep}/sbin")
 
 
 def nginx_row(run: Run, upstream_port: int) -> None:

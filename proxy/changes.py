@@ -31,7 +31,7 @@ RETRY_MAX = 10.0
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
     """Cancel ``task`` and wait until it has ended, asking again while it runs: redis-py swallows a cancellation
-    that lands while it opens a connection, and the task would go on listening."""
+    that lands while it opens a connection, and the task would go on (listening, or reading a hot copy again)."""
     while not task.done():
         task.cancel()
         await asyncio.wait([task], timeout=0.05)

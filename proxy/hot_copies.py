@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from proxy.cache import AnnotationKey, Lookup
 from proxy.cache.hot import HotTier
+from proxy.changes import cancel_and_wait
 from proxy.policy import CachePolicy
 from proxy.served import Served
 
@@ -60,17 +61,15 @@ class HotCopies:
         """The tier's ``copy`` of ``key`` is due: read it again in the background (not once closed)."""
         if self._closed:
             return
-        task = asyncio.get_running_loop().create_task(self._reread(key, copy), name=f"reread-{key.annotation_id}")
+        task = asyncio.create_task(self._reread(key, copy), name=f"reread-{key.annotation_id}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def close(self) -> None:
-        """Cancel the reads still running, and start no more (at shutdown)."""
+        """Cancel the reads still running (as the change follower is cancelled: a read may be opening a Redis
+        connection), and start no more (at shutdown)."""
         self._closed = True
-        tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._running)))
 
     async def _reread(self, key: AnnotationKey, copy: object) -> None:
         try:
