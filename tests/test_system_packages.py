@@ -1,9 +1,11 @@
 """.ci/system-packages, which `make test`, `make run` and `make bench` run first, as root on a fresh machine.
 
 A fresh machine often has another apt running when `make test` starts (Debian's daily update and upgrade), and
-apt refuses a second one while the first holds its locks. These tests hold apt's locks as that other apt
-would (the same POSIX locks on the same files) and run the script with the real apt-get, which has
-python3-venv to install: the interpreter is hidden from its PATH.
+apt refuses a second one while the first holds its locks. These tests run the script with the real apt-get, on an
+apt of their own (APT_CONFIG: its package lists, dpkg's state copied from this machine, no sources), so they need
+no network and leave this machine's apt alone; redis-server is hidden from the script's PATH, so it has a package
+to install, one already installed (the suite needs it) and left as it is. A test holds that apt's locks as another
+apt-get running would: the same POSIX locks on the same files.
 """
 
 from __future__ import annotations
@@ -14,81 +16,116 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.deploy_files import ROOT
+from tests.support.waiting import wait_until
 
 SCRIPT = ROOT / ".ci" / "system-packages"
-LISTS_LOCK = Path("/var/lib/apt/lists/lock")  # what `apt-get update` locks
-DPKG_LOCK = Path("/var/lib/dpkg/lock-frontend")  # what `apt-get install` locks first
+HIDDEN = "redis-server"  # the command hidden from the script, and the package it then installs
+WAITS = "another apt holds its lock; waiting for it"
+
+
+@dataclass(frozen=True)
+class Apt:
+    """An apt of the test's own, and a PATH for the script without HIDDEN."""
+
+    config: Path
+    lists_lock: Path  # what `apt-get update` locks
+    dpkg_lock: Path  # what `apt-get install` locks first
+    sources: Path
+    path: str
 
 
 @pytest.fixture
-def path_without_python(tmp_path: Path) -> str:
-    """A PATH with every command of /usr/bin and /bin but Python's, so the script finds python3-venv missing."""
+def apt(tmp_path: Path) -> Apt:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.fail("the script installs with apt-get as root (CI and `make test` run as root, on Debian)")
+    lists, dpkg, cache = tmp_path / "lists", tmp_path / "dpkg", tmp_path / "cache"
+    for directory in (lists / "partial", dpkg, cache / "archives" / "partial"):
+        directory.mkdir(parents=True)
+    shutil.copy("/var/lib/dpkg/status", dpkg / "status")  # what is installed: HIDDEN's package among it
+    sources = tmp_path / "sources.list"
+    sources.touch()
+    config = tmp_path / "apt.conf"
+    config.write_text(
+        f'Dir::State::lists "{lists}";\nDir::State::status "{dpkg / "status"}";\nDir::Cache "{cache}";\n'
+        f'Dir::Etc::sourcelist "{sources}";\nDir::Etc::sourceparts "{tmp_path / "sources.list.d"}";\n'
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for directory in (Path("/usr/bin"), Path("/bin")):
-        for command in directory.iterdir():
-            link = bin_dir / command.name
-            if not command.name.startswith("python") and not link.exists():
-                link.symlink_to(command)
-    return f"{bin_dir}:/usr/sbin:/sbin"
+    for command in Path("/usr/bin").iterdir():  # /bin is the same directory on Debian since bookworm
+        if command.name != HIDDEN:
+            (bin_dir / command.name).symlink_to(command)
+    return Apt(config, lists / "lock", dpkg / "lock-frontend", sources, f"{bin_dir}:/usr/sbin:/sbin")
 
 
 @contextmanager
-def locked(path: Path = LISTS_LOCK) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """One of apt's locks held, as another apt-get running holds it."""
     with path.open("w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails at once if another apt runs now: not ours to wait
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield
         finally:
             fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
-def start_script(path: str, *, lock_wait: int, **env: str) -> subprocess.Popen[str]:
-    """The script as `make run` runs it (its one package: python3-venv), its stderr to read."""
-    environment = {**os.environ, **env, "PATH": path, "APT_LOCK_WAIT": str(lock_wait)}
-    return subprocess.Popen([SCRIPT, "run"], env=environment, stderr=subprocess.PIPE, text=True)  # noqa: S603 - ours
+@contextmanager
+def running_script(apt: Apt, stderr: Path, *, lock_wait: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The script as `make test` runs it, its stderr to a file; killed if a test leaves it running."""
+    env = {**os.environ, "PATH": apt.path, "APT_CONFIG": str(apt.config), "APT_LOCK_WAIT": lock_wait}
+    with stderr.open("wb") as err:
+        script = subprocess.Popen([SCRIPT], env=env, stdout=subprocess.DEVNULL, stderr=err)  # noqa: S603 - ours
+    try:
+        yield script
+    finally:
+        if script.poll() is None:
+            script.kill()
+        script.wait(timeout=10)
 
 
-@pytest.mark.parametrize(("lock", "command"), [(LISTS_LOCK, "update"), (DPKG_LOCK, "install")])
-def test_another_apt_holding_a_lock_is_waited_for(path_without_python: str, lock: Path, command: str) -> None:
-    with locked(lock):
-        script = start_script(path_without_python, lock_wait=300)
-        assert script.stderr is not None
-        said = [script.stderr.readline(), script.stderr.readline()]  # what it installs, then that it waits
+@pytest.mark.parametrize("command", ["update", "install"])
+async def test_another_apt_holding_a_lock_is_waited_for(apt: Apt, tmp_path: Path, command: str) -> None:
+    stderr = tmp_path / "stderr"
+    with running_script(apt, stderr, lock_wait="300") as script:
+        with locked(apt.lists_lock if command == "update" else apt.dpkg_lock):
+            script_started = stderr.read_text
+            await wait_until(lambda: WAITS in script_started() or script.poll() is not None, limit=60)
         # The lock is let go here, with the script waiting for it (without the wait, apt-get had already failed).
-    with script.stderr:
-        said.append(script.stderr.read())
-    assert script.wait(timeout=300) == 0, "".join(said)
-    assert said[0] == "installing: python3-venv\n"
-    assert said[1] == f"apt-get {command}: another apt holds its lock; waiting for it, up to 300 s\n"
-    assert said[2] == ""  # and nothing else: no error of apt's
+        assert script.wait(timeout=60) == 0, stderr.read_text()
+    assert stderr.read_text().splitlines() == [
+        f"installing: {HIDDEN}",
+        f"apt-get {command}: {WAITS}, up to 300 s",
+    ]
 
 
-def test_a_lock_held_past_the_wait_fails_with_apts_own_message(path_without_python: str) -> None:
-    with locked():
-        script = start_script(path_without_python, lock_wait=5)  # apt-get takes about a second to fail
-        _, stderr = script.communicate(timeout=60)
-    assert script.returncode != 0
-    assert "waiting for it, up to 5 s" in stderr
-    assert "E: Could not get lock /var/lib/apt/lists/lock" in stderr
+def test_a_lock_held_past_the_wait_fails_with_apts_own_message_and_status(apt: Apt, tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    with locked(apt.lists_lock), running_script(apt, stderr, lock_wait="3") as script:
+        assert script.wait(timeout=60) == 100  # apt-get's own
+    said = stderr.read_text()
+    assert f"apt-get update: {WAITS}, up to 3 s" in said
+    assert f"E: Could not get lock {apt.lists_lock}" in said
 
 
-def test_any_other_failure_of_the_update_stops_at_once(path_without_python: str, tmp_path: Path) -> None:
-    """Only the lock is waited for: a broken source list fails the first try, with apt's message."""
-    sources = tmp_path / "sources.list"
-    sources.write_text("this is not a source line\n")
-    config = tmp_path / "apt.conf"
-    config.write_text(f'Dir::Etc::sourcelist "{sources}";\nDir::Etc::sourceparts "{tmp_path / "none"}";\n')
-    script = start_script(path_without_python, lock_wait=300, APT_CONFIG=str(config))
-    _, stderr = script.communicate(timeout=60)
-    assert script.returncode != 0
-    assert "waiting" not in stderr
-    assert "E: The list of sources could not be read." in stderr
+def test_any_other_failure_stops_at_once_with_apts_own_message(apt: Apt, tmp_path: Path) -> None:
+    apt.sources.write_text("this is not a source line\n")
+    stderr = tmp_path / "stderr"
+    with running_script(apt, stderr, lock_wait="300") as script:
+        assert script.wait(timeout=60) == 100
+    said = stderr.read_text()
+    assert WAITS not in said
+    assert "E: The list of sources could not be read." in said
+
+
+def test_a_wait_that_is_not_a_whole_number_of_seconds_is_refused(apt: Apt, tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    ran = tmp_path / "ran"
+    with running_script(apt, stderr, lock_wait=f"a[$(touch {ran})]") as script:  # bash's arithmetic runs it
+        assert script.wait(timeout=60) == 2
+    assert "APT_LOCK_WAIT must be a whole number of seconds" in stderr.read_text()
+    assert not ran.exists()
