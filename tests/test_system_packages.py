@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ def apt(tmp_path: Path) -> Apt:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for command in Path("/usr/bin").iterdir():  # /bin is the same directory on Debian since bookworm
-        if command.name != HIDDEN:
+        if command.name not in (HIDDEN, "python3"):
             (bin_dir / command.name).symlink_to(command)
+    # python3 is the suite's own interpreter, which can make a virtualenv: python3-venv is not wanted, whatever
+    # Debian's python3 lacks.
+    (bin_dir / "python3").symlink_to(sys.executable)
     return Apt(config, lists / "lock", dpkg / "lock-frontend", sources, f"{bin_dir}:/usr/sbin:/sbin")
 
 
