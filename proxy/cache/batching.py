@@ -232,7 +232,7 @@ async def _answers(connection: AbstractConnection, calls: list[_Call]) -> list[A
     counted once (:func:`_failed`). redis-py closes a connection whose read failed or was interrupted, so no answer
     is left unread on it for the next call made on it.
 
-    Each read keeps redis-py's own timeout too, a second timer per call (about 6 us) that this one fires before.
+    Each read keeps redis-py's own timeout too, a second timer per call, which this one fires before.
     Without it (``timeout=math.inf``), redis-py would answer None for a socket's own ETIMEDOUT, which is Python's
     ``TimeoutError`` as asyncio's is, instead of closing the connection and raising.
     """
