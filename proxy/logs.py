@@ -186,9 +186,11 @@ class AccessLog:
         if fragments is None:
             fragments = self._fragments_of(method, route, status, cache)
         before_path, after_path = fragments
+        # The edge's own ids are hex digits, and a caller's are letters, digits and "._:-": JSON as they are.
+        quoted_id = f'"{request_id}"' if request_id.isalnum() else _string(request_id)
         return (
             f'{{"ts": "{self._ts(now)}", {before_path}{_string(path)}{after_path}'
-            f'{seconds * 1000:.3f}, "request_id": {_string(request_id)}}}\n'
+            f'{seconds * 1000:.3f}, "request_id": {quoted_id}}}\n'
         )
 
     def _fragments_of(self, method: str, route: str, status: int, cache: str | None) -> tuple[str, str]:

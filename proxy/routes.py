@@ -24,6 +24,7 @@ from proxy.edge import (
     error_response,
     method_not_allowed,
     observed,
+    origin_path,
     path_as_sent,
 )
 from proxy.errors import (
@@ -59,6 +60,7 @@ from proxy.paths import PathMemo
 from proxy.render import body_parts, gzipped
 from proxy.served import Served
 from proxy.server import ANNOTATION_ROUTE_NAME
+from proxy.service import AnnotationService
 from proxy.webhooks import label_studio_webhook
 
 log = logging.getLogger("proxy.routes")
@@ -103,14 +105,17 @@ def wants_expanded(query_values: list[str]) -> bool:
 
 def id_from_path(request: web.Request) -> int:
     """The id segment (``/api/annotations/<id>/``, ``/cache/annotations/<id>``) as the caller sent it."""
-    # The raw path, not match_info: aiohttp decodes %-escapes there ("%31" would become "1", "%2F" a "/").
-    return id_in_path(path_as_sent(request))
+    # The raw path, not match_info: aiohttp decodes %-escapes there ("%31" would become "1", "%2F" a "/"). The
+    # request line's own string, query and all, is the memo's key: one lookup a request.
+    raw = request.raw_path
+    return id_in_path(raw if raw.startswith("/") else path_as_sent(request))
 
 
 @PathMemo
 def id_in_path(path: str) -> int:
-    """The id in the path's fourth segment, or 404 (:func:`parse_annotation_id`)."""
-    return parse_annotation_id(path.split("/")[3])
+    """The id in an origin-form path's fourth segment (a query or fragment aside), or 404
+    (:func:`parse_annotation_id`)."""
+    return parse_annotation_id(origin_path(path).split("/")[3])
 
 
 def negotiate_format(request: web.Request) -> None:
@@ -138,6 +143,11 @@ class AnnotationRoute:
         self._keys, self._bodies, self._clock = app[CLIENT_KEYS], app[LIVE_BODIES], app[CLOCK]
         self._answers = app[ANSWERS]
         self._ttl, self._compression = settings.proxy_cache_ttl, settings.proxy_compression
+        self._service: AnnotationService | None = None  # the application's, once it has started
+
+    def _started(self) -> AnnotationService:
+        self._service = self._app[SERVICE]
+        return self._service
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
@@ -150,7 +160,7 @@ class AnnotationRoute:
         annotation_id = id_from_path(request)
         expand = query and wants_expanded(request.query.getall("expand", []))
         directives = request_directives(headers)
-        service = self._app[SERVICE]
+        service = self._service or self._started()
         served = service.from_hot(annotation_id, expand=expand, directives=directives)
         from_hot = served is not None
         if served is None:

@@ -69,6 +69,7 @@ class AnnotationService:
         hot: HotTier[Served] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._count_hot = metrics.requests.cache_request  # a hot hit's count: no frame of Metrics' own
         self._policy = policy
         self._clock = clock
         self.hot: HotTier[Served] = hot if hot is not None else HotTier(ttl=0, max_bytes=0, clock=clock)
@@ -165,7 +166,7 @@ class AnnotationService:
             return None
         if not directives.ordinary and not self._judge.accepts(self._policy.honoured(directives), hot):
             return None
-        self._metrics.cache_request(hot.result)  # fresh: the hot tier keeps nothing past its freshness
+        self._count_hot(hot.result)  # fresh: the hot tier keeps nothing past its freshness
         return hot
 
     async def _answer(

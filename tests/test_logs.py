@@ -71,14 +71,16 @@ def no_log_record(*args: object, **kwargs: object) -> None:
     raise AssertionError("the access log went through logging")
 
 
+# A caller's request id, the edge's own (hex digits), letters beyond ASCII, and what no request id the edge passes is.
+@pytest.mark.parametrize("request_id", ["r-1", "0123abcdef", "\u00e9t\u00e9", 'r"\\1'])
 @pytest.mark.parametrize("fields", FIELDS, ids=["plain", "escapes"])
 async def test_the_quick_access_line_is_what_the_formatter_writes(
-    stream: CountingStream, fields: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    stream: CountingStream, fields: dict[str, object], request_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    line = {**fields, "duration_ms": 0.125, "request_id": "r-1"}
+    line = {**fields, "duration_ms": 0.125, "request_id": request_id}
     monkeypatch.setattr(ACCESS_LOG.logger, "info", no_log_record)
     with handler_alone():
-        ACCESS_LOG.record(**fields, seconds=0.000125, request_id="r-1")  # type: ignore[arg-type]
+        ACCESS_LOG.record(**fields, seconds=0.000125, request_id=request_id)  # type: ignore[arg-type]
         written_now()
     [written] = stream.getvalue().split("\n")[:-1]  # not splitlines(): U+2028 is a line break to it, not to JSON
 
