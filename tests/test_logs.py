@@ -72,7 +72,7 @@ def no_log_record(*args: object, **kwargs: object) -> None:
 
 
 # A caller's request id, the edge's own (hex digits), letters beyond ASCII, and what no request id the edge passes is.
-@pytest.mark.parametrize("request_id", ["r-1", "0123abcdef", "\u00e9t\u00e9", 'r"\\1'])
+@pytest.mark.parametrize("request_id", ["r-1", "0123abcdef", "\u00e9t\u00e9", 'r"1', "r\\1", "r\t1"])
 @pytest.mark.parametrize("fields", FIELDS, ids=["plain", "escapes"])
 async def test_the_quick_access_line_is_what_the_formatter_writes(
     stream: CountingStream, fields: dict[str, object], request_id: str, monkeypatch: pytest.MonkeyPatch

@@ -31,7 +31,8 @@ def test_a_call_that_raises_keeps_nothing() -> None:
 
 
 def test_the_id_is_read_off_the_request_line_as_sent_a_query_or_fragment_aside() -> None:
-    assert id_in_path("/api/annotations/17/?expand=completed_by") == 17
+    assert id_in_path("/api/annotations/17?expand=completed_by") == 17
+    assert id_in_path("/api/annotations/17#x") == 17
     assert id_in_path("/api/annotations/17?format=json#x") == 17
     with pytest.raises(AnnotationNotFound):
         id_in_path("/api/annotations/?17")
