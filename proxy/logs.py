@@ -186,7 +186,7 @@ class AccessLog:
         if fragments is None:
             fragments = self._fragments_of(method, route, status, cache)
         before_path, after_path = fragments
-        # The edge's own ids are hex digits, and a caller's are letters, digits and "._:-": JSON as they are.
+        # An id of letters and digits (the edge's own, hex) is JSON as it is; any other goes through _string.
         quoted_id = f'"{request_id}"' if request_id.isalnum() else _string(request_id)
         return (
             f'{{"ts": "{self._ts(now)}", {before_path}{_string(path)}{after_path}'
