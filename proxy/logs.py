@@ -62,13 +62,16 @@ class LineWriter:
     waited), the pending lines are written at once, in order; :func:`configure_logging` writes what is left at exit.
     A stream that fails (a closed pipe) loses the lines rather than the request. A line may also be left to format
     when the lines are written (:meth:`defer`): formatting many lines in one go costs less than one at a time
-    between requests.
+    between requests. A deferred line waits as its fields alone, all formatted by :attr:`render_deferred`: what a
+    line keeps alive until the write costs a hit more than its allocation does (kept as a pair of its formatter and
+    its fields, a hit took about 2% more CPU: docs/performance-log.md, the twenty-first round).
     """
 
     def __init__(self, stream: TextIO, *, delay: float = FLUSH_SECONDS) -> None:
         self._stream = stream
         self._delay = delay
-        self._pending: list[str | tuple[Callable[[tuple[Any, ...]], str], tuple[Any, ...]]] = []
+        self._pending: list[str | tuple[Any, ...]] = []  # lines, and deferred lines' fields
+        self.render_deferred: Callable[[tuple[Any, ...]], str] = _unset  # what formats the deferred lines
         self._timer: asyncio.TimerHandle | None = None  # the flush to come, while lines wait
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # its loop: one closed since will never run it
         self.batch = next(_BATCHES)  # a new one at every flush: the lines deferred from then on are another batch
@@ -80,9 +83,10 @@ class LineWriter:
         elif self._timer_loop is None or self._timer_loop.is_closed():
             self._schedule()
 
-    def defer(self, render: Callable[[tuple[Any, ...]], str], fields: tuple[Any, ...]) -> None:
-        """A line that ``render(fields)`` formats when it is written, in its place among the others."""
-        self._pending.append((render, fields))
+    def defer(self, fields: tuple[Any, ...]) -> None:
+        """A line that :attr:`render_deferred` formats from ``fields`` when it is written, in its place among the
+        others."""
+        self._pending.append(fields)
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif self._timer_loop is None or self._timer_loop.is_closed():
@@ -104,12 +108,17 @@ class LineWriter:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        data = "".join(item if isinstance(item, str) else item[0](item[1]) for item in pending)
+        render = self.render_deferred
+        data = "".join(item if isinstance(item, str) else render(item) for item in pending)
         try:
             self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def _unset(fields: tuple[Any, ...]) -> str:
+    raise RuntimeError("LineWriter.defer called before render_deferred was set")
 
 
 class BatchedHandler(logging.Handler):
@@ -178,7 +187,8 @@ class AccessLog:
                 self.logger.info("request", extra=extra)
                 return
             self._quick_batch = writer.batch
-        writer.defer(self._line, (time.time(), method, route, path, status, cache, seconds, request_id))
+            writer.render_deferred = self._line
+        writer.defer((time.time(), method, route, path, status, cache, seconds, request_id))
 
     def _line(self, fields: tuple[Any, ...]) -> str:
         now, method, route, path, status, cache, seconds, request_id = fields
