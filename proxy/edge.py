@@ -28,7 +28,7 @@ from proxy.cache_status import cache_status
 from proxy.direct import REQUEST_ID_HEADER, DirectResponse
 from proxy.errors import NotAuthenticated, ProxyError, UpstreamError
 from proxy.http_guard import ClientClosedRequest, ClosingResponse, RequestBodyTimeout, unsupported_version
-from proxy.keys import CACHE_RESULT, METRICS, REQUEST_ID
+from proxy.keys import CACHE_RESULT, METRICS, REFUSAL, REQUEST_ID
 from proxy.logs import ACCESS_LOG
 from proxy.paths import PathMemo
 
@@ -158,7 +158,8 @@ def method_not_allowed(allowed: list[str]) -> Handler:
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPNotFound()
+    """What no route serves; or what the application refused before any handler (proxy/server.py)."""
+    raise request.get(REFUSAL) or web.HTTPNotFound()
 
 
 def error_to_response(request: web.Request, exc: Exception) -> web.StreamResponse:

@@ -38,6 +38,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # Per request: how the cache answered an annotation lookup (proxy.metrics.CACHE_RESULTS), for the access log and
 # the request duration histogram. Unset for requests that look nothing up.
 CACHE_RESULT = web.RequestKey("cache_result", str)
+# Per request: an error the application raised before any handler (proxy/server.py), for the edge to answer.
+REFUSAL = web.RequestKey("refusal", web.HTTPException)
 
 __all__ = [
     "ADMIN_KEYS",
@@ -50,6 +52,7 @@ __all__ = [
     "METRICS",
     "MONOTONIC",
     "READINESS",
+    "REFUSAL",
     "REQUEST_ID",
     "SERVICE",
     "SETTINGS",

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from proxy.edge import UNMATCHED
+from proxy.keys import REFUSAL
 from proxy.paths import PathMemo
 
 ANNOTATIONS = "/api/annotations/"
@@ -45,10 +46,12 @@ def is_annotation_path(raw_path: str) -> bool:
 
 class RouterDoor:
     """The low-level server's request handler for an application without the annotation route (the operations
-    listener's): everything through the router, and what no route can match answered by the edge."""
+    listener's): everything through the router, and what the application refuses before any handler answered by
+    the edge."""
 
     def __init__(self, app: web.Application, application: Any) -> None:
         self._application = application  # what aiohttp's AppRunner serves: the router, then the handler
+        # The edge's handler of what no route serves (proxy/edge.py), which answers a REFUSAL too.
         self._unmatched = next(route.handler for route in app.router[UNMATCHED])
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
@@ -57,9 +60,14 @@ class RouterDoor:
     async def _through_router(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await self._application(request)
-        except web.HTTPNotFound:
-            # A request-target no route can match ("*", "host:443", an absolute URL without a path): the router
-            # raises before any handler, so the edge answers it here, as it answers every other unknown path.
+        except web.HTTPException as exc:
+            # Raised before any handler: the router's 404 for a request-target no route can match ("*",
+            # "host:443", an absolute URL without a path), or the application's 417 for an Expect other than
+            # 100-continue. The edge answers them here, as every other error: in Label Studio's shape, with a
+            # request id and no-store, counted and logged as unmatched (aiohttp's own answer is plain text).
+            if exc.status < 400:
+                raise
+            request[REFUSAL] = exc
             response = await self._unmatched(request)  # type: ignore[arg-type]  # the app's: a web.Request
         return response
 

@@ -71,7 +71,7 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/api/annotations/1/", {"Cache-Control": "only-if-cached"}),
     ("POST", "/api/annotations/1/", {}),
     ("GET", "/api/annotations/1/2/", {}),
-    ("GET", "/api/annotations/1/", {"Expect": "something"}),  # the application answers Expect: 417
+    ("GET", "/api/annotations/1/", {"Expect": "100-continue"}),  # through the application, which answers it
 ]
 
 
@@ -113,7 +113,7 @@ async def test_answers_through_the_front_door_are_the_applications(aiohttp_clien
         for ours, theirs in zip(front, application, strict=True):
             assert ours == theirs
         assert [status for _, _, status, _, _ in front] == [
-            200, 200, 200, 304, 200, 200, 404, 406, 401, 404, 404, 200, 405, 404, 417
+            200, 200, 200, 304, 200, 200, 404, 406, 401, 404, 404, 200, 405, 404, 200
         ]  # fmt: skip
     finally:
         await upstream.close()
@@ -141,6 +141,29 @@ async def test_a_target_no_route_can_match_is_the_edges_404(make_proxy: ProxyFac
     assert json.loads(body)["detail"] == "Not found."
     method_label = "CONNECT" if method == b"CONNECT" else method.decode()
     assert proxy.metric("http_requests_total", route="unmatched", method=method_label, status="404") == 1
+
+
+@pytest.mark.parametrize("path", [b"/api/annotations/1/", b"/healthz"])
+async def test_an_expectation_the_proxy_cannot_meet_is_the_edges_417(make_proxy: ProxyFactory, path: bytes) -> None:
+    """aiohttp's application refuses an ``Expect`` other than 100-continue before any handler, with a plain-text
+    417; the front door has the edge answer it, as every other error: Label Studio's shape, a request id,
+    no-store, counted and logged."""
+    proxy = await make_proxy()
+    head, body = await raw_exchange(
+        proxy.client.host,
+        proxy.client.port,
+        b"GET "
+        + path
+        + b" HTTP/1.1\r\nHost: proxy\r\nExpect: something\r\nConnection: close\r\nAuthorization: Token "
+        + CLIENT_KEY.encode()
+        + b"\r\n\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 417")
+    assert b"X-Request-ID: " in head
+    assert b"Cache-Control: no-store" in head
+    error = json.loads(body)
+    assert (error["status_code"], error["detail"]) == (417, "Expectation Failed")
+    assert proxy.metric("http_requests_total", route="unmatched", method="GET", status="417") == 1
 
 
 async def test_a_fragment_in_the_request_target_is_not_part_of_the_id(make_proxy: ProxyFactory) -> None:
@@ -171,7 +194,8 @@ async def test_the_operations_listener_closes_idle_connections_and_answers_any_t
     make_proxy: ProxyFactory,
 ) -> None:
     """PROXY_METRICS_PORT's listener runs on the same runner: an idle connection held for run_app's 75 s, not
-    aiohttp's hour, and ``OPTIONS *`` answered by the edge (a JSON 404 with a request id), not aiohttp's text."""
+    aiohttp's hour, and ``OPTIONS *`` and an unmet ``Expect`` answered by the edge (JSON with a request id), not
+    aiohttp's text."""
     proxy = await make_proxy()
     runner = ops_runner(proxy.client.app)
     await runner.setup()
@@ -184,6 +208,12 @@ async def test_the_operations_listener_closes_idle_connections_and_answers_any_t
         assert head.startswith(b"HTTP/1.1 404")
         assert b"X-Request-ID: " in head
         assert json.loads(body)["detail"] == "Not found."
+        head, body = await raw_exchange(
+            "127.0.0.1", port, b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nExpect: x\r\nConnection: close\r\n\r\n"
+        )
+        assert head.startswith(b"HTTP/1.1 417")
+        assert b"X-Request-ID: " in head
+        assert json.loads(body)["status_code"] == 417
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
             assert response.status == 200
             assert runner.server is not None
