@@ -61,10 +61,11 @@ class RouterDoor:
         try:
             response: web.StreamResponse = await self._application(request)
         except web.HTTPException as exc:
-            # Raised before any handler: the router's 404 for a request-target no route can match ("*",
+            # Every route's handler is the edge's, which answers its own errors (proxy/edge.py), so what is raised
+            # here came before any handler: the router's 404 for a request-target no route can match ("*",
             # "host:443", an absolute URL without a path), or the application's 417 for an Expect other than
-            # 100-continue. The edge answers them here, as every other error: in Label Studio's shape, with a
-            # request id and no-store, counted and logged as unmatched (aiohttp's own answer is plain text).
+            # 100-continue on HTTP/1.1. The edge answers them here, as every other error: in Label Studio's shape,
+            # with a request id and no-store, counted and logged as unmatched (aiohttp's own answer is plain text).
             if exc.status < 400:
                 raise
             request[REFUSAL] = exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -144,11 +145,14 @@ async def test_a_target_no_route_can_match_is_the_edges_404(make_proxy: ProxyFac
 
 
 @pytest.mark.parametrize("path", [b"/api/annotations/1/", b"/healthz"])
-async def test_an_expectation_the_proxy_cannot_meet_is_the_edges_417(make_proxy: ProxyFactory, path: bytes) -> None:
+async def test_an_expectation_the_proxy_cannot_meet_is_the_edges_417(
+    make_proxy: ProxyFactory, path: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     """aiohttp's application refuses an ``Expect`` other than 100-continue before any handler, with a plain-text
     417; the front door has the edge answer it, as every other error: Label Studio's shape, a request id,
     no-store, counted and logged."""
     proxy = await make_proxy()
+    caplog.set_level(logging.INFO, logger="proxy.access")
     head, body = await raw_exchange(
         proxy.client.host,
         proxy.client.port,
@@ -164,6 +168,8 @@ async def test_an_expectation_the_proxy_cannot_meet_is_the_edges_417(make_proxy:
     error = json.loads(body)
     assert (error["status_code"], error["detail"]) == (417, "Expectation Failed")
     assert proxy.metric("http_requests_total", route="unmatched", method="GET", status="417") == 1
+    [line] = [record for record in caplog.records if record.name == "proxy.access"]
+    assert (line.route, line.status, line.path) == ("unmatched", 417, path.decode())  # type: ignore[attr-defined]
 
 
 async def test_a_fragment_in_the_request_target_is_not_part_of_the_id(make_proxy: ProxyFactory) -> None:
