@@ -78,7 +78,7 @@ THREADS, CONNECTIONS, COLD_CONNECTIONS = 1, 32, 16
 # Rows (a'-1) and (c-1): one request at a time, each arriving at an idle server, as cold misses arrive.
 ONE = "one connection: every request wakes an idle server"
 BASELINE = "a'"  # the issue's (a): aiohttp web.Application, one route, uvloop
-PAIRS = 3  # (a') and (c) measured alternately this many times, both servers up (paired_hits)
+PAIRS = 3  # (a') and each proxy hit row measured alternately this many times, both servers up (paired_hits)
 PAIR_SECONDS = 5.0
 TOGETHER = 3  # then both loaded at once this many times, PAIR_SECONDS each (paired_hits)
 BUSY_LIMIT = 15.0  # percent of one CPU that processes outside the benchmark may take during a row
@@ -396,7 +396,8 @@ class Run:
     notes: list[str] = field(default_factory=list)
     miss_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # bench/miss_costs.py's, per store
     hit_parts: dict[str, float] = field(default_factory=dict)  # bench/hit_costs.py's
-    pairs: list[tuple[float, float]] = field(default_factory=list)  # (c) / (a'): requests/s and p99, per pair
+    # (b) and (c) each over (a'), measured alternately: requests/s and p99, per pair
+    pairs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # (b) and (c) each against (a'), loaded at once on one CPU: requests/s, and (a')'s CPU per request over the
     # proxy's, per round
     together: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -481,22 +482,24 @@ def proxy_hit_rows(run: Run, upstream_port: int) -> None:
                     row = run.measure(name, f"proxy, hits over {HOT_IDS} ids, {store}", base, hot_script, server=pid)
                     if name == "c":
                         run.measure("c-1", f"the same, {ONE}", base, hot_script, server=pid, connections=1)
-                        paired_hits(run, base)
+                    paired_hits(run, name, base)
                     together_hits(run, name, base, pid)
                 row.rss = rss.peak
 
 
-def paired_hits(run: Run, proxy_base: str) -> None:
-    """(a') and (c) measured alternately, :data:`PAIRS` times, with both servers up: a ratio per pair, each from
-    runs seconds apart rather than minutes, so that a machine whose speed drifts (a shared host, which the
-    others' CPU does not show) shows how far the table's single ratio can be trusted."""
+def paired_hits(run: Run, name: str, proxy_base: str) -> None:
+    """(a') and the proxy's row ``name`` measured alternately, :data:`PAIRS` times, with both servers up: a ratio
+    per pair, each from runs seconds apart rather than minutes, so that a machine whose speed drifts (a shared
+    host, which the others' CPU does not show) shows how far the table's single ratio can be trusted. Each server
+    runs alone on the CPU, as in the rows, unlike :func:`together_hits`."""
+    pairs = run.pairs.setdefault(name, [])
     with reference_server(BASELINE, BASELINE_SERVER) as (base, _):
         wrk(base, hot_script(), seconds=min(2.0, run.seconds), connections=CONNECTIONS)
         for _ in range(PAIRS):
             a = wrk(base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
-            c = wrk(proxy_base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
-            run.pairs.append((c.rps / a.rps, c.p99_ms / a.p99_ms))
-    print("  paired (c)/(a'): " + ", ".join(f"{rps:.2f}" for rps, _ in run.pairs), flush=True)
+            p = wrk(proxy_base, hot_script(), seconds=PAIR_SECONDS, connections=CONNECTIONS)
+            pairs.append((p.rps / a.rps, p.p99_ms / a.p99_ms))
+    print(f"  paired ({name})/(a'): " + ", ".join(f"{rps:.2f}" for rps, _ in pairs), flush=True)
 
 
 def together_hits(run: Run, name: str, proxy_base: str, proxy_pid: int) -> None:
@@ -783,17 +786,23 @@ def redis_apart_note(run: Run) -> str:
 
 
 def paired_note(run: Run) -> str:
-    """The line on :func:`paired_hits`: (c) against (a') pair by pair, beside the table's single rows."""
+    """The line on :func:`paired_hits`: each proxy hit row against (a') pair by pair, beside the table's single
+    rows."""
     if not run.pairs:
         return ""
-    rps = sorted(ratio for ratio, _ in run.pairs)
-    p99 = sorted(ratio for _, ratio in run.pairs)
+    rows = []
+    for name, pairs in run.pairs.items():
+        rps = [ratio for ratio, _ in pairs]
+        p99 = [ratio for _, ratio in pairs]
+        rows.append(
+            f"({name}) at {', '.join(f'{r:.2f}' for r in rps)} of ({BASELINE})'s requests/s (median "
+            f"{statistics.median(rps):.2f}), p99 at {', '.join(f'{r:.2f}x' for r in p99)} (median "
+            f"{statistics.median(p99):.2f}x)"
+        )
     return (
-        f"Paired: (c) and ({BASELINE}) measured alternately {len(run.pairs)} times, {PAIR_SECONDS:g} s each, both "
-        f"servers up: (c) at {', '.join(f'{r:.2f}' for r, _ in run.pairs)} of ({BASELINE})'s requests/s "
-        f"(median {statistics.median(rps):.2f}), p99 at {', '.join(f'{r:.2f}x' for _, r in run.pairs)} "
-        f"(median {statistics.median(p99):.2f}x): how far the ratio moves between runs seconds apart on this "
-        "machine."
+        f"Paired: each proxy hit row and ({BASELINE}) measured alternately {PAIRS} times, {PAIR_SECONDS:g} s each, "
+        f"both servers up, each alone on the CPU as in the rows: {'; '.join(rows)}. How far the rows' ratio moves "
+        "between runs seconds apart on this machine."
     )
 
 
@@ -813,7 +822,9 @@ def together_note(run: Run) -> str:
     return (
         f"Together: each proxy hit row and ({BASELINE}) up at once on the same CPU, each loaded by its own wrk, "
         f"{TOGETHER} times {PAIR_SECONDS:g} s: {'; '.join(rows)}. Both servers live through the same moments of the "
-        "machine, so a host whose speed drifts moves both alike: the steadiest ratio here, though not the targets'."
+        "machine, so a host whose speed drifts moves both alike: the steadiest ratio here, though not the targets'. "
+        "Sharing a CPU costs the proxy more than the baseline, most of it for its access lines, each kept until its "
+        "batch is written (docs/performance-log.md, the twenty-first round)."
     )
 
 

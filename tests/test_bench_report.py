@@ -13,7 +13,19 @@ from pathlib import Path
 import pytest
 
 from bench.hit_costs import BATCH, REPEATS, per_hit
-from bench.run import Cpu, MiB, Row, Run, WrkResult, cold_floor_note, hit_target, on_cpu, redis_apart_note, targets
+from bench.run import (
+    Cpu,
+    MiB,
+    Row,
+    Run,
+    WrkResult,
+    cold_floor_note,
+    hit_target,
+    on_cpu,
+    paired_note,
+    redis_apart_note,
+    targets,
+)
 
 
 def row(name: str, rps: float, *, p50_ms: float = 1.0, p99_ms: float = 2.0, cpu_us: float = 40.0) -> Row:
@@ -37,6 +49,16 @@ def test_a_hit_ratio_is_printed_as_precisely_as_its_verdict_needs(
     ok, text = hit_target(run, row("c", 9_000.0), row("a'", 10_000.0), 0.8)
     assert ok is met
     assert text.endswith(shown), text
+
+
+def test_each_proxy_hit_row_has_its_paired_ratios_and_their_median() -> None:
+    run = Run(seconds=1.0, pairs={"b": [(0.91, 1.2), (0.85, 1.5), (0.97, 1.1)], "c": [(0.80, 2.0), (0.95, 1.3)]})
+    note = paired_note(run)
+    assert (
+        "(b) at 0.91, 0.85, 0.97 of (a')'s requests/s (median 0.91), p99 at 1.20x, 1.50x, 1.10x (median 1.20x)" in note
+    )
+    assert "(c) at 0.80, 0.95 of (a')'s requests/s (median 0.88)" in note
+    assert paired_note(Run(seconds=1.0)) == ""
 
 
 def test_a_rows_ratio_just_under_its_target_is_not_printed_as_the_target() -> None:
