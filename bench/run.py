@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -792,12 +792,10 @@ def paired_note(run: Run) -> str:
         return ""
     rows = []
     for name, pairs in run.pairs.items():
-        rps = [ratio for ratio, _ in pairs]
-        p99 = [ratio for _, ratio in pairs]
+        rps, p99 = zip(*pairs, strict=True)
         rows.append(
-            f"({name}) at {', '.join(f'{r:.2f}' for r in rps)} of ({BASELINE})'s requests/s (median "
-            f"{statistics.median(rps):.2f}), p99 at {', '.join(f'{r:.2f}x' for r in p99)} (median "
-            f"{statistics.median(p99):.2f}x)"
+            f"({name}) at {_series(rps)} of ({BASELINE})'s requests/s (median {statistics.median(rps):.2f}), "
+            f"p99 at {_series(p99, 'x')} (median {statistics.median(p99):.2f}x)"
         )
     return (
         f"Paired: each proxy hit row and ({BASELINE}) measured alternately, {PAIR_SECONDS:g} s each time, both "
@@ -806,18 +804,21 @@ def paired_note(run: Run) -> str:
     )
 
 
+def _series(ratios: Iterable[float], unit: str = "") -> str:
+    """Ratios as the notes list them: two decimals each, comma-separated."""
+    return ", ".join(f"{ratio:.2f}{unit}" for ratio in ratios)
+
+
 def together_note(run: Run) -> str:
     """The line on :func:`together_hits`' rounds, both servers loaded at once."""
     if not run.together:
         return ""
     rows = []
     for name, rounds in run.together.items():
-        rps = [ratio for ratio, _ in rounds]
-        cpu = [ratio for _, ratio in rounds]
+        rps, cpu = zip(*rounds, strict=True)
         rows.append(
-            f"({name}) at {', '.join(f'{r:.2f}' for r in rps)} of ({BASELINE})'s requests/s (median "
-            f"{statistics.median(rps):.2f}; ({BASELINE})'s CPU per request over its: "
-            f"{', '.join(f'{r:.2f}' for r in cpu)})"
+            f"({name}) at {_series(rps)} of ({BASELINE})'s requests/s (median {statistics.median(rps):.2f}; "
+            f"({BASELINE})'s CPU per request over its: {_series(cpu)})"
         )
     return (
         f"Together: each proxy hit row and ({BASELINE}) up at once on the same CPU, each loaded by its own wrk, "
